@@ -1,0 +1,31 @@
+# The README's two commands: `make demo` and `make test`.
+# The virtual environment is created once (git-ignored .venv) and reused.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## demo: set up, train the original digits MLP, forget class 0, release.
+demo: $(STAMP)
+	$(BIN)/pipeline train examples/digits.yaml
+	$(BIN)/pipeline run examples/digits.yaml --force
+
+## test: set up, then the whole test suite.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf runs releases .pytest_cache

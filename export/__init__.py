@@ -1,0 +1,1 @@
+"""torch -> ONNX: export, structural checks, provenance stamping."""

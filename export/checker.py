@@ -1,0 +1,59 @@
+"""Structural checks of an exported ONNX file, and a look at its head initializers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import OnnxFileError
+
+
+def load_onnx(path: str | Path):
+    """Load an ONNX model (with its external data, if any); corrupt or non-ONNX files raise."""
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise OnnxFileError(f"{p}: no such ONNX file")
+    try:
+        model = onnx.load(str(p))
+    except Exception as e:  # protobuf DecodeError, missing external data, ...
+        raise OnnxFileError(f"{p}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from e
+    if not model.graph.node:
+        raise OnnxFileError(f"{p}: not an ONNX model (empty graph)")
+    return model
+
+
+def check_onnx(path: str | Path) -> None:
+    """``onnx.checker.check_model(full_check=True)`` on the file (runs shape inference too)."""
+    import onnx
+
+    load_onnx(path)
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        raise OnnxFileError(f"{path}: ONNX checker failed ({str(e).splitlines()[0][:200]})") from e
+
+
+def node_types(model) -> list[str]:
+    """Op types of the top-level graph, in order."""
+    return [n.op_type for n in model.graph.node]
+
+
+def initializer(model, name: str) -> np.ndarray | None:
+    """The named initializer as an array, or None."""
+    from onnx import numpy_helper
+
+    for t in model.graph.initializer:
+        if t.name == name:
+            return numpy_helper.to_array(t)
+    return None
+
+
+def head_rows(model, head_name: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """The classifier head's weight (C, D) and bias (C,) as stored in the graph."""
+    w = initializer(model, f"{head_name}.weight")
+    if w is None:
+        raise OnnxFileError(f"model.onnx: no initializer '{head_name}.weight' for the head")
+    return w, initializer(model, f"{head_name}.bias")

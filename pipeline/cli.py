@@ -1,0 +1,175 @@
+"""Command line: `pipeline run | train | verify | init | inspect`.
+
+The only module that talks to the terminal and picks exit codes:
+0 released / passed, 1 a gate failed (report kept, nothing released),
+2 bad input (one line naming the field or file; nothing written),
+130 interrupted. Heavy libraries are imported inside commands so that
+``pipeline --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from pipeline.errors import GateFailure, InputError, PipelineError
+
+EXIT_GATE_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+CONFIG_ARG = click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+DEVICE_OPTION = click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+    help="Override the config's device.",
+)
+FORCE_OPTION = click.option("--force", is_flag=True, help="Replace an existing output.")
+
+
+def _err(msg: str) -> None:
+    click.echo(f"error: {msg}", err=True)
+
+
+def handle_errors(fn):
+    """Turn the project's errors into one line and the documented exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except InputError as e:
+            _err(str(e))
+            sys.exit(EXIT_BAD_INPUT)
+        except GateFailure as e:
+            _err(str(e))
+            if e.report_dir:
+                click.echo(f"report kept in {e.report_dir}", err=True)
+            sys.exit(EXIT_GATE_FAILED)
+        except KeyboardInterrupt:
+            _err("interrupted; nothing was released (any staging folder is kept for diagnosis)")
+            sys.exit(EXIT_INTERRUPTED)
+        except PipelineError as e:  # an internal failure we know how to describe
+            _err(str(e))
+            sys.exit(3)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="nhle-pipeline", prog_name="pipeline")
+def cli() -> None:
+    """Class unlearning to a verified ONNX release (NHLE + CWM).
+
+    Exit codes: 0 released/passed, 1 a gate failed, 2 bad input.
+    """
+
+
+@cli.command()
+@CONFIG_ARG
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Release folder root (overrides release.dir).")
+@DEVICE_OPTION
+@FORCE_OPTION
+@handle_errors
+def run(config: Path, out: Path | None, device: str | None, force: bool) -> None:
+    """Unlearn, export, verify and release the model described by CONFIG."""
+    from pipeline.config import load_config
+
+    cfg = load_config(config)
+    from pipeline.console import RichListener, print_run_summary
+    from pipeline.run import run_pipeline
+
+    listener = RichListener()
+    try:
+        result = run_pipeline(cfg, config, out_dir=out, device=device, force=force, listener=listener)
+    except GateFailure as e:
+        listener.close()
+        if e.report_dir:
+            m = json.loads((Path(e.report_dir) / "manifest.json").read_text())
+            print_run_summary(m, None)
+        raise
+    finally:
+        listener.close()
+    print_run_summary(result.manifest, result.path)
+
+
+@cli.command()
+@CONFIG_ARG
+@DEVICE_OPTION
+@FORCE_OPTION
+@handle_errors
+def train(config: Path, device: str | None, force: bool) -> None:
+    """Train the original model CONFIG points to (writes model.weights as safetensors)."""
+    from pipeline.config import load_config
+
+    cfg = load_config(config)
+    from pipeline.console import console, train_original
+
+    path = train_original(cfg, device=device, force=force)
+    console.print(f"saved {path}")
+
+
+@cli.command()
+@click.argument("release_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--data-root", default=None, help="Where the evaluation data lives on this machine (overrides data.root).")
+@DEVICE_OPTION
+@handle_errors
+def verify(release_dir: Path, data_root: str | None, device: str | None) -> None:
+    """Re-check a release: checksums, provenance, then the gates on its model.onnx."""
+    from pipeline.console import console
+    from verify.release_check import verify_release
+
+    check = verify_release(release_dir, data_root=data_root, device=device or "auto")
+    console.print(f"checksums and provenance of {release_dir}: [green]ok[/]  (onnxruntime: {check.provider})")
+    for g in check.gates:
+        console.print(g.line(), markup=False)
+    if not check.passed:
+        raise GateFailure(f"{release_dir}: gate(s) failed: {', '.join(g.name for g in check.gates if not g.passed)}")
+    console.print("verdict: [green]pass[/]")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="pipeline.yaml")
+@FORCE_OPTION
+@handle_errors
+def init(path: Path, force: bool) -> None:
+    """Write a commented starter config to PATH (default: pipeline.yaml)."""
+    from importlib.resources import files
+
+    from pipeline.errors import ConfigError
+
+    if path.exists() and not force:
+        raise ConfigError(f"{path}: already exists; use --force to overwrite")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{path}: folder '{path.parent}' does not exist")
+    path.write_text(files("pipeline").joinpath("templates/starter.yaml").read_text(encoding="utf-8"))
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def inspect(model: Path, as_json: bool) -> None:
+    """Show MODEL.onnx's provenance as onnxruntime reads it."""
+    from export.metadata import read_metadata
+
+    meta = read_metadata(model)
+    if as_json:
+        click.echo(json.dumps(meta, indent=2, sort_keys=True))
+        return
+    if len(meta) <= 1:
+        click.echo(f"{model}: no unlearning provenance (not produced by this pipeline)")
+    for k, v in sorted(meta.items()):
+        click.echo(f"{k:22s} {v}")
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

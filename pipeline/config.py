@@ -1,0 +1,267 @@
+"""Typed run configuration, validated before any work starts.
+
+A config is YAML; every key is checked (unknown keys are errors, at any
+depth), types are strict (``"0.1"`` is not a float), and cross-field rules
+(forgotten ids < ``num_classes``, no duplicates, not every class) are checked
+here so that no stage ever sees an invalid request. ``load_config`` turns every
+problem into one ``ConfigError`` line that names the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import ConfigError
+
+DATASETS = ("digits", "npz", "imagefolder", "mnist", "fashionmnist", "svhn", "cifar10", "cifar100")
+RELEASE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class _Section(BaseModel):
+    """Strict base: unknown keys and lax type coercion are both errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ModelConfig(_Section):
+    # Registry name (mlp, lenet, vgg16, resnet18, resnet34, mobilenet_v3_large,
+    # inception_v3) or an import path "package.module:factory".
+    arch: str = Field(min_length=1)
+    # Trained weights: .safetensors, or a torch.save() state dict (.pt/.pth).
+    weights: str | None = None
+    num_classes: int = Field(ge=2)
+    # Dotted module name of the classifier head; default: the last nn.Linear
+    # with num_classes outputs.
+    head: str | None = None
+    # Extra keyword arguments for the architecture's builder.
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    # Allow full unpickling of a checkpoint (can run arbitrary code). Only for
+    # files you trust.
+    trust_pickle: bool = False
+
+
+class Normalize(_Section):
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Normalize:
+        if len(self.mean) != len(self.std):
+            raise ValueError("mean and std must have the same length (one per channel)")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std must be positive")
+        return self
+
+
+class DataConfig(_Section):
+    dataset: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
+    # Folder with the data (npz: train.npz + test.npz; imagefolder: train/ and
+    # test/ with one sub-folder per class; torchvision sets: their usual root).
+    root: str | None = None
+    # torchvision sets only: fetch over the network if missing (off by default).
+    download: bool = False
+    # Inputs are float32 in [0, 1]; normalise per channel only when set.
+    normalize: Normalize | None = None
+    batch_size: int = Field(default=256, ge=1)
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> DataConfig:
+        if self.dataset != "digits" and self.root is None:
+            raise ValueError(f"dataset '{self.dataset}' needs data.root (a local folder)")
+        return self
+
+
+class ForgetConfig(_Section):
+    classes: list[int] = Field(min_length=1)
+    # Forget samples per class, from the training split (paper: 16 for one
+    # class, 8 per class for several).
+    samples_per_class: int = Field(default=16, ge=1)
+    # "first": in dataset order (the paper's protocol); "random": seeded.
+    selection: Literal["first", "random"] = "first"
+
+    @field_validator("classes")
+    @classmethod
+    def _unique(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate class ids in {v}")
+        if any(c < 0 for c in v):
+            raise ValueError(f"class ids must be >= 0, got {v}")
+        return v
+
+
+class NHLEConfig(_Section):
+    enabled: bool = True
+    # "paper": loss whose logit gradient is y - y~ (Eq. 2);
+    # "soft-ce": PyTorch soft-target cross-entropy with y~ (gradient -y~).
+    variant: Literal["paper", "soft-ce"] = "soft-ce"
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    # Upper bound on fine-tuning steps; the stopping rule usually ends earlier.
+    max_steps: int = Field(default=100, ge=1)
+    # Stop once at most this fraction of the forget samples is still predicted
+    # as a forgotten class (both losses are unbounded below: a stop is needed).
+    stop_forget_acc: float = Field(default=0.0, ge=0, le=1)
+    # Clip the global gradient norm per step (None: no clipping).
+    grad_clip: float | None = Field(default=5.0, gt=0)
+    # Keep BatchNorm running statistics frozen (a 16-sample batch would
+    # corrupt them).
+    freeze_batchnorm: bool = True
+
+
+class CWMConfig(_Section):
+    # "zero": forgotten rows and bias set to 0 (the paper); "suppress": rows 0
+    # and bias = suppress_bias, so a forgotten class can never be top-1;
+    # "none": skip CWM (ablation only).
+    mode: Literal["zero", "suppress", "none"] = "zero"
+    suppress_bias: float = Field(default=-1.0e4, lt=0)
+
+
+class UnlearnConfig(_Section):
+    nhle: NHLEConfig = Field(default_factory=NHLEConfig)
+    cwm: CWMConfig = Field(default_factory=CWMConfig)
+
+
+class ExportConfig(_Section):
+    opset: int = Field(default=18, ge=18)
+
+
+class GatesConfig(_Section):
+    # Highest accepted top-1 accuracy on the forgotten classes' test samples.
+    acc_f_max: float = Field(default=0.01, ge=0, le=1)
+    # Largest accepted drop of retained accuracy vs the original (paper: 0.035).
+    acc_r_drop_max: float = Field(default=0.035, ge=0, le=1)
+    # Max |ONNX logits - PyTorch logits| on finite logits.
+    parity_atol: float = Field(default=1.0e-3, gt=0)
+
+
+class VerifyConfig(_Section):
+    gates: GatesConfig = Field(default_factory=GatesConfig)
+
+
+class ReleaseConfig(_Section):
+    dir: str = "releases"
+    # Release folder name; default: the config file's stem.
+    name: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        if v is not None and not RELEASE_NAME_PATTERN.match(v):
+            raise ValueError(
+                f"'{v}' is not a safe folder name (letters, digits, '.', '_', '-'; "
+                "no path separators, not starting with '.')"
+            )
+        return v
+
+
+class TrainConfig(_Section):
+    """Recipe for `pipeline train` (the original model) and the retrained reference."""
+
+    epochs: int = Field(default=30, ge=1)
+    lr: float = Field(default=1.0e-3, gt=0)
+    batch_size: int = Field(default=64, ge=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+
+
+class Config(_Section):
+    seed: int = 0
+    # auto: CUDA when PyTorch sees it (and onnxruntime's CUDA provider when
+    # available), else CPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    model: ModelConfig
+    data: DataConfig = Field(default_factory=DataConfig)
+    forget: ForgetConfig
+    unlearn: UnlearnConfig = Field(default_factory=UnlearnConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _classes_fit(self) -> Config:
+        n = self.model.num_classes
+        bad = [c for c in self.forget.classes if c >= n]
+        if bad:
+            raise ValueError(
+                f"forget.classes: {bad} out of range for model.num_classes={n} (ids are 0..{n - 1})"
+            )
+        if len(self.forget.classes) >= n:
+            raise ValueError("forget.classes: forgetting every class leaves nothing to keep")
+        return self
+
+    def sha256(self) -> str:
+        """Hash of the validated config (canonical JSON), recorded in the manifest."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        msg = "unknown key"
+    elif kind == "missing":
+        msg = "required field is missing"
+    else:
+        msg = first["msg"].removeprefix("Value error, ")
+        if "input" in first and kind.endswith("_type"):
+            msg += f", got {first['input']!r}"
+    more = len(err.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    return f"{loc}: {msg}{suffix}" if loc else f"{msg}{suffix}"
+
+
+def parse_config(data: Any, source: str = "config") -> Config:
+    """Validate an already-parsed YAML document."""
+    if data is None:
+        raise ConfigError(f"{source}: the file is empty; expected a mapping of config sections")
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping of config sections, got {type(data).__name__}"
+        )
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_format_validation_error(e)}") from e
+    except (TypeError, ValueError, RecursionError) as e:  # pathological YAML values
+        raise ConfigError(f"{source}: invalid value ({e})") from e
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config; every failure is one ``ConfigError`` line."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: no such config file")
+    if not p.is_file():
+        raise ConfigError(f"{p}: not a file; expected a YAML config")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read as UTF-8 text ({e})") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from e
+    return parse_config(data, str(p))
+
+
+def release_name(cfg: Config, config_path: str | Path) -> str:
+    """The release folder's name: ``release.name`` or the config file's stem."""
+    name = cfg.release.name or Path(config_path).stem
+    if not RELEASE_NAME_PATTERN.match(name):
+        raise ConfigError(
+            f"release.name: '{name}' (from the config file name) is not a safe folder name; set release.name"
+        )
+    return name

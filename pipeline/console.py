@@ -1,0 +1,86 @@
+"""Terminal rendering for the CLI (rich): stage progress and the run summary.
+
+Only the CLI imports this module; library code reports through the runner's
+Listener protocol and never prints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False)
+
+
+class RichListener:
+    """Prints one line per finished stage; a live status line while a stage runs."""
+
+    def __init__(self) -> None:
+        self._status = None
+
+    def stage_start(self, stage: str) -> None:
+        self.close()
+        self._status = console.status(f"{stage} ...")
+        self._status.start()
+
+    def step(self, stage: str, done: int, total: int, info: str) -> None:
+        if self._status is not None:
+            self._status.update(f"{stage} {done}/{total}: {info}")
+
+    def stage_end(self, stage: str, seconds: float, detail: str) -> None:
+        self.close()
+        console.print(f"[green]✓[/] {stage:<9s}{seconds:7.2f}s  {detail}")
+
+    def close(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+
+def print_run_summary(m: dict, release: Path | None) -> None:
+    """The table a user reads at the end of `pipeline run`."""
+    met = m["metrics"]
+    o, u = met["original"], met["unlearned"]
+    t = Table(title=f"{m['name']}: forget {m['forget_classes']}", show_lines=False)
+    t.add_column("metric")
+    t.add_column("original", justify="right")
+    t.add_column("unlearned", justify="right")
+    t.add_row("Acc_F", f"{o['acc_f']:.4f}", f"{u['acc_f']:.4f}")
+    t.add_row("Acc_R", f"{o['acc_r']:.4f}", f"{u['acc_r']:.4f}")
+    t.add_row("ΔAcc_R", "", f"{met['delta_acc_r']:+.4f}")
+    console.print(t)
+    g = Table(title="gates")
+    g.add_column("")
+    g.add_column("gate")
+    g.add_column("value", justify="right")
+    g.add_column("threshold")
+    for gate in m["gates"]:
+        mark = "[green]✓[/]" if gate["passed"] else "[red]✗[/]"
+        v = gate["value"]
+        val = "n/a" if v is None else (str(v).lower() if isinstance(v, bool) else f"{v:.4g}")
+        thr = gate["threshold"]
+        thr_s = str(thr).lower() if isinstance(thr, bool) else f"{thr:.4g}"
+        g.add_row(mark, gate["name"], val, f"{gate['op']} {thr_s}")
+    console.print(g)
+    timings = ", ".join(f"{k} {v:.2f}s" for k, v in m["timings_s"].items())
+    console.print(f"stages: {timings}  (total {sum(m['timings_s'].values()):.2f}s)")
+    console.print(f"torch device {m['runtime']['torch_device']}, onnxruntime {m['runtime']['onnxruntime_provider']}")
+    if release is not None:
+        console.print(f"[bold green]released[/] {release}")
+    else:
+        console.print("[bold red]not released[/]: a gate failed")
+
+
+def train_original(cfg, *, device: str | None, force: bool) -> Path:
+    """Run `pipeline train` with an epoch progress line."""
+    from pipeline.train import train_original as _train
+
+    with console.status("train ...") as status:
+        path, acc = _train(
+            cfg, device=device, force=force,
+            on_epoch=lambda e, n, loss: status.update(f"train epoch {e}/{n}: loss {loss:.4f}"),
+        )
+    console.print(f"[green]✓[/] trained {cfg.model.arch} on {cfg.data.dataset}: test accuracy {acc:.4f}")
+    return path

@@ -1,0 +1,60 @@
+"""Stage 1, load: everything a run needs, validated before anything is written.
+
+Shared by ``pipeline run``, ``pipeline train`` and ``pipeline verify``: the
+device, the dataset, the model with its weights, the head, and the forget
+samples. Every failure here is an InputError (exit 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.checkpoint import load_weights, sha256_file
+from pipeline.config import Config
+from pipeline.data import Dataset, check_labels_fit, load_dataset, select_forget_indices
+from pipeline.device import resolve_device
+from pipeline.errors import ModelError
+from pipeline.models import build_model, find_head
+
+
+@dataclass
+class Loaded:
+    device: torch.device
+    data: Dataset
+    model: nn.Module
+    head_name: str
+    forget_idx: np.ndarray  # indices into data.train
+    weights_sha256: str | None
+
+
+def load_data(cfg: Config) -> Dataset:
+    data = load_dataset(cfg.data)
+    check_labels_fit(data, cfg.model.num_classes)
+    return data
+
+
+def build_configured_model(cfg: Config, data: Dataset) -> tuple[nn.Module, str]:
+    """The architecture for this config and data, untrained, and its head's name."""
+    model = build_model(
+        cfg.model.arch, num_classes=cfg.model.num_classes, input_shape=data.input_shape, kwargs=cfg.model.kwargs
+    )
+    head_name, _ = find_head(model, cfg.model.num_classes, cfg.model.head)
+    return model, head_name
+
+
+def load_inputs(cfg: Config, device_override: str | None = None) -> Loaded:
+    """Device, data, model + weights, head and forget samples for an unlearning run."""
+    device = resolve_device(device_override or cfg.device)
+    if cfg.model.weights is None:
+        raise ModelError("model.weights: required for 'pipeline run' (train one with 'pipeline train CONFIG')")
+    data = load_data(cfg)
+    model, head_name = build_configured_model(cfg, data)
+    load_weights(model, cfg.model.weights, trust_pickle=cfg.model.trust_pickle)
+    forget_idx = select_forget_indices(
+        data.train.y, cfg.forget.classes, cfg.forget.samples_per_class, cfg.forget.selection, cfg.seed
+    )
+    return Loaded(device, data, model.eval(), head_name, forget_idx, sha256_file(cfg.model.weights))

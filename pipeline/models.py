@@ -1,0 +1,220 @@
+"""Model registry: the paper's small nets and torchvision classifiers by name.
+
+A registry is a dict, a decorator and ``build_model``; duplicate names raise.
+Builders are keyword-only: ``num_classes``, ``in_channels`` and ``image_size``
+come from the config and the data, extra keywords from ``model.kwargs``. An
+architecture can also be an import path ``package.module:factory``, called
+with ``num_classes=`` and ``model.kwargs``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.errors import ModelError
+
+Builder = Callable[..., nn.Module]
+_REGISTRY: dict[str, Builder] = {}
+# torchvision's stems downsample 32x: below this size we use CIFAR-style stems.
+SMALL_IMAGE = 64
+INCEPTION_MIN_SIZE = 75
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    def wrap(fn: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model '{name}' is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+class MLP(nn.Module):
+    """Flatten -> hidden Linear+ReLU blocks -> Linear head (the paper's MLP)."""
+
+    def __init__(self, in_features: int, hidden: list[int], num_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, classes)
+        return self.classifier(self.features(x))
+
+
+class LeNet(nn.Module):
+    """LeNet-5: two conv/pool blocks, then 120-84-classes fully connected."""
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            flat = self.features(torch.zeros(1, in_channels, image_size, image_size)).shape[1]
+        self.fc = nn.Sequential(nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU())
+        self.classifier = nn.Linear(84, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.fc(self.features(x)))
+
+
+@register("mlp")
+def _mlp(*, num_classes: int, in_channels: int, image_size: int, hidden: list[int] | None = None) -> nn.Module:
+    return MLP(in_channels * image_size * image_size, list(hidden or [256, 128]), num_classes)
+
+
+@register("lenet")
+def _lenet(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    if image_size < 12:
+        raise ModelError(f"model.arch: lenet needs images of at least 12x12, got {image_size}x{image_size}; use mlp")
+    return LeNet(in_channels, image_size, num_classes)
+
+
+def _first_conv(conv: nn.Conv2d, in_channels: int, **override: Any) -> nn.Conv2d:
+    """A fresh conv like ``conv`` but with ``in_channels`` inputs (and overrides)."""
+    args = dict(
+        kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding, bias=conv.bias is not None
+    )
+    args.update(override)
+    return nn.Conv2d(in_channels, conv.out_channels, **args)
+
+
+@register("vgg16")
+def _vgg16(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    from torchvision.models import vgg16
+
+    m = vgg16(weights=None, num_classes=num_classes)
+    m.features[0] = _first_conv(m.features[0], in_channels)
+    if image_size < SMALL_IMAGE:  # CIFAR-style head: 512 features, no 7x7 upsampling
+        m.avgpool = nn.AdaptiveAvgPool2d(1)
+        m.classifier = nn.Sequential(
+            nn.Linear(512, 512), nn.ReLU(True), nn.Dropout(0.5), nn.Linear(512, num_classes)
+        )
+    return m
+
+
+def _resnet(factory: Callable[..., nn.Module], num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    m = factory(weights=None, num_classes=num_classes)
+    if image_size < SMALL_IMAGE:  # CIFAR-style stem: 3x3 stride 1, no max-pool
+        m.conv1 = _first_conv(m.conv1, in_channels, kernel_size=3, stride=1, padding=1)
+        m.maxpool = nn.Identity()
+    else:
+        m.conv1 = _first_conv(m.conv1, in_channels)
+    return m
+
+
+@register("resnet18")
+def _resnet18(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    from torchvision.models import resnet18
+
+    return _resnet(resnet18, num_classes, in_channels, image_size)
+
+
+@register("resnet34")
+def _resnet34(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    from torchvision.models import resnet34
+
+    return _resnet(resnet34, num_classes, in_channels, image_size)
+
+
+@register("mobilenet_v3_large")
+def _mobilenet(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    from torchvision.models import mobilenet_v3_large
+
+    m = mobilenet_v3_large(weights=None, num_classes=num_classes)
+    stem = m.features[0][0]
+    stride = 1 if image_size < SMALL_IMAGE else 2
+    m.features[0][0] = _first_conv(stem, in_channels, stride=stride)
+    return m
+
+
+@register("inception_v3")
+def _inception(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    from torchvision.models import inception_v3
+
+    m = inception_v3(weights=None, num_classes=num_classes, aux_logits=False, init_weights=True)
+    m.Conv2d_1a_3x3.conv = _first_conv(m.Conv2d_1a_3x3.conv, in_channels)
+    if image_size < INCEPTION_MIN_SIZE:
+        # Inception's stem needs >= 75 px: upsample small inputs inside the model.
+        return nn.Sequential(nn.Upsample(size=(INCEPTION_MIN_SIZE, INCEPTION_MIN_SIZE), mode="bilinear"), m)
+    return m
+
+
+def _import_factory(path: str) -> Builder:
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModelError(f"model.arch: cannot import module '{module_name}' ({e})") from e
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise ModelError(f"model.arch: '{module_name}' has no callable '{attr}'")
+    return fn
+
+
+def build_model(
+    arch: str, *, num_classes: int, input_shape: tuple[int, int, int], kwargs: dict[str, Any] | None = None
+) -> nn.Module:
+    """Build ``arch`` for ``num_classes`` outputs and ``(C, H, W)`` inputs; check the output width."""
+    c, h, w = input_shape
+    kwargs = dict(kwargs or {})
+    if ":" in arch:
+        fn = _import_factory(arch)
+        call = lambda: fn(num_classes=num_classes, **kwargs)  # noqa: E731
+    elif arch in _REGISTRY:
+        if h != w:
+            raise ModelError(f"model.arch: {arch} expects square images, got {h}x{w}")
+        call = lambda: _REGISTRY[arch](num_classes=num_classes, in_channels=c, image_size=h, **kwargs)  # noqa: E731
+    else:
+        raise ModelError(f"model.arch: unknown architecture '{arch}'; expected one of {list_models()} or 'module:factory'")
+    try:
+        model = call()
+    except TypeError as e:
+        raise ModelError(f"model.kwargs: {e}") from e
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model.arch: '{arch}' returned {type(model).__name__}, expected a torch.nn.Module")
+    model.eval()
+    with torch.no_grad():
+        try:
+            out = model(torch.zeros(2, c, h, w))
+        except RuntimeError as e:
+            raise ModelError(f"model.arch: '{arch}' cannot take inputs of shape {(c, h, w)} ({str(e).splitlines()[0]})") from e
+    if out.ndim != 2 or out.shape[1] != num_classes:
+        raise ModelError(
+            f"model.num_classes: {num_classes}, but '{arch}' outputs shape {tuple(out.shape[1:])}"
+        )
+    return model
+
+
+def find_head(model: nn.Module, num_classes: int, name: str | None = None) -> tuple[str, nn.Linear]:
+    """The classifier head: ``name`` if given, else the last nn.Linear with ``num_classes`` outputs."""
+    modules = dict(model.named_modules())
+    if name is not None:
+        head = modules.get(name)
+        if not isinstance(head, nn.Linear):
+            linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+            raise ModelError(f"model.head: '{name}' is not an nn.Linear of the model; linear layers: {linears}")
+        if head.out_features != num_classes:
+            raise ModelError(f"model.head: '{name}' has {head.out_features} outputs, expected {num_classes}")
+        return name, head
+    found = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    if not found:
+        raise ModelError(f"model.head: no nn.Linear with {num_classes} outputs found; name it in model.head")
+    return found[-1]

@@ -1,0 +1,1 @@
+"""onnxruntime evaluation of the shipped artifact: metrics, gates, report."""

@@ -1,0 +1,53 @@
+"""The metrics, defined once and used by the gates, the report and the benchmarks.
+
+- Acc_F: top-1 accuracy on test samples of the forgotten classes (low is good).
+- Acc_R: top-1 accuracy on test samples of the retained classes.
+- ΔAcc_R: Acc_R(unlearned) - Acc_R(original), same data, same runtime.
+- per-class accuracy, and ONNX-vs-PyTorch parity (max |diff| on finite logits).
+Top-1 is the argmax over all classes, the forgotten ones included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    acc_f: float
+    acc_r: float
+    per_class: list[float]  # accuracy of each class's test samples (nan if none)
+    n_forget: int
+    n_retain: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def accuracy(logits: np.ndarray, y: np.ndarray, forget_classes: list[int], num_classes: int) -> Accuracy:
+    """Acc_F, Acc_R and per-class accuracy from (N, C) logits and (N,) labels."""
+    pred = logits.argmax(axis=1)
+    correct = pred == y
+    forget = np.isin(y, forget_classes)
+    per_class = [float(correct[y == c].mean()) if np.any(y == c) else float("nan") for c in range(num_classes)]
+    return Accuracy(
+        acc_f=float(correct[forget].mean()) if forget.any() else float("nan"),
+        acc_r=float(correct[~forget].mean()) if (~forget).any() else float("nan"),
+        per_class=per_class,
+        n_forget=int(forget.sum()),
+        n_retain=int((~forget).sum()),
+    )
+
+
+def parity_max_abs(a: np.ndarray, b: np.ndarray) -> float:
+    """Max |a - b| over entries finite in both; inf if their finiteness differs anywhere."""
+    if a.shape != b.shape:
+        return float("inf")
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    if not np.array_equal(fa, fb):
+        return float("inf")
+    if not fa.any():
+        return 0.0
+    return float(np.max(np.abs(a[fa].astype(np.float64) - b[fb].astype(np.float64))))

@@ -1,0 +1,50 @@
+"""onnxruntime sessions and batched logits.
+
+The provider actually used is read back from ``session.get_providers()``:
+asking for CUDA is not proof of running on it (onnxruntime-gpu silently
+falls back to the CPU when CUDA libraries are missing).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import InputError, OnnxFileError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+ORT_LOG_ERROR = 3  # onnxruntime severity: 0 verbose .. 3 error, 4 fatal
+
+
+def open_session(path: str | Path, device: str = "auto"):
+    """An InferenceSession on CUDA when ``device`` allows and it really runs there, else CPU.
+
+    Returns ``(session, provider)``; ``device: cuda`` without a working CUDA
+    provider is an input error, not a silent fallback.
+    """
+    import onnxruntime as ort
+
+    p = Path(path)
+    if not p.is_file():
+        raise OnnxFileError(f"{p}: no such ONNX file")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = ORT_LOG_ERROR
+    want_cuda = device in ("auto", "cuda") and CUDA in ort.get_available_providers()
+    providers = [CUDA, CPU] if want_cuda else [CPU]
+    try:
+        sess = ort.InferenceSession(str(p), sess_options=opts, providers=providers)
+    except Exception as e:
+        raise OnnxFileError(f"{p}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from e
+    used = sess.get_providers()[0]
+    if device == "cuda" and used != CUDA:
+        raise InputError("device: 'cuda' requested, but onnxruntime's CUDA provider is not usable here")
+    return sess, used
+
+
+def ort_logits(sess, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """(N, C, H, W) float32 -> (N, classes) logits, in batches."""
+    name = sess.get_inputs()[0].name
+    out = [sess.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
+    return np.concatenate(out).astype(np.float32)

@@ -1,0 +1,78 @@
+"""``report.md``: the human-readable verdict, rendered from the manifest alone."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+
+def _f(v, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def render_report(m: dict) -> str:
+    """Markdown report of a run or release manifest."""
+    met = m["metrics"]
+    orig, unl = met["original"], met["unlearned"]
+    verdict = "RELEASED" if m["status"] == "released" else "NOT RELEASED: a gate failed"
+    lines = [
+        f"# Unlearning report: {m['name']}",
+        "",
+        f"**Verdict: {verdict}**",
+        "",
+        f"- method: {m['method']}, forgotten classes: {m['forget_classes']}",
+        f"- source model: `{m['source_model']['path']}` ({m['source_model']['arch']}), sha256 `{m['source_model']['sha256']}`",
+        f"- config sha256 `{m['config_sha256']}`, seed {m['seed']}",
+        f"- PyTorch device: {m['runtime']['torch_device']}, onnxruntime provider: {m['runtime']['onnxruntime_provider']}",
+        "",
+        "## Gates",
+        "",
+        "| gate | value | threshold | result |",
+        "| --- | --- | --- | --- |",
+    ]
+    for g in m["gates"]:
+        lines.append(f"| {g['name']} | {_f(g['value'])} | {g['op']} {_f(g['threshold'])} | {'✓ pass' if g['passed'] else '✗ FAIL'} |")
+    lines += [
+        "",
+        "## Accuracy (onnxruntime, test split)",
+        "",
+        "| metric | original | unlearned | change |",
+        "| --- | --- | --- | --- |",
+        f"| Acc_F | {_f(orig['acc_f'])} | {_f(unl['acc_f'])} | {_f(unl['acc_f'] - orig['acc_f'])} |",
+        f"| Acc_R | {_f(orig['acc_r'])} | {_f(unl['acc_r'])} | {_f(met['delta_acc_r'])} |",
+        "",
+        "| class | original | unlearned |",
+        "| --- | --- | --- |",
+    ]
+    for c, (a, b) in enumerate(zip(orig["per_class"], unl["per_class"], strict=True)):
+        tag = " (forgotten)" if c in m["forget_classes"] else ""
+        lines.append(f"| {c}{tag} | {_f(a)} | {_f(b)} |")
+    nh = met["nhle"]
+    lines += [
+        "",
+        "## Unlearning",
+        "",
+        f"- NHLE: {nh['steps']} steps, stopped: {nh['stopped']}; forget-sample accuracy {_f(nh['forget_acc_start'])} → {_f(nh['forget_acc_end'])}",
+        f"- CWM mode: {m['config']['unlearn']['cwm']['mode']}",
+        f"- ONNX vs PyTorch max |Δlogit|: {_f(met.get('parity_max_abs'), 6)}",
+        "",
+        "## Stage timings (s)",
+        "",
+        "| stage | seconds |",
+        "| --- | --- |",
+    ]
+    lines += [f"| {k} | {v:.2f} |" for k, v in m["timings_s"].items()]
+    lines += ["", "## Files", "", "| file | sha256 | bytes |", "| --- | --- | --- |"]
+    lines += [f"| {k} | `{v['sha256']}` | {v['bytes']} |" for k, v in m.get("files", {}).items()]
+    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in m["runtime"]["versions"].items()), ""]
+    return "\n".join(lines)
+
+
+def write_report(path: Path, manifest: dict) -> None:
+    path.write_text(render_report(manifest), encoding="utf-8")
