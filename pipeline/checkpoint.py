@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -50,7 +49,7 @@ def _read_state_dict(path: Path, trust_pickle: bool) -> Mapping[str, torch.Tenso
             f"{where} needs full unpickling, which can run arbitrary code; re-save it as a state dict "
             "or safetensors, or set model.trust_pickle: true if you trust the file"
         ) from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+    except Exception as e:  # torch.load raises many types on junk (IndexError, EOFError, ...)
         raise ModelError(f"{where} is not a readable PyTorch checkpoint ({str(e).splitlines()[0]})") from e
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()

@@ -110,7 +110,7 @@ def nhle_finetune(
         step += 1
         losses.append(float(loss.detach()))
         if on_step is not None:
-            on_step(step, cfg.max_steps, float(loss), acc)
+            on_step(step, cfg.max_steps, losses[-1], acc)
     model.eval()
     with torch.no_grad():
         end_acc = float((model(x).argmax(dim=1) == y).float().mean())

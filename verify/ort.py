@@ -18,6 +18,17 @@ CPU = "CPUExecutionProvider"
 ORT_LOG_ERROR = 3  # onnxruntime severity: 0 verbose .. 3 error, 4 fatal
 
 
+def cuda_driver_present() -> bool:
+    """Is the CUDA driver library loadable? (Avoids onnxruntime-gpu's noisy failed attempt.)"""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
 def open_session(path: str | Path, device: str = "auto"):
     """An InferenceSession on CUDA when ``device`` allows and it really runs there, else CPU.
 
@@ -29,10 +40,18 @@ def open_session(path: str | Path, device: str = "auto"):
     p = Path(path)
     if not p.is_file():
         raise OnnxFileError(f"{p}: no such ONNX file")
+    ort.set_default_logger_severity(ORT_LOG_ERROR)
     opts = ort.SessionOptions()
     opts.log_severity_level = ORT_LOG_ERROR
-    want_cuda = device in ("auto", "cuda") and CUDA in ort.get_available_providers()
+    want_cuda = (
+        device in ("auto", "cuda") and CUDA in ort.get_available_providers() and cuda_driver_present()
+    )
     providers = [CUDA, CPU] if want_cuda else [CPU]
+    if want_cuda and hasattr(ort, "preload_dlls"):
+        try:  # use the CUDA/cuDNN libraries that PyTorch's wheels installed
+            ort.preload_dlls()
+        except Exception:  # noqa: BLE001 - fall back to the system libraries
+            pass
     try:
         sess = ort.InferenceSession(str(p), sess_options=opts, providers=providers)
     except Exception as e:

@@ -1,0 +1,38 @@
+import pytest
+import torch
+from torch import nn
+
+from pipeline.cwm import apply_cwm
+from pipeline.errors import ModelError
+
+
+def head():
+    torch.manual_seed(0)
+    return nn.Linear(4, 5)
+
+
+@pytest.mark.parametrize("mode, bias", [("zero", 0.0), ("suppress", -1e4)])
+def test_masks_only_forgotten_rows(mode, bias):
+    h = head()
+    w0, b0 = h.weight.detach().clone(), h.bias.detach().clone()
+    apply_cwm(h, [1, 3], mode, -1e4)
+    assert torch.all(h.weight[[1, 3]] == 0)
+    assert h.bias[[1, 3]].tolist() == [bias, bias]
+    torch.testing.assert_close(h.weight[[0, 2, 4]], w0[[0, 2, 4]])
+    torch.testing.assert_close(h.bias[[0, 2, 4]], b0[[0, 2, 4]])
+
+
+def test_suppress_means_never_top1():
+    h = head()
+    apply_cwm(h, [2], "suppress", -1e4)
+    logits = h(torch.randn(1000, 4) * 50)
+    assert not (logits.argmax(1) == 2).any()
+
+
+def test_none_is_a_no_op_and_suppress_needs_bias():
+    h = head()
+    w0 = h.weight.detach().clone()
+    apply_cwm(h, [0], "none", -1e4)
+    torch.testing.assert_close(h.weight, w0)
+    with pytest.raises(ModelError, match="needs a head with a bias"):
+        apply_cwm(nn.Linear(4, 5, bias=False), [0], "suppress", -1e4)
