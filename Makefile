@@ -22,6 +22,7 @@ demo: $(STAMP)
 
 ## test: set up, then the whole test suite.
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -101,13 +101,17 @@ class NHLEConfig(_Section):
     # "paper": loss whose logit gradient is y - y~ (Eq. 2);
     # "soft-ce": PyTorch soft-target cross-entropy with y~ (gradient -y~).
     variant: Literal["paper", "soft-ce"] = "soft-ce"
-    lr: float = Field(default=0.1, gt=0)
+    # Measured (README, "NHLE defaults"): lr 0.1 wrecks LeNet on Fashion-MNIST
+    # in a single step (ΔAcc_R -0.54); 0.01 with the stop below keeps it > -0.03.
+    lr: float = Field(default=0.01, gt=0)
     momentum: float = Field(default=0.0, ge=0, lt=1)
     # Upper bound on fine-tuning steps; the stopping rule usually ends earlier.
     max_steps: int = Field(default=100, ge=1)
     # Stop once at most this fraction of the forget samples is still predicted
-    # as a forgotten class (both losses are unbounded below: a stop is needed).
-    stop_forget_acc: float = Field(default=0.0, ge=0, le=1)
+    # as its class (both losses are unbounded below: a stop is needed). CWM
+    # then removes the class from the decision; pushing NHLE on to 0 costs
+    # retained accuracy (Fashion-MNIST: ΔAcc_R -0.13 at 0.0 vs -0.02 at 0.5).
+    stop_forget_acc: float = Field(default=0.5, ge=0, le=1)
     # Clip the global gradient norm per step (None: no clipping).
     grad_clip: float | None = Field(default=5.0, gt=0)
     # Keep BatchNorm running statistics frozen (a 16-sample batch would

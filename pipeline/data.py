@@ -118,7 +118,7 @@ def _load_imagefolder(root: Path) -> tuple[Split, Split]:
         except (FileNotFoundError, RuntimeError) as e:
             raise DataError(f"data.root: '{folder}': {e}") from e
         if classes is not None and ds.classes != classes:
-            raise DataError(f"data.root: train/ and test/ have different class folders")
+            raise DataError("data.root: train/ and test/ have different class folders")
         classes = ds.classes
         images = [np.asarray(ds.loader(p)) for p, _ in ds.samples]
         shapes = {im.shape for im in images}

@@ -34,7 +34,15 @@ from pipeline.inference import torch_logits
 from pipeline.loading import load_inputs
 from pipeline.models import find_head
 from pipeline.nhle import nhle_finetune
-from pipeline.release import MANIFEST, SCRATCH, check_target, create_staging, file_digests, publish, write_json
+from pipeline.release import (
+    MANIFEST,
+    SCRATCH,
+    check_target,
+    create_staging,
+    file_digests,
+    publish,
+    write_json,
+)
 from verify.gates import evaluate_gates
 from verify.metrics import accuracy, parity_max_abs
 from verify.ort import open_session, ort_logits

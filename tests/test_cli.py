@@ -63,16 +63,18 @@ def test_force_replaces_release(make_config, tmp_path):
 
 
 def test_failed_gate_exits_1_keeps_report_releases_nothing(make_config, tmp_path):
-    # no drop of retained accuracy allowed: the demo's ~-0.01 fails this gate
-    cfg = make_config(verify={"gates": {"acc_r_drop_max": 0.0}})
+    # no unlearning at all: the original still recognises class 0, the acc_f gate must block it
+    cfg = make_config(unlearn={"nhle": {"enabled": False}, "cwm": {"mode": "none"}})
     r = invoke("run", cfg)
     assert r.exit_code == 1, r.output
-    assert "gate(s) failed: acc_r_drop" in r.output
+    assert "gate(s) failed: acc_f;" in r.output
     assert not (tmp_path / "releases" / "digits-test").exists()
     staging = list((tmp_path / "releases" / ".staging").iterdir())
     assert len(staging) == 1
     m = json.loads((staging[0] / "manifest.json").read_text())
     assert m["status"] == "gate_failed"
+    acc_f = next(g for g in m["gates"] if g["name"] == "acc_f")
+    assert acc_f["passed"] is False and acc_f["value"] > 0.9 and acc_f["threshold"] == 0.01
     assert "NOT RELEASED" in (staging[0] / "report.md").read_text()
 
 

@@ -48,13 +48,17 @@ def digits_model(digits_weights):
 
 
 @pytest.mark.parametrize("variant", ["paper", "soft-ce"])
-def test_finetune_stops_once_forget_samples_are_forgotten(digits_model, variant):
+@pytest.mark.parametrize("lr, stop", [(0.01, 0.5), (0.1, 0.0)])
+def test_finetune_stops_at_the_first_step_meeting_the_rule(digits_model, variant, lr, stop):
     m0, ds, x, y = digits_model
     m = copy.deepcopy(m0)
-    r = nhle_finetune(m, x, y, 10, NHLEConfig(variant=variant))
+    r = nhle_finetune(m, x, y, 10, NHLEConfig(variant=variant, lr=lr, stop_forget_acc=stop))
     assert r.forget_acc_start == 1.0
-    assert r.stopped == "forgotten" and r.forget_acc_end == 0.0
-    assert 1 <= r.steps < 10
+    assert r.stopped == "forgotten" and r.forget_acc_end <= stop
+    # one step fewer would not have met the rule
+    m_short = copy.deepcopy(m0)
+    short = nhle_finetune(m_short, x, y, 10, NHLEConfig(variant=variant, lr=lr, max_steps=r.steps - 1, stop_forget_acc=stop))
+    assert short.stopped == "max_steps" and short.forget_acc_end > stop
     # retained test accuracy barely moves with so few steps
     keep = ds.test.y != 0
     with torch.no_grad():
