@@ -143,10 +143,20 @@ class GatesConfig(_Section):
     acc_r_drop_max: float = Field(default=0.035, ge=0, le=1)
     # Max |ONNX logits - PyTorch logits| on finite logits.
     parity_atol: float = Field(default=1.0e-3, gt=0)
+    # Optional evidence gates (null = off; see README "Evidence of forgetting").
+    # Ratio_D(unlearned) / Ratio_D(original) must be <= this.
+    ratio_d_max_relative: float | None = Field(default=None, gt=0)
+    # ROC AUC of the forgotten-vs-retained feature probe must be <= this.
+    probe_auc_max: float | None = Field(default=None, ge=0, le=1)
+    # MIA-efficacy on the forgotten classes' training samples must be >= this.
+    mia_efficacy_min: float | None = Field(default=None, ge=0, le=1)
 
 
 class VerifyConfig(_Section):
     gates: GatesConfig = Field(default_factory=GatesConfig)
+    # "retrain": also train a model without the forgotten classes (same recipe
+    # as `train:`, needs the training split) and report the gap to it.
+    reference: Literal["none", "retrain"] = "none"
 
 
 class ReleaseConfig(_Section):

@@ -42,14 +42,19 @@ class RichListener:
 def print_run_summary(m: dict, release: Path | None) -> None:
     """The table a user reads at the end of `pipeline run`."""
     met = m["metrics"]
-    o, u = met["original"], met["unlearned"]
+    o, u, r = met["original"], met["unlearned"], met.get("reference")
+    ev = met.get("evidence") or {}
     t = Table(title=f"{m['name']}: forget {m['forget_classes']}", show_lines=False)
-    t.add_column("metric")
-    t.add_column("original", justify="right")
-    t.add_column("unlearned", justify="right")
-    t.add_row("Acc_F", f"{o['acc_f']:.4f}", f"{u['acc_f']:.4f}")
-    t.add_row("Acc_R", f"{o['acc_r']:.4f}", f"{u['acc_r']:.4f}")
-    t.add_row("ΔAcc_R", "", f"{met['delta_acc_r']:+.4f}")
+    for col in ("metric", "original", "unlearned") + (("retrained",) if r else ()):
+        t.add_column(col, justify="left" if col == "metric" else "right")
+    rows = [("Acc_F", o["acc_f"], u["acc_f"], r and r["acc_f"]), ("Acc_R", o["acc_r"], u["acc_r"], r and r["acc_r"])]
+    if ev.get("original"):
+        ref_ev = ev.get("reference") or {}
+        for key, label in (("ratio_d", "Ratio_D"), ("probe_auc", "probe AUC"), ("mia_efficacy", "MIA-efficacy")):
+            rows.append((label, ev["original"][key], ev["unlearned"][key], ref_ev.get(key)))
+    for label, a, b, c in rows:
+        t.add_row(label, f"{a:.4f}", f"{b:.4f}", *([f"{c:.4f}"] if r else []))
+    t.add_row("ΔAcc_R", "", f"{met['delta_acc_r']:+.4f}", *([f"{r['acc_r'] - o['acc_r']:+.4f}"] if r else []))
     console.print(t)
     g = Table(title="gates")
     g.add_column("")

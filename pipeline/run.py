@@ -1,6 +1,6 @@
 """The runner: chains the stages, times them, reports progress, owns the staging folder.
 
-    load -> baseline -> NHLE -> CWM -> export -> verify -> release
+    load -> baseline -> NHLE -> CWM -> export -> [reference] -> verify -> release
 
 Every stage is a plain function; this module only wires them. The verdict is
 computed by onnxruntime on the exported file that ships. Nothing is written
@@ -11,7 +11,6 @@ before the load stage has validated every input; nothing reaches
 from __future__ import annotations
 
 import copy
-import platform
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,16 +21,17 @@ from typing import Protocol
 import numpy as np
 import torch
 
-import pipeline
 from export.checker import check_onnx, head_rows, load_onnx, node_types
 from export.metadata import stamp_metadata
 from export.onnx_export import export_onnx
+from export.triton import write_triton_repository
 from pipeline.config import Config, release_name
 from pipeline.cwm import apply_cwm
 from pipeline.device import seed_everything
 from pipeline.errors import GateFailure
 from pipeline.inference import torch_logits
 from pipeline.loading import load_inputs
+from pipeline.manifest import build_manifest, onnx_provenance
 from pipeline.models import find_head
 from pipeline.nhle import nhle_finetune
 from pipeline.release import (
@@ -44,12 +44,13 @@ from pipeline.release import (
     write_json,
 )
 from verify.gates import evaluate_gates
-from verify.metrics import accuracy, parity_max_abs
-from verify.ort import open_session, ort_logits
+from verify.html_report import write_html_report
+from verify.measure import measure_onnx
+from verify.reference import retrain_reference
 from verify.report import write_report
+from verify.verification import verification_metrics
 
-STAGES = ("load", "baseline", "nhle", "cwm", "export", "verify", "release")
-METHOD = "nhle-cwm"
+STAGES = ("load", "baseline", "nhle", "cwm", "export", "reference", "verify", "release")
 
 
 class Listener(Protocol):
@@ -69,7 +70,7 @@ class NullListener:
 @dataclass
 class RunResult:
     manifest: dict
-    path: Path  # the release folder, or the kept staging folder
+    path: Path  # the release folder
     released: bool
 
 
@@ -89,22 +90,6 @@ class _Timer:
         self.listener.stage_end(name, self.timings[name], self.detail)
 
 
-def library_versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-    import torchvision
-
-    return {
-        "pipeline": pipeline.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-    }
-
-
 def _cwm_visible(onnx_path: Path, head_name: str, classes: list[int], mode: str, suppress_bias: float) -> bool:
     """Are the forgotten rows masked in the exported head initializers?"""
     w, b = head_rows(load_onnx(onnx_path), head_name)
@@ -113,6 +98,14 @@ def _cwm_visible(onnx_path: Path, head_name: str, classes: list[int], mode: str,
         return rows_zero and mode == "zero"
     want = 0.0 if mode == "zero" else np.float32(suppress_bias)
     return rows_zero and bool(np.all(b[classes] == want))
+
+
+def _write_reports(staging: Path, manifest: dict, features: dict) -> None:
+    """report.md, report.html, then manifest.json with the digests of everything else."""
+    write_report(staging / "report.md", manifest)
+    write_html_report(staging / "report.html", manifest, features)
+    manifest["files"] = file_digests(staging)
+    write_json(staging / MANIFEST, manifest)
 
 
 def run_pipeline(
@@ -137,23 +130,27 @@ def run_pipeline(
         target = check_target(release_dir, name, force)
         seed_everything(cfg.seed)
         inp = load_inputs(cfg, device)
-        test = inp.data.test
-        timer.detail = f"{inp.data.name}: {len(inp.data.train)} train / {len(test)} test, device {inp.device}"
+        data = inp.data
+        timer.detail = f"{data.name}: {len(data.train)} train / {len(data.test)} test, device {inp.device}"
     staging = create_staging(release_dir, name)  # first write of the run
     scratch = staging / SCRATCH
     ort_device = "cpu" if inp.device.type == "cpu" else "auto"
 
+    def measure(path: Path):
+        return measure_onnx(path, inp.head_name, data, forget, n_cls, seed=cfg.seed, device=ort_device,
+                            batch_size=bs, scratch=scratch)
+
     with timer.stage("baseline"):
         original_onnx = scratch / "original.onnx"
-        export_onnx(inp.model, inp.data.input_shape, original_onnx, opset=cfg.export.opset)
-        sess, provider = open_session(original_onnx, ort_device)
-        before = accuracy(ort_logits(sess, test.x, bs), test.y, forget, n_cls)
-        timer.detail = f"original Acc_F {before.acc_f:.4f}, Acc_R {before.acc_r:.4f} ({provider})"
+        export_onnx(inp.model, data.input_shape, original_onnx, opset=cfg.export.opset)
+        before = measure(original_onnx)
+        timer.detail = (f"original Acc_F {before.accuracy.acc_f:.4f}, Acc_R {before.accuracy.acc_r:.4f}, "
+                        f"Ratio_D {before.evidence.ratio_d:.3f} ({before.provider})")
 
     with timer.stage("nhle"):
         model = copy.deepcopy(inp.model).to(inp.device)
-        xf = torch.from_numpy(inp.data.train.x[inp.forget_idx]).to(inp.device)
-        yf = torch.from_numpy(inp.data.train.y[inp.forget_idx]).to(inp.device)
+        xf = torch.from_numpy(data.train.x[inp.forget_idx]).to(inp.device)
+        yf = torch.from_numpy(data.train.y[inp.forget_idx]).to(inp.device)
         nh = nhle_finetune(
             model, xf, yf, n_cls, cfg.unlearn.nhle,
             on_step=lambda s, t, loss, acc: listener.step("nhle", s, t, f"loss {loss:.3f}, forget acc {acc:.2f}"),
@@ -167,85 +164,59 @@ def run_pipeline(
 
     with timer.stage("export"):
         model_onnx = staging / "model.onnx"
-        external = export_onnx(model, inp.data.input_shape, model_onnx, opset=cfg.export.opset)
-        stamp_metadata(model_onnx, {
-            "method": METHOD,
-            "forget_classes": ",".join(map(str, forget)),
-            "num_classes": str(n_cls),
-            "source_model_sha256": inp.weights_sha256 or "",
-            "config_sha256": cfg.sha256(),
-            "cwm_mode": cfg.unlearn.cwm.mode,
-            "nhle_variant": cfg.unlearn.nhle.variant,
-            "pipeline_version": pipeline.__version__,
-        })
+        external = export_onnx(model, data.input_shape, model_onnx, opset=cfg.export.opset)
+        stamp_metadata(model_onnx, onnx_provenance(cfg, inp.weights_sha256))
         check_onnx(model_onnx)
+        write_triton_repository(staging, name, model_onnx)  # triton/<name>/{config.pbtxt,1/model.onnx}
         timer.detail = f"opset {cfg.export.opset}, {model_onnx.stat().st_size / 1024:.0f} KiB"
 
-    with timer.stage("verify"):
-        sess, provider = open_session(model_onnx, ort_device)
-        after_logits = ort_logits(sess, test.x, bs)
-        after = accuracy(after_logits, test.y, forget, n_cls)
-        ref_logits = torch_logits(model.to("cpu"), test.x, bs, torch.device("cpu"))
-        metrics = {
-            "original": before.to_dict(),
-            "unlearned": after.to_dict(),
-            "acc_f": after.acc_f,
-            "delta_acc_r": after.acc_r - before.acc_r,
-            "parity_max_abs": parity_max_abs(after_logits, ref_logits),
-            "graph_unchanged": node_types(load_onnx(original_onnx)) == node_types(load_onnx(model_onnx)),
-            "nhle": {
-                "steps": nh.steps, "stopped": nh.stopped,
-                "forget_acc_start": nh.forget_acc_start, "forget_acc_end": nh.forget_acc_end,
-                "n_samples": int(len(yf)),
-            },
-        }
-        if cfg.unlearn.cwm.mode != "none":
-            metrics["cwm_in_graph"] = _cwm_visible(
-                model_onnx, inp.head_name, forget, cfg.unlearn.cwm.mode, cfg.unlearn.cwm.suppress_bias
+    reference = None
+    if cfg.verify.reference == "retrain":
+        with timer.stage("reference"):
+            ref_path = retrain_reference(
+                cfg, data, inp.device, scratch / "reference.onnx",
+                on_epoch=lambda e, n, loss: listener.step("reference", e, n, f"retrain loss {loss:.4f}"),
             )
+            reference = measure(ref_path)
+            timer.detail = (f"retrained without {forget}: Acc_R {reference.accuracy.acc_r:.4f}, "
+                            f"Ratio_D {reference.evidence.ratio_d:.3f}")
+
+    with timer.stage("verify"):
+        after = measure(model_onnx)
+        cwm_mode = cfg.unlearn.cwm.mode
+        metrics = verification_metrics(
+            before, after, reference,
+            torch_logits=torch_logits(model.to("cpu"), data.test.x, bs, torch.device("cpu")),
+            graph_unchanged=node_types(load_onnx(original_onnx)) == node_types(load_onnx(model_onnx)),
+            cwm_in_graph=None if cwm_mode == "none" else _cwm_visible(
+                model_onnx, inp.head_name, forget, cwm_mode, cfg.unlearn.cwm.suppress_bias),
+            nhle={"steps": nh.steps, "stopped": nh.stopped, "forget_acc_start": nh.forget_acc_start,
+                  "forget_acc_end": nh.forget_acc_end, "n_samples": int(len(yf))},
+        )
         gates = evaluate_gates(metrics, cfg.verify.gates)
-        if cfg.unlearn.cwm.mode == "none":
+        if cwm_mode == "none":
             gates = [g for g in gates if g.name != "cwm_in_graph"]
         passed = all(g.passed for g in gates)
-        timer.detail = f"Acc_F {after.acc_f:.4f}, ΔAcc_R {metrics['delta_acc_r']:+.4f}, gates {'pass' if passed else 'FAIL'}"
+        timer.detail = (f"Acc_F {after.accuracy.acc_f:.4f}, ΔAcc_R {metrics['delta_acc_r']:+.4f}, "
+                        f"Ratio_D {after.evidence.ratio_d:.3f}, gates {'pass' if passed else 'FAIL'}")
 
-    manifest = {
-        "format": 1,
-        "name": name,
-        "status": "released" if passed else "gate_failed",
-        "method": METHOD,
-        "forget_classes": forget,
-        "num_classes": n_cls,
-        "seed": cfg.seed,
-        "config": cfg.model_dump(mode="json"),
-        "config_sha256": cfg.sha256(),
-        "source_model": {"path": str(cfg.model.weights), "arch": cfg.model.arch, "sha256": inp.weights_sha256},
-        "head": inp.head_name,
-        "metrics": metrics,
-        "gates": [g.to_dict() for g in gates],
-        "passed": passed,
-        "runtime": {
-            "torch_device": str(inp.device),
-            "onnxruntime_provider": provider,
-            "versions": library_versions(),
-            "platform": platform.platform(),
-        },
-        "external_data": external,
-        "timings_s": dict(timer.timings),
-    }
+    features = {"original": (before.test_features, data.test.y), "unlearned": (after.test_features, data.test.y)}
+    if reference is not None:
+        features["retrained reference"] = (reference.test_features, data.test.y)
+    manifest = build_manifest(
+        cfg, name=name, passed=passed, weights_sha256=inp.weights_sha256, head_name=inp.head_name,
+        metrics=metrics, gates=[g.to_dict() for g in gates], torch_device=str(inp.device),
+        provider=after.provider, external_data=external, timings=timer.timings,
+    )
     if not passed:
+        _write_reports(staging, manifest, features)
         failed = [g.name for g in gates if not g.passed]
-        write_report(staging / "report.md", manifest)
-        manifest["files"] = file_digests(staging)
-        write_json(staging / MANIFEST, manifest)
         raise GateFailure(f"gate(s) failed: {', '.join(failed)}; nothing released", str(staging))
 
     with timer.stage("release"):
         # The files record every stage up to verify; the release step's own
         # time is known only after the rename, so it is returned, not stored.
-        write_report(staging / "report.md", manifest)
-        manifest["files"] = file_digests(staging)
-        write_json(staging / MANIFEST, manifest)
+        _write_reports(staging, manifest, features)
         path = publish(staging, target, force)
         timer.detail = str(path)
     manifest["timings_s"] = dict(timer.timings)

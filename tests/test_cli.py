@@ -20,7 +20,7 @@ def test_run_releases_verified_artifact_and_verify_inspect_agree(make_config, tm
     r = invoke("run", cfg)
     assert r.exit_code == 0, r.output
     rel = tmp_path / "releases" / "digits-test"
-    assert sorted(p.name for p in rel.iterdir()) == ["manifest.json", "model.onnx", "report.md"]
+    assert sorted(p.name for p in rel.iterdir()) == ["manifest.json", "model.onnx", "report.html", "report.md", "triton"]
     m = json.loads((rel / "manifest.json").read_text())
     assert m["status"] == "released" and m["passed"] is True
     assert m["files"] == file_digests(rel)
@@ -32,6 +32,11 @@ def test_run_releases_verified_artifact_and_verify_inspect_agree(make_config, tm
     assert set(m["timings_s"]) >= {"load", "baseline", "nhle", "cwm", "export", "verify"}
     assert "Acc_F" in r.output and "released" in r.output
     assert "RELEASED" in (rel / "report.md").read_text()
+    ev = m["metrics"]["evidence"]
+    # the original separates class 0 (Ratio_D > 1); the unlearned model's MIA-efficacy rises above the original's
+    assert ev["original"]["ratio_d"] > 1.0 and ev["unlearned"]["ratio_d"] > 0
+    assert ev["unlearned"]["mia_efficacy"] > ev["original"]["mia_efficacy"]
+    assert ev["reference"] is None
 
     v = invoke("verify", rel)
     assert v.exit_code == 0, v.output

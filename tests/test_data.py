@@ -83,3 +83,22 @@ def test_forget_samples_first_in_dataset_order_and_random_seeded():
 def test_too_few_forget_samples_is_an_error():
     with pytest.raises(DataError, match="class 2 has only 1 training samples"):
         select_forget_indices(np.array([0, 2, 0]), [2], 4, "first", 0)
+
+
+def test_imagefolder_reads_class_folders_in_sorted_order(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 3), ("test", 2)):
+        for cls in ("cat", "ant"):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (10, 10, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    ds = load_dataset(DataConfig(dataset="imagefolder", root=str(tmp_path)))
+    assert ds.train.x.shape == (6, 3, 10, 10) and ds.test.x.shape == (4, 3, 10, 10)
+    assert ds.train.y.tolist() == [0, 0, 0, 1, 1, 1]  # "ant" = 0, "cat" = 1
+    first = np.asarray(Image.open(tmp_path / "train" / "ant" / "0.png"))
+    np.testing.assert_allclose(ds.train.x[0], first.transpose(2, 0, 1) / 255.0, rtol=1e-6)
+    with pytest.raises(DataError, match="no folder"):
+        load_dataset(DataConfig(dataset="imagefolder", root=str(tmp_path / "train")))

@@ -53,6 +53,22 @@ def render_report(m: dict) -> str:
     for c, (a, b) in enumerate(zip(orig["per_class"], unl["per_class"], strict=True)):
         tag = " (forgotten)" if c in m["forget_classes"] else ""
         lines.append(f"| {c}{tag} | {_f(a)} | {_f(b)} |")
+    ev = met.get("evidence") or {}
+    cols = [k for k in ("original", "unlearned", "reference") if ev.get(k)]
+    if cols:
+        gap = ev.get("gap_to_reference")
+        lines += [
+            "",
+            "## Evidence of forgetting beyond accuracy (penultimate features, onnxruntime)",
+            "",
+            "| metric | " + " | ".join(cols) + (" | gap to reference |" if gap else " |"),
+            "| --- | " + " | ".join("---" for _ in cols) + (" | --- |" if gap else " |"),
+        ]
+        for key in ("ratio_d", "d_inter", "d_intra", "probe_auc", "mia_efficacy"):
+            row = [_f(ev[c].get(key)) for c in cols] + ([_f(gap.get(key))] if gap else [])
+            lines.append(f"| {key} | " + " | ".join(row) + " |")
+        if gap:
+            lines.append(f"\nMean absolute gap to the retrained reference: {_f(gap.get('mean'))}")
     nh = met["nhle"]
     lines += [
         "",

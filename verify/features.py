@@ -1,0 +1,47 @@
+"""Penultimate features from the exported ONNX model itself.
+
+A verification copy of the graph gets one extra output: the input of the
+classifier head's Gemm (the features the head sees). The released file is
+never modified; the copy lives in the run's scratch folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from export.checker import load_onnx
+from pipeline.errors import OnnxFileError
+
+FEATURES_OUTPUT = "penultimate_features"
+
+
+def with_feature_output(onnx_path: str | Path, head_name: str, out_path: str | Path) -> Path:
+    """Write a copy of ``onnx_path`` that also outputs the head's input as ``penultimate_features``."""
+    import onnx
+    from onnx import helper
+
+    model = load_onnx(onnx_path)
+    weight = f"{head_name}.weight"
+    heads = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul") and weight in n.input]
+    if not heads:
+        raise OnnxFileError(f"{onnx_path}: no Gemm/MatMul uses '{weight}'; cannot locate the head's features")
+    feat = heads[-1].input[0]
+    identity = helper.make_node("Identity", [feat], [FEATURES_OUTPUT], name="verify_features")
+    model.graph.node.append(identity)
+    model.graph.output.append(helper.make_tensor_value_info(FEATURES_OUTPUT, onnx.TensorProto.FLOAT, None))
+    out = Path(out_path)
+    onnx.save(model, str(out))
+    return out
+
+
+def ort_logits_and_features(sess, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, H, W) -> ((N, classes) logits, (N, D) features) from a feature-output session."""
+    name = sess.get_inputs()[0].name
+    logits, feats = [], []
+    for i in range(0, len(x), batch_size):
+        lg, ft = sess.run(None, {name: x[i : i + batch_size]})[:2]
+        logits.append(lg)
+        feats.append(ft.reshape(len(ft), -1))
+    return np.concatenate(logits).astype(np.float32), np.concatenate(feats).astype(np.float32)
