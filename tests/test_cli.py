@@ -83,6 +83,26 @@ def test_failed_gate_exits_1_keeps_report_releases_nothing(make_config, tmp_path
     assert "NOT RELEASED" in (staging[0] / "report.md").read_text()
 
 
+def test_evidence_gate_blocks_a_leaky_model_and_reference_is_reported(make_config, tmp_path):
+    # a linear probe still separates class 0 in the features (AUC ~1): a strict probe gate must fail
+    cfg = make_config(verify={"gates": {"probe_auc_max": 0.6}, "reference": "retrain"}, train={"epochs": 5})
+    r = invoke("run", cfg)
+    assert r.exit_code == 1, r.output
+    assert "gate(s) failed: probe_auc;" in r.output
+    staging = next((tmp_path / "releases" / ".staging").iterdir())
+    m = json.loads((staging / "manifest.json").read_text())
+    ev = m["metrics"]["evidence"]
+    probe = next(g for g in m["gates"] if g["name"] == "probe_auc")
+    assert probe["value"] == ev["unlearned"]["probe_auc"] > 0.9 and probe["threshold"] == 0.6
+    # the retrained reference never saw class 0: it never predicts it, and the gap is reported
+    assert m["metrics"]["reference"]["acc_f"] == 0.0
+    gap = ev["gap_to_reference"]
+    assert gap["ratio_d"] == pytest.approx(abs(ev["unlearned"]["ratio_d"] - ev["reference"]["ratio_d"]))
+    assert "retrained" in r.output and "reference" in m["timings_s"]
+    html = (staging / "report.html").read_text()
+    assert "<th>reference</th>" in html and html.count("data:image/png;base64,") == 2
+
+
 @pytest.mark.parametrize(
     "overrides, expect",
     [
