@@ -157,6 +157,39 @@ def _inception(*, num_classes: int, in_channels: int, image_size: int) -> nn.Mod
     return m
 
 
+class SmallCNN(nn.Module):
+    """Conv3x3-BN-ReLU-MaxPool blocks, one hidden Linear, then the head.
+
+    Small enough to train on CIFAR-10 on two CPU cores in minutes (the
+    benchmarks' ``cnn``); each block halves the image side.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, channels: list[int], hidden: int, num_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_channels
+        for c in channels:
+            layers += [nn.Conv2d(width, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(), nn.MaxPool2d(2)]
+            width = c
+        side = image_size // 2 ** len(channels)  # 32 px, 3 blocks -> 4x4
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.fc = nn.Sequential(nn.Linear(width * side * side, hidden), nn.ReLU())
+        self.classifier = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, classes)
+        return self.classifier(self.fc(self.features(x)))
+
+
+@register("cnn")
+def _cnn(
+    *, num_classes: int, in_channels: int, image_size: int, channels: list[int] | None = None, hidden: int = 128
+) -> nn.Module:
+    channels = list(channels or [16, 32, 64])
+    if image_size < 2 ** len(channels):
+        raise ModelError(f"model.arch: cnn with {len(channels)} blocks needs images of at least {2 ** len(channels)} px")
+    return SmallCNN(in_channels, image_size, channels, hidden, num_classes)
+
+
 def _import_factory(path: str) -> Builder:
     module_name, _, attr = path.partition(":")
     try:

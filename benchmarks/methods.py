@@ -1,0 +1,304 @@
+"""The unlearning methods compared by ``python -m benchmarks.unlearning``.
+
+Each method takes a :class:`Task` and returns ``(unlearned model, info)``; it
+never modifies ``task.original``. Every method sees the same forget samples
+(the paper's protocol: 16 training samples of one class, 8 per class for
+several, in dataset order); the methods marked "retained set" also read the
+training split without the forgotten classes. Each docstring says which data
+the method needs: that is what a user must still hold to run it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks.common import Budget, train_fresh
+from pipeline.config import CWMConfig, NHLEConfig, TrainConfig
+from pipeline.cwm import apply_cwm
+from pipeline.data import Split
+from pipeline.models import find_head
+from pipeline.nhle import nhle_finetune, nhle_loss
+from pipeline.train import train_classifier
+
+FORGET = "forget samples"
+RETAINED = "retained set"
+BOTH = "forget samples + retained set"
+# Gradient ascent has no masking step after it, so it runs until no forget
+# sample is predicted as its class (NHLE stops at half: CWM does the rest).
+GA_STOP_FORGET_ACC = 0.0
+# GA uses Adam: the ascent gradient (softmax - one-hot) is ~0 on confidently
+# right samples, so SGD at NHLE's lr 0.01 never starts within 100 steps and
+# larger SGD rates collapse abruptly (digits: lr 0.3 -> ΔAcc_R -0.27). Adam's
+# steps do not depend on the gradient's scale. A tenth of the recipe's rate
+# (digits: 3e-4) was picked on digits.
+GA_LR_SCALE = 0.1
+SALUN_SPARSITY = 0.5  # SalUn's default: update the half of the weights most salient for the forget loss
+SCRUB_TEMPERATURE = 4.0  # distillation temperature (SCRUB's default)
+SCRUB_MAX_FRACTION = 0.5  # max (forget) steps only in the first half of the run, as SCRUB's msteps < steps
+# At the recipe's full rate SCRUB's max steps overshoot (digits: ΔAcc_R -0.09 on
+# average, and one seed of five never forgot); a tenth of it, picked on digits.
+SCRUB_LR_SCALE = 0.1
+
+
+@dataclass
+class Task:
+    original: nn.Module  # trained on every class; never modified
+    arch: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    forget_classes: list[int]
+    forget_x: torch.Tensor  # (N, C, H, W) the forget samples
+    forget_y: torch.Tensor  # (N,)
+    retained: Split  # training split without the forgotten classes
+    recipe: TrainConfig
+    budget: Budget
+    seed: int
+    device: torch.device
+
+    def copy_original(self) -> nn.Module:
+        return copy.deepcopy(self.original).to(self.device)
+
+
+Result = tuple[nn.Module, dict]
+
+
+def _cwm(model: nn.Module, task: Task) -> None:
+    cfg = CWMConfig()  # the pipeline's default mode ("zero")
+    apply_cwm(find_head(model, task.num_classes)[1], task.forget_classes, cfg.mode, cfg.suppress_bias)
+
+
+def _forget_loop(model: nn.Module, task: Task, loss_fn: Callable[[torch.Tensor], torch.Tensor],
+                 cfg: NHLEConfig, stop_acc: float, opt: torch.optim.Optimizer | None = None) -> dict:
+    """Full-batch steps on the forget samples with NHLE's loop: same cap, clip, stop, divergence guard.
+
+    A copy of ``pipeline.nhle.nhle_finetune`` with the loss (and optionally the
+    optimiser; default NHLE's SGD) as parameters; tests/test_benchmark_quick.py
+    checks the two agree on NHLE's loss.
+    """
+    x, y = task.forget_x, task.forget_y
+    opt = opt or torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    model.train(not cfg.freeze_batchnorm)
+    last_good = copy.deepcopy(model.state_dict())
+    step, stopped = 0, "max_steps"
+    while True:
+        logits = model(x)  # (N, C)
+        acc = float((logits.argmax(dim=1) == y).float().mean())
+        if not torch.isfinite(logits).all():
+            model.load_state_dict(last_good)
+            stopped = "diverged"
+            break
+        last_good = copy.deepcopy(model.state_dict())
+        if step >= 1 and acc <= stop_acc:
+            stopped = "forgotten"
+            break
+        if step >= cfg.max_steps:
+            break
+        loss = loss_fn(logits)
+        if not torch.isfinite(loss):
+            stopped = "diverged"
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+    model.eval()
+    return {"steps": step, "stopped": stopped}
+
+
+def _optimizer(model: nn.Module, recipe: TrainConfig, scale: float = 1.0) -> torch.optim.Optimizer:
+    # The recipe's optimiser and lr (times ``scale``), without weight decay:
+    # decay would move the weights SalUn's mask freezes.
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=recipe.lr * scale)
+    return torch.optim.SGD(model.parameters(), lr=recipe.lr * scale, momentum=0.9)
+
+
+def _random_wrong_labels(task: Task, gen: torch.Generator) -> torch.Tensor:
+    """(N,) labels drawn uniformly from the retained classes (never a forgotten one)."""
+    keep = torch.tensor([c for c in range(task.num_classes) if c not in task.forget_classes])
+    return keep[torch.randint(len(keep), (len(task.forget_y),), generator=gen)].to(task.device)
+
+
+def _mix_loop(model: nn.Module, task: Task, mask: list[torch.Tensor] | None = None) -> dict:
+    """``budget.mix_steps`` steps of cross-entropy on [forget samples with fresh random
+    retained-class labels] + [one random retained batch], train mode, the recipe's optimiser;
+    gradients multiplied by ``mask`` when given (SalUn)."""
+    gen = torch.Generator().manual_seed(task.seed)
+    xr, yr = torch.from_numpy(task.retained.x), torch.from_numpy(task.retained.y)
+    opt = _optimizer(model, task.recipe)
+    clip = NHLEConfig().grad_clip
+    model.train()
+    for _ in range(task.budget.mix_steps):
+        idx = torch.randint(len(yr), (task.recipe.batch_size,), generator=gen)
+        x = torch.cat([task.forget_x, xr[idx].to(task.device)])
+        y = torch.cat([_random_wrong_labels(task, gen), yr[idx].to(task.device)])
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if mask is not None:
+            for p, m in zip(model.parameters(), mask, strict=True):
+                p.grad.mul_(m)
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+    model.eval()
+    return {"steps": task.budget.mix_steps}
+
+
+def nhle_cwm(task: Task) -> Result:
+    """NHLE-CWM, the pipeline's method with its defaults. Needs: forget samples only."""
+    model = task.copy_original()
+    r = nhle_finetune(model, task.forget_x, task.forget_y, task.num_classes, NHLEConfig())
+    _cwm(model, task)
+    return model, {"steps": r.steps, "stopped": r.stopped}
+
+
+def nhle_only(task: Task) -> Result:
+    """Ablation: NHLE fine-tuning (defaults), no CWM. Needs: forget samples only."""
+    model = task.copy_original()
+    r = nhle_finetune(model, task.forget_x, task.forget_y, task.num_classes, NHLEConfig())
+    return model, {"steps": r.steps, "stopped": r.stopped}
+
+
+def cwm_only(task: Task) -> Result:
+    """Ablation: zero the forgotten rows and bias of the head; no fine-tuning. Needs: nothing
+    but the forgotten class ids."""
+    model = task.copy_original()
+    _cwm(model, task)
+    return model, {"steps": 0}
+
+
+def simple_label_cwm(task: Task) -> Result:
+    """Ablation (paper Table 5): NHLE's loop and loss with the simple label y(B) = [-1 at the
+    forgotten class, 0 elsewhere] instead of Eq. 4, then CWM. Same stopping rule and
+    hyper-parameters as NHLE (with the default ``soft-ce`` loss, -<y(B), z>: only the
+    forgotten logit is pushed down). Needs: forget samples only."""
+    model = task.copy_original()
+    cfg = NHLEConfig()
+    targets = torch.zeros(len(task.forget_y), task.num_classes, device=task.device)
+    targets[torch.arange(len(task.forget_y)), task.forget_y] = -1.0
+    info = _forget_loop(model, task, lambda z: nhle_loss(z, targets, cfg.variant), cfg, cfg.stop_forget_acc)
+    _cwm(model, task)
+    return model, info
+
+
+def retrain(task: Task) -> Result:
+    """Gold reference: train from scratch on the retained set with the original's recipe and
+    seed. Needs: the retained training set."""
+    return train_fresh(task.arch, task.retained, task.input_shape, task.recipe, task.seed, task.device), {}
+
+
+def finetune(task: Task) -> Result:
+    """FT: continue training the original on the retained set for ``budget.ft_epochs`` epochs
+    with the recipe (catastrophic forgetting of the missing classes). Needs: the retained set."""
+    model = task.copy_original()
+    recipe = task.recipe.model_copy(update={"epochs": task.budget.ft_epochs})
+    train_classifier(model, task.retained, recipe, device=task.device, seed=task.seed)
+    return model, {"epochs": task.budget.ft_epochs}
+
+
+def gradient_ascent(task: Task) -> Result:
+    """GA / NegGrad: ascend the cross-entropy of the forget samples (full batch, Adam at
+    ``GA_LR_SCALE`` x the recipe's lr; NHLE's clip and step cap, BatchNorm frozen) until none is
+    predicted as its class. Needs: forget samples only."""
+    model = task.copy_original()
+    opt = torch.optim.Adam(model.parameters(), lr=task.recipe.lr * GA_LR_SCALE)
+    loss_fn = lambda z: -F.cross_entropy(z, task.forget_y)  # noqa: E731
+    info = _forget_loop(model, task, loss_fn, NHLEConfig(), GA_STOP_FORGET_ACC, opt)
+    return model, info
+
+
+def random_label(task: Task) -> Result:
+    """RL: fine-tune on the forget samples relabelled with random retained classes (redrawn each
+    step), mixed with a retained batch each step to keep the other classes; ``budget.mix_steps``
+    steps, recipe optimiser. Needs: forget samples + the retained set."""
+    model = task.copy_original()
+    return model, _mix_loop(model, task)
+
+
+def salun(task: Task) -> Result:
+    """SalUn (Fan et al., ICLR 2024): RL restricted to the weights most salient for forgetting:
+    mask = |grad of the forget samples' cross-entropy| in the top ``SALUN_SPARSITY`` over all
+    weights; then RL as ``random_label`` with masked gradients. Needs: forget samples + the
+    retained set."""
+    model = task.copy_original()
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(task.forget_x), task.forget_y).backward()
+    grads = [p.grad.abs() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    threshold = torch.quantile(torch.cat([g.flatten() for g in grads]).cpu(), 1.0 - SALUN_SPARSITY)
+    mask = [(g >= threshold.to(g.device)).float() for g in grads]
+    model.zero_grad(set_to_none=True)
+    info = _mix_loop(model, task, mask)
+    info["mask_fraction"] = float(sum(m.sum() for m in mask) / sum(m.numel() for m in mask))
+    return model, info
+
+
+def _step(opt: torch.optim.Optimizer, model: nn.Module, loss: torch.Tensor, clip: float | None) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+
+
+def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    t = SCRUB_TEMPERATURE
+    return F.kl_div(F.log_softmax(student_logits / t, 1), F.softmax(teacher_logits / t, 1), reduction="batchmean")
+
+
+def scrub(task: Task) -> Result:
+    """SCRUB (Kurmanji et al., NeurIPS 2023): the original is a frozen teacher; the student
+    alternates a max step (raise its KL to the teacher on the forget samples, BatchNorm frozen)
+    and a min step (KL + cross-entropy on a retained batch); max steps only in the first
+    ``SCRUB_MAX_FRACTION`` of ``budget.mix_steps``; the recipe's optimiser at ``SCRUB_LR_SCALE``
+    x its lr. Needs: forget samples + the retained set."""
+    teacher = task.original.eval()
+    student = task.copy_original()
+    gen = torch.Generator().manual_seed(task.seed)
+    xr, yr = torch.from_numpy(task.retained.x), torch.from_numpy(task.retained.y)
+    opt = _optimizer(student, task.recipe, SCRUB_LR_SCALE)
+    clip = NHLEConfig().grad_clip
+    with torch.no_grad():
+        t_forget = teacher(task.forget_x)
+    steps = task.budget.mix_steps
+    for step in range(steps):
+        if step < SCRUB_MAX_FRACTION * steps:  # max step: move away from the teacher on the forget samples
+            student.eval()
+            _step(opt, student, -_kl(student(task.forget_x), t_forget), clip)
+        student.train()  # min step: stay close to the teacher (and the labels) on retained data
+        idx = torch.randint(len(yr), (task.recipe.batch_size,), generator=gen)
+        xb, yb = xr[idx].to(task.device), yr[idx].to(task.device)
+        with torch.no_grad():
+            t_retain = teacher(xb)
+        out = student(xb)
+        _step(opt, student, _kl(out, t_retain) + F.cross_entropy(out, yb), clip)
+    student.eval()
+    return student, {"steps": steps}
+
+
+@dataclass(frozen=True)
+class Method:
+    fn: Callable[[Task], Result]
+    data: str  # what the method needs besides the original model
+
+
+METHODS: dict[str, Method] = {
+    "nhle-cwm": Method(nhle_cwm, FORGET),
+    "nhle-only": Method(nhle_only, FORGET),
+    "cwm-only": Method(cwm_only, "class ids only"),
+    "simple-label+cwm": Method(simple_label_cwm, FORGET),
+    "retrain": Method(retrain, RETAINED),
+    "finetune": Method(finetune, RETAINED),
+    "gradient-ascent": Method(gradient_ascent, FORGET),
+    "random-label": Method(random_label, BOTH),
+    "salun": Method(salun, BOTH),
+    "scrub": Method(scrub, BOTH),
+}

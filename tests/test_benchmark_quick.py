@@ -1,0 +1,92 @@
+"""benchmarks/unlearning.py: the quick mode end to end, and the methods' shared forget loop."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.common import QUICK_BUDGET, QUICK_RECIPE, load_benchmark_data
+from benchmarks.methods import METHODS, Task, _forget_loop
+from benchmarks.unlearning import main
+from pipeline.config import NHLEConfig
+from pipeline.data import select_forget_indices
+from pipeline.models import build_model
+from pipeline.nhle import nhle_finetune, nhle_loss, nhle_targets
+from pipeline.train import retained_only, train_classifier
+
+HEADER = [
+    "method", "data needed", "Acc_F", "Acc_R", "ΔAcc_R", "Ratio_D", "probe AUC", "MIA-efficacy",
+    "time (s)", "time / retrain", "gap to retrain", "rank",
+]
+
+
+def _table(md: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The results table: from its header line to the first line that is not a table row."""
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method |"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    header = rows[0]
+    body = {r[0]: r for r in rows[2:]}  # rows[1] is the --- separator
+    return header, body
+
+
+def test_forget_loop_matches_nhle_finetune():
+    """The loop behind simple-label and GA is NHLE's own when given NHLE's loss."""
+    data = load_benchmark_data("digits", None)
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=10, input_shape=data.input_shape)
+    train_classifier(model, data.train, QUICK_RECIPE.model_copy(update={"epochs": 3}), device=torch.device("cpu"), seed=0)
+    idx = select_forget_indices(data.train.y, [0], 16, "first", 0)
+    x, y = torch.from_numpy(data.train.x[idx]), torch.from_numpy(data.train.y[idx])
+    task = Task(model, "mlp", data.input_shape, 10, [0], x, y, retained_only(data.train, [0]),
+                QUICK_RECIPE, QUICK_BUDGET, 0, torch.device("cpu"))
+    cfg = NHLEConfig()  # the pipeline's defaults
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    ref = nhle_finetune(a, x, y, 10, cfg)
+    targets = nhle_targets(y, 10)
+    got = _forget_loop(b, task, lambda z: nhle_loss(z, targets, cfg.variant), cfg, cfg.stop_forget_acc)
+    assert ref.steps > 1
+    assert (got["steps"], got["stopped"]) == (ref.steps, ref.stopped)
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+
+
+@pytest.mark.slow
+def test_quick_mode_table_and_sanity(tmp_path):
+    out = tmp_path / "results"
+    assert main(["--quick", "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
+    md = (out / "digits-mlp-forget-0-quick.md").read_text()
+    record = json.loads((out / "digits-mlp-forget-0-quick.json").read_text())
+
+    header, body = _table(md)
+    assert header == HEADER
+    assert set(body) == {"original", *METHODS}
+    for name, row in body.items():
+        assert len(row) == len(HEADER), name
+        if name != "original":
+            assert row[1] == METHODS[name].data
+            assert all("±" in cell for cell in row[2:11]), row  # mean ± std in every numeric column
+    assert body["retrain"][-1] == "—"
+    assert sorted(int(body[n][-1]) for n in METHODS if n != "retrain") == list(range(1, len(METHODS)))
+    assert "logical cores" in md and "torch threads" in md
+
+    s = record["summary"]
+    assert s["retrain"]["acc_f"]["mean"] == 0.0  # never saw class 0
+    assert s["retrain"]["acc_r"]["mean"] > 0.9
+    assert s["retrain"]["time_ratio"]["mean"] == 1.0
+    assert s["retrain"]["gap_to_retrain"]["mean"] == 0.0
+    assert s["nhle-cwm"]["acc_f"]["mean"] <= 0.01
+    assert s["nhle-cwm"]["d_acc_r"]["mean"] > -0.05
+    assert s["nhle-cwm"]["time_ratio"]["mean"] < 0.5  # a few SGD steps vs a training run
+    seed0 = record["per_seed"]["0"]
+    # CWM edits only the head: the penultimate features, hence Ratio_D, are the original's.
+    assert np.isclose(seed0["cwm-only"]["ratio_d"], seed0["original"]["ratio_d"])
+    assert seed0["original"]["acc_f"] > 0.9
