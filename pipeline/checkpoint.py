@@ -9,6 +9,7 @@ what was expected.
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -100,8 +101,24 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
     p = Path(path)
     if p.suffix != SAFETENSORS_SUFFIX:
         raise ModelError(f"model.weights: '{p}' must end in {SAFETENSORS_SUFFIX} to be written by 'pipeline train'")
-    p.parent.mkdir(parents=True, exist_ok=True)
+    check_weights_target(p)
     tmp = p.with_name(f".{p.name}.tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp))
-    tmp.replace(p)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(tmp))
+        tmp.replace(p)
+    except OSError as e:  # os.access() can say yes (root, read-only mounts) where writing says no
+        tmp.unlink(missing_ok=True)
+        raise ModelError(f"model.weights: cannot write '{p}' ({e.strerror or e})") from e
+
+
+def check_weights_target(path: str | Path) -> None:
+    """Fail before training when ``path``'s folder cannot exist: a file in the way, or not writable."""
+    existing = Path(path).parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ModelError(f"model.weights: '{existing}' is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ModelError(f"model.weights: '{existing}' is not writable")

@@ -30,8 +30,12 @@ DEVICE_OPTION = click.option(
 FORCE_OPTION = click.option("--force", is_flag=True, help="Replace an existing output.")
 
 
+INTERRUPTED = "interrupted; nothing was released (any staging folder is kept for diagnosis)"
+
+
 def _err(msg: str) -> None:
-    click.echo(f"error: {msg}", err=True)
+    # One line whatever the message quotes (a YAML key or a file name may hold a newline).
+    click.echo("error: " + " ".join(str(msg).splitlines()), err=True)
 
 
 def handle_errors(fn):
@@ -50,16 +54,58 @@ def handle_errors(fn):
                 click.echo(f"report kept in {e.report_dir}", err=True)
             sys.exit(EXIT_GATE_FAILED)
         except KeyboardInterrupt:
-            _err("interrupted; nothing was released (any staging folder is kept for diagnosis)")
+            _err(INTERRUPTED)
             sys.exit(EXIT_INTERRUPTED)
         except PipelineError as e:  # an internal failure we know how to describe
             _err(str(e))
             sys.exit(3)
+        except Exception as e:  # Ctrl-C that a library re-raised as its own error
+            if not _caused_by_interrupt(e):  # (onnxruntime's import turns it into ImportError)
+                raise
+            _err(INTERRUPTED)
+            sys.exit(EXIT_INTERRUPTED)
 
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _caused_by_interrupt(e: BaseException | None) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+class _UsageLine(click.ClickException):
+    """A usage error (unknown option, missing argument, a folder given as a file) shown as one line."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def show(self, file=None) -> None:
+        _err(self.message)
+
+
+class _Group(click.Group):
+    """Bad arguments are bad input too: one ``error:`` line and exit 2, not click's usage block."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as e:
+            raise _UsageLine(e.format_message()) from e
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            raise _UsageLine(e.format_message()) from e
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="nhle-pipeline", prog_name="pipeline")
 def cli() -> None:
     """Class unlearning to a verified ONNX release (NHLE + CWM).

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +23,39 @@ from pipeline.errors import ConfigError
 
 DATASETS = ("digits", "npz", "imagefolder", "mnist", "fashionmnist", "svhn", "cifar10", "cifar100")
 RELEASE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# model.kwargs is free-form YAML; it must stay plain, JSON-able data of bounded size
+# (it is hashed and written to the manifest; YAML aliases can make it recursive or huge).
+KWARGS_MAX_DEPTH = 16
+KWARGS_MAX_VALUES = 10_000
+# A wrong value is quoted in the error line, shortened (it can be a huge YAML structure).
+_INPUT_REPR = reprlib.Repr()
+_INPUT_REPR.maxlevel, _INPUT_REPR.maxstring, _INPUT_REPR.maxother = 2, 40, 40
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        return _INPUT_REPR.repr(value)
+    except ValueError:  # an int too long to print (sys.get_int_max_str_digits())
+        return f"a {type(value).__name__} too long to show"
+
+
+def _not_plain_data(value: Any) -> str | None:
+    """Why ``value`` is not plain YAML data (numbers, strings, booleans, null, lists, mappings), or None."""
+    todo, seen = [(value, 0)], 0
+    while todo:
+        v, depth = todo.pop()
+        seen += 1
+        if seen > KWARGS_MAX_VALUES or depth > KWARGS_MAX_DEPTH:
+            return f"more than {KWARGS_MAX_VALUES} values or {KWARGS_MAX_DEPTH} levels (a recursive YAML alias?)"
+        if isinstance(v, dict):
+            if not all(isinstance(k, str) for k in v):
+                return "mapping keys must be strings"
+            todo.extend((x, depth + 1) for x in v.values())
+        elif isinstance(v, list):
+            todo.extend((x, depth + 1) for x in v)
+        elif not (v is None or isinstance(v, (bool, int, float, str))):
+            return f"{type(v).__name__} values are not supported; expected numbers, strings, booleans, lists, mappings"
+    return None
 
 
 class _Section(BaseModel):
@@ -45,6 +79,14 @@ class ModelConfig(_Section):
     # Allow full unpickling of a checkpoint (can run arbitrary code). Only for
     # files you trust.
     trust_pickle: bool = False
+
+    @field_validator("kwargs")
+    @classmethod
+    def _plain_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        problem = _not_plain_data(v)
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 class Normalize(_Section):
@@ -186,7 +228,8 @@ class TrainConfig(_Section):
 
 
 class Config(_Section):
-    seed: int = 0
+    # numpy, torch and scikit-learn all accept 0 .. 2**32 - 1 (sklearn's random_state bound).
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     # auto: CUDA when PyTorch sees it (and onnxruntime's CUDA provider when
     # available), else CPU.
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -228,7 +271,7 @@ def _format_validation_error(err: ValidationError) -> str:
     else:
         msg = first["msg"].removeprefix("Value error, ")
         if "input" in first and kind.endswith("_type"):
-            msg += f", got {first['input']!r}"
+            msg += f", got {_short_repr(first['input'])}"
     more = len(err.errors()) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"{loc}: {msg}{suffix}" if loc else f"{msg}{suffix}"
@@ -268,6 +311,8 @@ def load_config(path: str | Path) -> Config:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{p}: invalid YAML{where}: {problem}") from e
+    except (RecursionError, ValueError) as e:  # nesting deeper than the parser's stack; a 5000-digit int
+        raise ConfigError(f"{p}: invalid YAML: nested too deeply or a value too large ({type(e).__name__})") from e
     return parse_config(data, str(p))
 
 

@@ -101,6 +101,8 @@ def _load_npz_file(path: Path) -> Split:
     except Exception as e:  # zipfile/pickle/value errors from a bad archive
         raise DataError(f"{path}: not a readable .npz archive ({e})") from e
     x = _to_nchw(x_raw, str(path))
+    if x.shape[0] == 0:
+        raise DataError(f"{path}: holds no images; expected at least one")
     return Split(x, _labels(y_raw, x.shape[0], str(path)))
 
 

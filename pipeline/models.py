@@ -219,8 +219,8 @@ def build_model(
         raise ModelError(f"model.arch: unknown architecture '{arch}'; expected one of {list_models()} or 'module:factory'")
     try:
         model = call()
-    except TypeError as e:
-        raise ModelError(f"model.kwargs: {e}") from e
+    except (TypeError, ValueError, RuntimeError) as e:  # bad kwargs: unknown names, negative widths, ...
+        raise ModelError(f"model.kwargs: {arch} cannot be built with {kwargs} ({str(e).splitlines()[0]})") from e
     if not isinstance(model, nn.Module):
         raise ModelError(f"model.arch: '{arch}' returned {type(model).__name__}, expected a torch.nn.Module")
     model.eval()

@@ -10,6 +10,7 @@ the new one renamed in, and the old one deleted (restored if the swap fails).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +23,9 @@ from pipeline.errors import ReleaseError
 STAGING = ".staging"
 MANIFEST = "manifest.json"
 SCRATCH = ".work"  # inside staging; removed before release (e.g. the original's ONNX)
+# sha256 of the manifest's canonical JSON without this key, added at publication:
+# `pipeline verify` refuses a manifest edited after release (metrics, thresholds, digests).
+MANIFEST_SEAL = "manifest_sha256"
 
 
 def check_target(release_dir: str | Path, name: str, force: bool) -> Path:
@@ -32,6 +36,8 @@ def check_target(release_dir: str | Path, name: str, force: bool) -> Path:
     existing = root
     while not existing.exists():
         existing = existing.parent
+    if not existing.is_dir():
+        raise ReleaseError(f"release.dir: '{existing}' is a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ReleaseError(f"release.dir: '{existing}' is not writable")
     target = root / name
@@ -43,7 +49,10 @@ def check_target(release_dir: str | Path, name: str, force: bool) -> Path:
 def create_staging(release_dir: str | Path, name: str) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     path = Path(release_dir) / STAGING / f"{name}-{stamp}-{os.getpid()}"
-    (path / SCRATCH).mkdir(parents=True)
+    try:
+        (path / SCRATCH).mkdir(parents=True)
+    except OSError as e:  # os.access() can say yes (root, read-only mounts) where mkdir says no
+        raise ReleaseError(f"release.dir: cannot create '{path}' ({e.strerror})") from e
     return path
 
 
@@ -68,6 +77,21 @@ def write_json(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+def manifest_seal(manifest: dict) -> str:
+    """sha256 of ``manifest`` as canonical JSON (sorted keys, no spaces), its own seal left out."""
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_SEAL}
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _seal_manifest(folder: Path) -> None:
+    path = folder / MANIFEST
+    if path.is_file():
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest[MANIFEST_SEAL] = manifest_seal(manifest)
+        write_json(path, manifest)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -77,8 +101,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def publish(staging: Path, target: Path, force: bool) -> Path:
-    """Atomically move the complete staging folder to ``target``."""
+    """Seal the manifest, then atomically move the complete staging folder to ``target``."""
     shutil.rmtree(staging / SCRATCH, ignore_errors=True)
+    _seal_manifest(staging)
     for p in staging.rglob("*"):
         if p.is_file():
             with open(p, "rb") as f:
@@ -93,9 +118,11 @@ def publish(staging: Path, target: Path, force: bool) -> Path:
         os.rename(target, old)
     try:
         os.rename(staging, target)  # atomic; fails if another run released first
-    except OSError as e:
+    except BaseException as e:  # an OSError, or Ctrl-C right between the two renames
         if old is not None:
             os.rename(old, target)
+        if not isinstance(e, OSError):
+            raise
         raise ReleaseError(f"release '{target}' appeared while this run was working ({e.strerror}); nothing replaced") from e
     _fsync_dir(target.parent)
     if old is not None:

@@ -34,6 +34,7 @@ from pipeline.loading import load_inputs
 from pipeline.manifest import build_manifest, onnx_provenance
 from pipeline.models import find_head
 from pipeline.nhle import nhle_finetune
+from pipeline.testhooks import pause_at
 from pipeline.release import (
     MANIFEST,
     SCRATCH,
@@ -83,6 +84,7 @@ class _Timer:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         self.listener.stage_start(name)
+        pause_at(name)  # inert unless a test sets PIPELINE_TEST_PAUSE_AT (pipeline/testhooks.py)
         self.detail = ""
         t0 = time.perf_counter()
         yield

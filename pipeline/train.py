@@ -67,7 +67,7 @@ def train_original(cfg, *, device: str | None = None, force: bool = False, on_ep
     """
     from pathlib import Path
 
-    from pipeline.checkpoint import SAFETENSORS_SUFFIX, save_weights
+    from pipeline.checkpoint import SAFETENSORS_SUFFIX, check_weights_target, save_weights
     from pipeline.device import resolve_device, seed_everything
     from pipeline.errors import ModelError
     from pipeline.inference import torch_logits
@@ -82,6 +82,7 @@ def train_original(cfg, *, device: str | None = None, force: bool = False, on_ep
         raise ModelError(f"model.weights: '{path}' already exists; use --force to retrain and replace it")
     if path.exists() and path.is_dir():
         raise ModelError(f"model.weights: '{path}' is a folder")
+    check_weights_target(path)
     dev = resolve_device(device or cfg.device)
     data = load_data(cfg)
     seed_everything(cfg.seed)
