@@ -3,6 +3,7 @@
 The only module that talks to the terminal and picks exit codes:
 0 released / passed, 1 a gate failed (report kept, nothing released),
 2 bad input (one line naming the field or file; nothing written),
+3 an internal error (a bug; traceback kept),
 130 interrupted. Heavy libraries are imported inside commands so that
 ``pipeline --help`` is instant.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -21,6 +23,7 @@ from pipeline.errors import GateFailure, InputError, PipelineError
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_CRASH = 3  # an unexpected failure: never 1, so a CI gate can tell a bug from a failed gate
 
 CONFIG_ARG = click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 DEVICE_OPTION = click.option(
@@ -58,12 +61,16 @@ def handle_errors(fn):
             sys.exit(EXIT_INTERRUPTED)
         except PipelineError as e:  # an internal failure we know how to describe
             _err(str(e))
-            sys.exit(3)
-        except Exception as e:  # Ctrl-C that a library re-raised as its own error
-            if not _caused_by_interrupt(e):  # (onnxruntime's import turns it into ImportError)
-                raise
-            _err(INTERRUPTED)
-            sys.exit(EXIT_INTERRUPTED)
+            sys.exit(EXIT_CRASH)
+        except Exception as e:
+            if _caused_by_interrupt(e):  # Ctrl-C re-raised as a library's own error
+                _err(INTERRUPTED)  # (onnxruntime's import turns it into ImportError)
+                sys.exit(EXIT_INTERRUPTED)
+            # A real crash (a bug): keep the traceback for the report, and an
+            # exit code CI can tell apart from "a gate failed" (1).
+            traceback.print_exc()
+            _err(f"internal error ({type(e).__name__}); nothing was released - please report it with the traceback above")
+            sys.exit(EXIT_CRASH)
 
     return wrapper
 
@@ -170,6 +177,11 @@ def verify(release_dir: Path, data_root: str | None, device: str | None) -> None
 
     check = verify_release(release_dir, data_root=data_root, device=device or "auto")
     console.print(f"checksums and provenance of {release_dir}: [green]ok[/]  (onnxruntime: {check.provider})")
+    ev = check.metrics["evidence"]["unlearned"]
+    console.print(
+        f"evidence (recomputed): Ratio_D {ev['ratio_d']:.4f}, probe AUC {ev['probe_auc']:.4f}, "
+        f"MIA-efficacy {ev['mia_efficacy']:.4f}"
+    )
     for g in check.gates:
         console.print(g.line(), markup=False)
     if not check.passed:

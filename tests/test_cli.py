@@ -153,3 +153,15 @@ def test_verify_and_inspect_reject_non_releases(tmp_path):
     bad.write_bytes(b"garbage")
     r = invoke("inspect", bad)
     assert r.exit_code == 2 and "x.onnx" in r.output
+
+
+def test_unexpected_crash_exits_3_not_1(make_config, monkeypatch):
+    import pipeline.run
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(pipeline.run, "run_pipeline", boom)
+    r = CliRunner().invoke(cli, ["run", str(make_config())])
+    assert r.exit_code == 3
+    assert "internal error (RuntimeError)" in r.output and "simulated bug" in r.output
