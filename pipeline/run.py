@@ -34,7 +34,6 @@ from pipeline.loading import load_inputs
 from pipeline.manifest import build_manifest, onnx_provenance
 from pipeline.models import find_head
 from pipeline.nhle import nhle_finetune
-from pipeline.testhooks import pause_at
 from pipeline.release import (
     MANIFEST,
     SCRATCH,
@@ -44,6 +43,7 @@ from pipeline.release import (
     publish,
     write_json,
 )
+from pipeline.testhooks import pause_at
 from verify.gates import evaluate_gates
 from verify.html_report import write_html_report
 from verify.measure import measure_onnx
