@@ -135,6 +135,21 @@ def evaluate(model: nn.Module, data: Dataset, forget: list[int], seed: int, devi
     return {"acc_f": acc.acc_f, "acc_r": acc.acc_r, "per_class": acc.per_class, **ev.to_dict()}
 
 
+def code_version() -> str:
+    """The commit, and whether the code the benchmark imports differs from it (a shared tree)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "pipeline", "verify", "benchmarks/common.py",
+                                "benchmarks/methods.py", "benchmarks/unlearning.py"],
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    changed = [line[3:] for line in dirty.stdout.splitlines()]
+    return head.stdout.strip() + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
+
+
 def machine_facts(threads: int, device: torch.device) -> dict[str, str]:
     """Where the numbers were measured: they mean little without it."""
     cpu_model = "unknown"
@@ -154,6 +169,7 @@ def machine_facts(threads: int, device: torch.device) -> dict[str, str]:
         "torch": torch.__version__,
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "python": platform.python_version(),
+        "code": code_version(),
         "platform": platform.platform(),
     }
 

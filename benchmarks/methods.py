@@ -68,9 +68,17 @@ class Task:
 Result = tuple[nn.Module, dict]
 
 
-def _cwm(model: nn.Module, task: Task) -> None:
-    cfg = CWMConfig()  # the pipeline's default mode ("zero")
-    apply_cwm(find_head(model, task.num_classes)[1], task.forget_classes, cfg.mode, cfg.suppress_bias)
+def _cwm(model: nn.Module, task: Task, mode: str | None = None) -> None:
+    cfg = CWMConfig()  # mode None: the pipeline's default ("suppress"; the paper's is "zero")
+    apply_cwm(find_head(model, task.num_classes)[1], task.forget_classes, mode or cfg.mode, cfg.suppress_bias)
+
+
+def _step(opt: torch.optim.Optimizer, model: nn.Module, loss: torch.Tensor, clip: float | None) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
 
 
 def _forget_loop(model: nn.Module, task: Task, loss_fn: Callable[[torch.Tensor], torch.Tensor],
@@ -103,11 +111,7 @@ def _forget_loop(model: nn.Module, task: Task, loss_fn: Callable[[torch.Tensor],
         if not torch.isfinite(loss):
             stopped = "diverged"
             break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        _step(opt, model, loss, cfg.grad_clip)
         step += 1
     model.eval()
     return {"steps": step, "stopped": stopped}
@@ -152,27 +156,38 @@ def _mix_loop(model: nn.Module, task: Task, mask: list[torch.Tensor] | None = No
     return {"steps": task.budget.mix_steps}
 
 
-def nhle_cwm(task: Task) -> Result:
-    """NHLE-CWM, the pipeline's method with its defaults. Needs: forget samples only."""
+def nhle_cwm(task: Task, cwm_mode: str | None = None) -> Result:
+    """NHLE-CWM, the pipeline's method with its defaults (NHLEConfig(), CWMConfig()). Needs:
+    forget samples only."""
     model = task.copy_original()
     r = nhle_finetune(model, task.forget_x, task.forget_y, task.num_classes, NHLEConfig())
-    _cwm(model, task)
+    _cwm(model, task, cwm_mode)
     return model, {"steps": r.steps, "stopped": r.stopped}
+
+
+def nhle_cwm_zero(task: Task) -> Result:
+    """NHLE-CWM as in the paper: CWM sets the rows and bias to 0 (mode ``zero``), so the
+    forgotten logit is 0 and still wins where every other logit is negative. Needs: forget
+    samples only."""
+    return nhle_cwm(task, "zero")
 
 
 def nhle_only(task: Task) -> Result:
     """Ablation: NHLE fine-tuning (defaults), no CWM. Needs: forget samples only."""
-    model = task.copy_original()
-    r = nhle_finetune(model, task.forget_x, task.forget_y, task.num_classes, NHLEConfig())
-    return model, {"steps": r.steps, "stopped": r.stopped}
+    return nhle_cwm(task, "none")
 
 
-def cwm_only(task: Task) -> Result:
-    """Ablation: zero the forgotten rows and bias of the head; no fine-tuning. Needs: nothing
-    but the forgotten class ids."""
+def cwm_only(task: Task, cwm_mode: str | None = None) -> Result:
+    """Ablation: CWM alone (default mode: rows 0, bias very negative); no fine-tuning. Needs:
+    nothing but the forgotten class ids."""
     model = task.copy_original()
-    _cwm(model, task)
+    _cwm(model, task, cwm_mode)
     return model, {"steps": 0}
+
+
+def cwm_only_zero(task: Task) -> Result:
+    """Ablation: the paper's CWM alone (rows and bias 0). Needs: the forgotten class ids."""
+    return cwm_only(task, "zero")
 
 
 def simple_label_cwm(task: Task) -> Result:
@@ -241,14 +256,6 @@ def salun(task: Task) -> Result:
     return model, info
 
 
-def _step(opt: torch.optim.Optimizer, model: nn.Module, loss: torch.Tensor, clip: float | None) -> None:
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), clip)
-    opt.step()
-
-
 def _kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     t = SCRUB_TEMPERATURE
     return F.kl_div(F.log_softmax(student_logits / t, 1), F.softmax(teacher_logits / t, 1), reduction="batchmean")
@@ -292,8 +299,10 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "nhle-cwm": Method(nhle_cwm, FORGET),
+    "nhle-cwm-zero": Method(nhle_cwm_zero, FORGET),
     "nhle-only": Method(nhle_only, FORGET),
     "cwm-only": Method(cwm_only, "class ids only"),
+    "cwm-only-zero": Method(cwm_only_zero, "class ids only"),
     "simple-label+cwm": Method(simple_label_cwm, FORGET),
     "retrain": Method(retrain, RETAINED),
     "finetune": Method(finetune, RETAINED),
