@@ -83,38 +83,11 @@ def _step(opt: torch.optim.Optimizer, model: nn.Module, loss: torch.Tensor, clip
 
 def _forget_loop(model: nn.Module, task: Task, loss_fn: Callable[[torch.Tensor], torch.Tensor],
                  cfg: NHLEConfig, stop_acc: float, opt: torch.optim.Optimizer | None = None) -> dict:
-    """Full-batch steps on the forget samples with NHLE's loop: same cap, clip, stop, divergence guard.
-
-    A copy of ``pipeline.nhle.nhle_finetune`` with the loss (and optionally the
-    optimiser; default NHLE's SGD) as parameters; tests/test_benchmark_quick.py
-    checks the two agree on NHLE's loss.
-    """
-    x, y = task.forget_x, task.forget_y
-    opt = opt or torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    model.train(not cfg.freeze_batchnorm)
-    last_good = copy.deepcopy(model.state_dict())
-    step, stopped = 0, "max_steps"
-    while True:
-        logits = model(x)  # (N, C)
-        acc = float((logits.argmax(dim=1) == y).float().mean())
-        if not torch.isfinite(logits).all():
-            model.load_state_dict(last_good)
-            stopped = "diverged"
-            break
-        last_good = copy.deepcopy(model.state_dict())
-        if step >= 1 and acc <= stop_acc:
-            stopped = "forgotten"
-            break
-        if step >= cfg.max_steps:
-            break
-        loss = loss_fn(logits)
-        if not torch.isfinite(loss):
-            stopped = "diverged"
-            break
-        _step(opt, model, loss, cfg.grad_clip)
-        step += 1
-    model.eval()
-    return {"steps": step, "stopped": stopped}
+    """Full-batch steps on the forget samples through NHLE's own loop (same cap, clip, stopping
+    rule, divergence guard) with another loss and optionally another optimiser."""
+    r = nhle_finetune(model, task.forget_x, task.forget_y, task.num_classes,
+                      cfg.model_copy(update={"stop_forget_acc": stop_acc}), loss_fn=loss_fn, optimizer=opt)
+    return {"steps": r.steps, "stopped": r.stopped}
 
 
 def _optimizer(model: nn.Module, recipe: TrainConfig, scale: float = 1.0) -> torch.optim.Optimizer:

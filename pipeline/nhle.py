@@ -29,6 +29,7 @@ from torch import nn
 from pipeline.config import NHLEConfig
 
 StepCallback = Callable[[int, int, float, float], None]  # (step, max_steps, loss, forget acc)
+LossFn = Callable[[torch.Tensor], torch.Tensor]  # (N, C) logits -> scalar loss
 
 
 @dataclass
@@ -71,12 +72,21 @@ def nhle_finetune(
     cfg: NHLEConfig,
     *,
     on_step: StepCallback | None = None,
+    loss_fn: LossFn | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> NHLEResult:
-    """Fine-tune ``model`` in place on forget samples ``x`` (N,C,H,W), labels ``y`` (N,)."""
+    """Fine-tune ``model`` in place on forget samples ``x`` (N,C,H,W), labels ``y`` (N,).
+
+    ``loss_fn`` and ``optimizer`` replace NHLE's loss and SGD while keeping the
+    loop (step cap, clipping, stopping rule, divergence guard): the benchmarks'
+    simple-label ablation and gradient ascent run through here.
+    """
     if not cfg.enabled:
         return NHLEResult(0, "disabled", float("nan"), float("nan"))
-    targets = nhle_targets(y, num_classes)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    if loss_fn is None:
+        targets = nhle_targets(y, num_classes)
+        loss_fn = lambda z: nhle_loss(z, targets, cfg.variant)  # noqa: E731
+    opt = optimizer or torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     _set_mode(model, cfg.freeze_batchnorm)
     losses: list[float] = []
     start_acc = float("nan")
@@ -98,7 +108,7 @@ def nhle_finetune(
             break
         if step >= cfg.max_steps:
             break
-        loss = nhle_loss(logits, targets, cfg.variant)
+        loss = loss_fn(logits)
         if not torch.isfinite(loss):
             stopped = "diverged"
             break
