@@ -65,7 +65,7 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    # Registry name (mlp, lenet, vgg16, resnet18, resnet34, mobilenet_v3_large,
+    # Registry name (mlp, lenet, cnn, vgg16, resnet18, resnet34, mobilenet_v3_large,
     # inception_v3) or an import path "package.module:factory".
     arch: str = Field(min_length=1)
     # Trained weights: .safetensors, or a torch.save() state dict (.pt/.pth).
