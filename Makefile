@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 ## demo: set up, train the original digits MLP, forget class 0, release.
 demo: $(STAMP)
-	$(BIN)/pipeline train examples/digits.yaml
+	$(BIN)/pipeline train examples/digits.yaml --force
 	$(BIN)/pipeline run examples/digits.yaml --force
 
 ## test: set up, then the whole test suite.
