@@ -150,19 +150,22 @@ def code_version() -> str:
     return head.stdout.strip() + (f" + uncommitted changes to {', '.join(changed)}" if changed else "")
 
 
-def machine_facts(threads: int, device: torch.device) -> dict[str, str]:
-    """Where the numbers were measured: they mean little without it."""
-    cpu_model = "unknown"
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo ("unknown" elsewhere)."""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file():
         for line in cpuinfo.read_text().splitlines():
             if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def machine_facts(threads: int, device: torch.device) -> dict[str, str]:
+    """Where the numbers were measured: they mean little without it."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "cpu": cpu_model,
+        "cpu": cpu_model(),
         "logical cores": str(os.cpu_count()),
         "torch threads": str(threads),
         "load average at start (1/5/15 min)": " / ".join(f"{x:.2f}" for x in load),

@@ -90,15 +90,10 @@ def machine_facts(thread_counts: list[int]) -> dict[str, str]:
     import onnxruntime
     import torch
 
-    cpu_model = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
+    from benchmarks.common import cpu_model
+
     return {
-        "CPU": cpu_model,
+        "CPU": cpu_model(),
         "logical cores": str(os.cpu_count()),
         "threads (torch.set_num_threads = ORT intra_op_num_threads)": ", ".join(map(str, thread_counts)),
         "load average at start (1/5/15 min)": load_average(),

@@ -9,7 +9,6 @@ what was expected.
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import ModelError
+from pipeline.paths import folder_problem
 
 SAFETENSORS_SUFFIX = ".safetensors"
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")
@@ -115,10 +115,6 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
 
 def check_weights_target(path: str | Path) -> None:
     """Fail before training when ``path``'s folder cannot exist: a file in the way, or not writable."""
-    existing = Path(path).parent
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ModelError(f"model.weights: '{existing}' is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ModelError(f"model.weights: '{existing}' is not writable")
+    problem = folder_problem(Path(path).parent)
+    if problem:
+        raise ModelError(f"model.weights: {problem}")

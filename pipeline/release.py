@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pipeline.checkpoint import sha256_file
 from pipeline.errors import ReleaseError
+from pipeline.paths import folder_problem
 
 STAGING = ".staging"
 MANIFEST = "manifest.json"
@@ -33,13 +34,9 @@ def check_target(release_dir: str | Path, name: str, force: bool) -> Path:
     root = Path(release_dir)
     if root.exists() and not root.is_dir():
         raise ReleaseError(f"release.dir: '{root}' exists and is not a folder")
-    existing = root
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ReleaseError(f"release.dir: '{existing}' is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ReleaseError(f"release.dir: '{existing}' is not writable")
+    problem = folder_problem(root)
+    if problem:
+        raise ReleaseError(f"release.dir: {problem}")
     target = root / name
     if target.exists() and not force:
         raise ReleaseError(f"release '{target}' already exists; use --force to replace it")
