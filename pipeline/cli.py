@@ -117,7 +117,8 @@ class _Group(click.Group):
 def cli() -> None:
     """Class unlearning to a verified ONNX release (NHLE + CWM).
 
-    Exit codes: 0 released/passed, 1 a gate failed, 2 bad input.
+    Exit codes: 0 released/passed, 1 a gate failed, 2 bad input,
+    3 internal error, 130 interrupted.
     """
 
 

@@ -71,8 +71,7 @@ class NullListener:
 @dataclass
 class RunResult:
     manifest: dict
-    path: Path  # the release folder
-    released: bool
+    path: Path  # the release folder (a run that does not release raises instead)
 
 
 class _Timer:
@@ -222,4 +221,4 @@ def run_pipeline(
         path = publish(staging, target, force)
         timer.detail = str(path)
     manifest["timings_s"] = dict(timer.timings)
-    return RunResult(manifest, path, True)
+    return RunResult(manifest, path)
