@@ -129,13 +129,27 @@ def _mix_loop(model: nn.Module, task: Task, mask: list[torch.Tensor] | None = No
     return {"steps": task.budget.mix_steps}
 
 
-def nhle_cwm(task: Task, cwm_mode: str | None = None) -> Result:
-    """NHLE-CWM, the pipeline's method with its defaults (NHLEConfig(), CWMConfig()). Needs:
-    forget samples only."""
+def nhle_cwm(task: Task, cwm_mode: str | None = None, nhle: NHLEConfig | None = None) -> Result:
+    """NHLE-CWM, the pipeline's method with its defaults (NHLEConfig(), CWMConfig()): the
+    ``anchored`` variant. Needs: forget samples only."""
     model = task.copy_original()
-    r = nhle_finetune(model, task.forget_x, task.forget_y, task.num_classes, NHLEConfig())
+    r = nhle_finetune(model, task.forget_x, task.forget_y, task.num_classes, nhle or NHLEConfig())
     _cwm(model, task, cwm_mode)
     return model, {"steps": r.steps, "stopped": r.stopped}
+
+
+def nhle_cwm_paper(task: Task) -> Result:
+    """NHLE-CWM with the paper's loss (``variant: paper``, Eq. 2: logit gradient y - y~) and its
+    preset (SGD lr 0.01, stop at 50 % forget accuracy), then CWM ``suppress``. Needs: forget
+    samples only."""
+    return nhle_cwm(task, nhle=NHLEConfig(variant="paper"))
+
+
+def nhle_cwm_soft_ce(task: Task) -> Result:
+    """NHLE-CWM with ``variant: soft-ce`` (the pipeline's default before the ``anchored``
+    variant: soft-target cross-entropy, SGD lr 0.01, stop at 50 %), then CWM ``suppress``.
+    Needs: forget samples only."""
+    return nhle_cwm(task, nhle=NHLEConfig(variant="soft-ce"))
 
 
 def nhle_cwm_zero(task: Task) -> Result:
@@ -165,14 +179,15 @@ def cwm_only_zero(task: Task) -> Result:
 
 def simple_label_cwm(task: Task) -> Result:
     """Ablation (paper Table 5): NHLE's loop and loss with the simple label y(B) = [-1 at the
-    forgotten class, 0 elsewhere] instead of Eq. 4, then CWM. Same stopping rule and
-    hyper-parameters as NHLE (with the default ``soft-ce`` loss, -<y(B), z>: only the
+    forgotten class, 0 elsewhere] instead of Eq. 4, then CWM. Same loop, stopping rule and
+    hyper-parameters as NHLE's ``soft-ce`` variant (the ``soft-ce`` loss, -<y(B), z>: only the
     forgotten logit is pushed down). Needs: forget samples only."""
     model = task.copy_original()
-    cfg = NHLEConfig()
+    cfg = NHLEConfig(variant="soft-ce")
     targets = torch.zeros(len(task.forget_y), task.num_classes, device=task.device)
     targets[torch.arange(len(task.forget_y)), task.forget_y] = -1.0
-    info = _forget_loop(model, task, lambda z: nhle_loss(z, targets, cfg.variant), cfg, cfg.stop_forget_acc)
+    info = _forget_loop(model, task, lambda z: nhle_loss(z, targets, cfg.variant), cfg,
+                        cfg.resolved()["stop_forget_acc"])
     _cwm(model, task)
     return model, info
 
@@ -199,7 +214,7 @@ def gradient_ascent(task: Task) -> Result:
     model = task.copy_original()
     opt = torch.optim.Adam(model.parameters(), lr=task.recipe.lr * GA_LR_SCALE)
     loss_fn = lambda z: -F.cross_entropy(z, task.forget_y)  # noqa: E731
-    info = _forget_loop(model, task, loss_fn, NHLEConfig(), GA_STOP_FORGET_ACC, opt)
+    info = _forget_loop(model, task, loss_fn, NHLEConfig(variant="soft-ce"), GA_STOP_FORGET_ACC, opt)
     return model, info
 
 
@@ -272,6 +287,8 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "nhle-cwm": Method(nhle_cwm, FORGET),
+    "nhle-cwm-paper": Method(nhle_cwm_paper, FORGET),
+    "nhle-cwm-soft-ce": Method(nhle_cwm_soft_ce, FORGET),
     "nhle-cwm-zero": Method(nhle_cwm_zero, FORGET),
     "nhle-only": Method(nhle_only, FORGET),
     "cwm-only": Method(cwm_only, "class ids only"),

@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "methods": args.method_names,
         "data_needed": {n: METHODS[n].data for n in args.method_names},
         "recipe": recipe.model_dump(), "budget": budget_dict(budget),
-        "nhle": NHLEConfig().model_dump(), "cwm": CWMConfig().model_dump(),
+        "nhle": NHLEConfig().resolved(), "cwm": CWMConfig().model_dump(),
         "machine": machine,
         "summary": summarise(per_seed, args.method_names),
         "per_seed": {str(s): r for s, r in per_seed.items()},

@@ -4,17 +4,24 @@ For C classes and a sample of forgotten class c the target is (Eq. 4)
 
     y~_j = -1 if j == c, else 1 / (C - 1)
 
-so its entries sum to 0. Two losses are offered:
+so its entries sum to 0. Three variants (``unlearn.nhle.variant``):
 
 - ``paper``: L = logsumexp(z) - <y~, z>, whose logit gradient is y - y~
   (Eq. 2, y = softmax(z)): the class-c row is pushed away from the features
   with magnitude ~2, the other rows nudged by ~eps/(C-1) (Eq. 5).
 - ``soft-ce``: PyTorch's soft-target cross-entropy with y~. Because sum(y~) = 0
   it reduces to -<y~, z>, gradient -y~: a different, linear loss.
+- ``anchored`` (default): soft-ce plus ``anchor`` x the mean squared change of
+  the retained classes' logits on the same forget samples, against the
+  original model's. The forgotten logit is pushed down while what the model
+  says about the other classes is held in place; only forget samples are used.
 
-Both are unbounded below, so fine-tuning stops as soon as the forget samples
-are no longer predicted as their class (or at ``max_steps``, or when the loss
-stops being finite, in which case the last finite weights are kept).
+The optimiser is SGD or :class:`~pipeline.relative_step.RelativeStep`. The
+losses are unbounded below, so fine-tuning stops at the first step where every
+configured rule holds: the forget accuracy is at most ``stop_forget_acc``
+and/or every forget sample's forgotten logit is ``stop_margin`` below its best
+retained logit; or at ``max_steps``; or when the loss stops being finite, in
+which case the last finite weights are kept.
 """
 
 from __future__ import annotations
@@ -22,11 +29,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from pipeline.config import NHLEConfig
+from pipeline.relative_step import RelativeStep
 
 StepCallback = Callable[[int, int, float, float], None]  # (step, max_steps, loss, forget acc)
 LossFn = Callable[[torch.Tensor], torch.Tensor]  # (N, C) logits -> scalar loss
@@ -39,6 +48,7 @@ class NHLEResult:
     forget_acc_start: float  # fraction of forget samples predicted as their class
     forget_acc_end: float
     losses: list[float] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)  # the resolved NHLEConfig that ran
 
 
 def nhle_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -49,19 +59,52 @@ def nhle_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def nhle_loss(logits: torch.Tensor, targets: torch.Tensor, variant: str) -> torch.Tensor:
-    """Mean loss over the batch; see the module docstring for the two variants."""
+    """Mean push loss over the batch; ``anchored`` pushes with ``soft-ce`` (module docstring)."""
     linear = (targets * logits).sum(dim=1)  # (N,) <y~, z>
     if variant == "paper":
         return (torch.logsumexp(logits, dim=1) - linear).mean()
-    if variant == "soft-ce":
+    if variant in ("soft-ce", "anchored"):
         return (-linear).mean()  # == F.cross_entropy(logits, targets) since sum(y~) == 0
     raise ValueError(f"unknown NHLE variant '{variant}'")
+
+
+def retained_classes(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Class ids not among ``labels`` (the forget samples' classes), ascending."""
+    forgotten = set(labels.unique().tolist())
+    return torch.tensor([c for c in range(num_classes) if c not in forgotten], device=labels.device)
+
+
+def anchor_loss(logits: torch.Tensor, original_logits: torch.Tensor, retained: torch.Tensor) -> torch.Tensor:
+    """Mean squared change of the retained classes' logits, (N, C) x (N, C) -> scalar."""
+    return (logits[:, retained] - original_logits[:, retained]).pow(2).mean()
+
+
+def logit_margin(logits: torch.Tensor, labels: torch.Tensor, retained: torch.Tensor) -> torch.Tensor:
+    """(N,) best retained logit minus the sample's own (forgotten) logit."""
+    own = logits.gather(1, labels[:, None])[:, 0]
+    return logits[:, retained].max(dim=1).values - own
 
 
 def _set_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
     # Eval mode freezes BatchNorm running statistics and disables dropout; a
     # handful of forget samples would otherwise overwrite the statistics.
     model.train(not freeze_batchnorm)
+
+
+def _forgotten(logits: torch.Tensor, y: torch.Tensor, retained: torch.Tensor, s: dict[str, Any]) -> bool:
+    """Every configured stopping rule holds (no rule set: never; ``max_steps`` ends the loop)."""
+    rules = []
+    if s["stop_forget_acc"] is not None:
+        rules.append(float((logits.argmax(dim=1) == y).float().mean()) <= s["stop_forget_acc"])
+    if s["stop_margin"] is not None:
+        rules.append(bool((logit_margin(logits, y, retained) >= s["stop_margin"]).all()))
+    return bool(rules) and all(rules)
+
+
+def make_optimizer(params: list[nn.Parameter], s: dict[str, Any]) -> torch.optim.Optimizer:
+    if s["optimizer"] == "relative":
+        return RelativeStep(params, lr=s["lr"])
+    return torch.optim.SGD(params, lr=s["lr"], momentum=s["momentum"])
 
 
 def nhle_finetune(
@@ -77,17 +120,28 @@ def nhle_finetune(
 ) -> NHLEResult:
     """Fine-tune ``model`` in place on forget samples ``x`` (N,C,H,W), labels ``y`` (N,).
 
-    ``loss_fn`` and ``optimizer`` replace NHLE's loss and SGD while keeping the
-    loop (step cap, clipping, stopping rule, divergence guard): the benchmarks'
-    simple-label ablation and gradient ascent run through here.
+    ``loss_fn`` and ``optimizer`` replace NHLE's loss and optimiser while keeping
+    the loop (step cap, clipping, stopping rules, divergence guard): the
+    benchmarks' simple-label ablation and gradient ascent run through here.
     """
+    s = cfg.resolved()
     if not cfg.enabled:
-        return NHLEResult(0, "disabled", float("nan"), float("nan"))
+        return NHLEResult(0, "disabled", float("nan"), float("nan"), settings=s)
+    retained = retained_classes(y, num_classes)
+    _set_mode(model, cfg.freeze_batchnorm)
     if loss_fn is None:
         targets = nhle_targets(y, num_classes)
-        loss_fn = lambda z: nhle_loss(z, targets, cfg.variant)  # noqa: E731
-    opt = optimizer or torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    _set_mode(model, cfg.freeze_batchnorm)
+        with torch.no_grad():
+            original = model(x)
+        anchor = s["anchor"]
+
+        def loss_fn(z: torch.Tensor) -> torch.Tensor:
+            loss = nhle_loss(z, targets, cfg.variant)
+            return loss + anchor * anchor_loss(z, original, retained) if anchor > 0 else loss
+
+    params = list(model.parameters())
+    opt = optimizer or make_optimizer(params, s)
+    clip = s["grad_clip"] if s["optimizer"] == "sgd" else None
     losses: list[float] = []
     start_acc = float("nan")
     last_good = copy.deepcopy(model.state_dict())
@@ -103,10 +157,10 @@ def nhle_finetune(
             stopped = "diverged"
             break
         last_good = copy.deepcopy(model.state_dict())
-        if step >= 1 and acc <= cfg.stop_forget_acc:
+        if step >= 1 and _forgotten(logits, y, retained, s):
             stopped = "forgotten"
             break
-        if step >= cfg.max_steps:
+        if step >= s["max_steps"]:
             break
         loss = loss_fn(logits)
         if not torch.isfinite(loss):
@@ -114,14 +168,14 @@ def nhle_finetune(
             break
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if cfg.grad_clip is not None:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        if clip is not None:
+            nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         step += 1
         losses.append(float(loss.detach()))
         if on_step is not None:
-            on_step(step, cfg.max_steps, losses[-1], acc)
+            on_step(step, s["max_steps"], losses[-1], acc)
     model.eval()
     with torch.no_grad():
         end_acc = float((model(x).argmax(dim=1) == y).float().mean())
-    return NHLEResult(step, stopped, start_acc, end_acc, losses)
+    return NHLEResult(step, stopped, start_acc, end_acc, losses, settings=s)

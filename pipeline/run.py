@@ -192,7 +192,7 @@ def run_pipeline(
             cwm_in_graph=None if cwm_mode == "none" else _cwm_visible(
                 model_onnx, inp.head_name, forget, cwm_mode, cfg.unlearn.cwm.suppress_bias),
             nhle={"steps": nh.steps, "stopped": nh.stopped, "forget_acc_start": nh.forget_acc_start,
-                  "forget_acc_end": nh.forget_acc_end, "n_samples": int(len(yf))},
+                  "forget_acc_end": nh.forget_acc_end, "n_samples": int(len(yf)), "settings": nh.settings},
         )
         gates = evaluate_gates(metrics, cfg.verify.gates)
         if cwm_mode == "none":

@@ -48,11 +48,11 @@ def test_forget_loop_matches_nhle_finetune():
     x, y = torch.from_numpy(data.train.x[idx]), torch.from_numpy(data.train.y[idx])
     task = Task(model, "mlp", data.input_shape, 10, [0], x, y, retained_only(data.train, [0]),
                 QUICK_RECIPE, QUICK_BUDGET, 0, torch.device("cpu"))
-    cfg = NHLEConfig()  # the pipeline's defaults
+    cfg = NHLEConfig(variant="soft-ce")  # the SGD loop that simple-label and GA reuse
     a, b = copy.deepcopy(model), copy.deepcopy(model)
     ref = nhle_finetune(a, x, y, 10, cfg)
     targets = nhle_targets(y, 10)
-    got = _forget_loop(b, task, lambda z: nhle_loss(z, targets, cfg.variant), cfg, cfg.stop_forget_acc)
+    got = _forget_loop(b, task, lambda z: nhle_loss(z, targets, cfg.variant), cfg, cfg.resolved()["stop_forget_acc"])
     assert ref.steps > 1
     assert (got["steps"], got["stopped"]) == (ref.steps, ref.stopped)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):

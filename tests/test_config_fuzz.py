@@ -115,7 +115,7 @@ def _check_valid(cfg: Config) -> None:
     n = cfg.model.num_classes
     assert cfg.forget.classes and all(0 <= c < n for c in cfg.forget.classes)
     assert len(set(cfg.forget.classes)) == len(cfg.forget.classes) < n
-    assert cfg.unlearn.nhle.lr > 0 and cfg.forget.samples_per_class >= 1
+    assert cfg.unlearn.nhle.resolved()["lr"] > 0 and cfg.forget.samples_per_class >= 1
     assert 0 <= cfg.seed < 2**32
 
 

@@ -6,8 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import NHLEConfig
-from pipeline.nhle import nhle_finetune, nhle_loss, nhle_targets
+from pipeline.config import NHLE_PRESETS, NHLEConfig
+from pipeline.nhle import (
+    anchor_loss,
+    logit_margin,
+    nhle_finetune,
+    nhle_loss,
+    nhle_targets,
+    retained_classes,
+)
+from pipeline.relative_step import RelativeStep
 
 
 def test_targets_follow_eq4():
@@ -70,7 +78,12 @@ def test_finetune_stops_at_the_first_step_meeting_the_rule(digits_model, variant
 def test_divergence_keeps_last_finite_weights(digits_model):
     m0, _, x, y = digits_model
     m = copy.deepcopy(m0)
-    r = nhle_finetune(m, x, y, 10, NHLEConfig(lr=1e30, grad_clip=None, stop_forget_acc=0.0, max_steps=50))
+    cfg = NHLEConfig(variant="soft-ce", lr=1e30, grad_clip=None, stop_forget_acc=0.0, max_steps=50)
+    r = nhle_finetune(m, x, y, 10, cfg)
+    assert r.stopped == "diverged"
+    assert all(torch.isfinite(p).all() for p in m.parameters())
+    m = copy.deepcopy(m0)  # the relative step blows up the same way at an absurd rate
+    r = nhle_finetune(m, x, y, 10, NHLEConfig(lr=1e30, max_steps=50))
     assert r.stopped == "diverged"
     assert all(torch.isfinite(p).all() for p in m.parameters())
 
@@ -95,3 +108,82 @@ def test_disabled_changes_nothing(digits_model):
     r = nhle_finetune(m, x, y, 10, NHLEConfig(enabled=False))
     assert r.stopped == "disabled" and r.steps == 0
     assert np.array_equal(m.classifier.weight.detach().numpy(), m0.classifier.weight.detach().numpy())
+
+
+def test_presets_fill_only_unset_settings():
+    assert NHLEConfig().resolved()["variant"] == "anchored"
+    for variant, preset in NHLE_PRESETS.items():
+        got = NHLEConfig(variant=variant).resolved()
+        assert {k: got[k] for k in preset} == preset
+    got = NHLEConfig(variant="paper", optimizer="relative", lr=0.002, anchor=1.0).resolved()
+    assert (got["optimizer"], got["lr"], got["anchor"], got["stop_forget_acc"]) == ("relative", 0.002, 1.0, 0.5)
+
+
+def test_anchor_loss_is_zero_at_the_original_and_ignores_forgotten_logits():
+    z0 = torch.randn(4, 5)
+    retained = retained_classes(torch.tensor([1, 1, 3, 3]), 5)
+    assert retained.tolist() == [0, 2, 4]
+    assert float(anchor_loss(z0, z0, retained)) == 0.0
+    z = z0.clone()
+    z[:, [1, 3]] -= 100.0  # the forgotten logits may move freely
+    assert float(anchor_loss(z, z0, retained)) == 0.0
+    z[:, 2] += 2.0  # one retained column moved by 2: mean over 3 columns of 4
+    assert float(anchor_loss(z, z0, retained)) == pytest.approx(4.0 / 3)
+
+
+def test_logit_margin_is_best_retained_minus_own():
+    z = torch.tensor([[5.0, 1.0, 2.0], [0.0, 3.0, -1.0]])
+    assert logit_margin(z, torch.tensor([0, 0]), torch.tensor([1, 2])).tolist() == [-3.0, 3.0]
+
+
+def test_relative_step_moves_each_tensor_by_lr_times_its_norm():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    before = [p.detach().clone() for p in m.parameters()]
+    m(torch.randn(8, 6)).pow(2).sum().backward()
+    RelativeStep(m.parameters(), lr=0.01).step()
+    for p0, p in zip(before, m.parameters(), strict=True):
+        moved = float((p.detach() - p0).norm())
+        assert moved == pytest.approx(0.01 * max(float(p0.norm()), 1e-2), rel=1e-4)
+
+
+def test_anchored_stops_at_the_margin_and_keeps_retained_logits(digits_model):
+    m0, ds, x, y = digits_model
+    m = copy.deepcopy(m0)
+    r = nhle_finetune(m, x, y, 10, NHLEConfig())  # the default: anchored
+    assert r.settings["variant"] == "anchored" and r.stopped == "forgotten"
+    retained = retained_classes(y, 10)
+    with torch.no_grad():
+        z0, z = m0(x), m(x)
+    margin = NHLE_PRESETS["anchored"]["stop_margin"]
+    assert bool((logit_margin(z, y, retained) >= margin).all()) and r.forget_acc_end == 0.0
+    # one step fewer would not have met the margin
+    m_short = copy.deepcopy(m0)
+    short = nhle_finetune(m_short, x, y, 10, NHLEConfig(max_steps=r.steps - 1))
+    assert short.stopped == "max_steps"
+    with torch.no_grad():
+        assert not bool((logit_margin(m_short(x), y, retained) >= margin).all())
+    # the forgotten logit fell far more than any retained logit moved
+    own_drop = float((z0.gather(1, y[:, None]) - z.gather(1, y[:, None])).mean())
+    retained_move = float((z[:, retained] - z0[:, retained]).abs().mean())
+    assert own_drop > 5 * retained_move
+    # and the retained test accuracy holds (before CWM)
+    keep = ds.test.y != 0
+    with torch.no_grad():
+        before = (m0(torch.from_numpy(ds.test.x[keep])).argmax(1).numpy() == ds.test.y[keep]).mean()
+        after = (m(torch.from_numpy(ds.test.x[keep])).argmax(1).numpy() == ds.test.y[keep]).mean()
+    assert after - before >= -0.01
+
+
+def test_stopping_rules_must_all_hold(digits_model):
+    m0, _, x, y = digits_model
+
+    def run(**kw):
+        return nhle_finetune(copy.deepcopy(m0), x, y, 10, NHLEConfig(**kw))
+
+    top1 = run(stop_margin=0.0)  # the weakest margin: no forget sample is top-1 any more
+    assert top1.stopped == "forgotten" and top1.forget_acc_end == 0.0
+    far = run(stop_margin=5.0)
+    assert far.steps > top1.steps
+    # the accuracy rule (met from the step where the margin 0 holds) adds nothing to the margin 5
+    assert run(stop_forget_acc=0.5, stop_margin=5.0).steps == far.steps
