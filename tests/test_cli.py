@@ -32,6 +32,12 @@ def test_run_releases_verified_artifact_and_verify_inspect_agree(make_config, tm
     assert set(m["timings_s"]) >= {"load", "baseline", "nhle", "cwm", "export", "verify"}
     assert "Acc_F" in r.output and "released" in r.output
     assert "RELEASED" in (rel / "report.md").read_text()
+    # what NHLE ran with is recorded (the default variant's presets, resolved) and reported
+    nh = m["metrics"]["nhle"]
+    assert nh["settings"]["variant"] == "anchored" and nh["settings"]["optimizer"] == "relative"
+    assert nh["stopped"] == "forgotten" and nh["forget_acc_end"] == 0.0
+    assert "NHLE settings: variant anchored, optimizer relative, lr 0.001" in (rel / "report.md").read_text()
+    assert "variant anchored" in (rel / "report.html").read_text()
     ev = m["metrics"]["evidence"]
     # the original separates class 0 (Ratio_D > 1); the unlearned model's MIA-efficacy rises above the original's
     assert ev["original"]["ratio_d"] > 1.0 and ev["unlearned"]["ratio_d"] > 0

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from verify.report import nhle_settings_line
+
 PCA_MAX_POINTS = 2_000
 EVIDENCE_ROWS = (
     ("ratio_d", "Ratio_D = D_inter / D_intra (lower: less separable)"),
@@ -130,6 +132,11 @@ def render_html(m: dict, features: dict[str, tuple[np.ndarray, np.ndarray]]) -> 
         ["onnxruntime provider", html.escape(rt["onnxruntime_provider"])],
         ["versions", html.escape(", ".join(f"{k} {v}" for k, v in rt["versions"].items()))],
     ]
+    nh = met.get("nhle")
+    if nh:  # manifests written before NHLE's settings were recorded have none
+        prov_rows.insert(2, ["unlearning", html.escape(
+            f"NHLE {nh['steps']} steps (stopped: {nh['stopped']}); {nhle_settings_line(nh)}; "
+            f"CWM {m.get('config', {}).get('unlearn', {}).get('cwm', {}).get('mode', 'unrecorded')}")])
     timing_rows = [[html.escape(k), f"{v:.2f}"] for k, v in m["timings_s"].items()]
     images = [("Per-class test accuracy", _per_class_chart(m))]
     if features:

@@ -16,13 +16,13 @@ def _f(v, digits: int = 4) -> str:
     return str(v)
 
 
-def _nhle_settings(nh: dict) -> str:
+def nhle_settings_line(nh: dict) -> str:
     """One line of the resolved NHLE settings ("not recorded" in older manifests)."""
     st = nh.get("settings")
     if not st:
         return "not recorded"
     keys = ("variant", "optimizer", "lr", "anchor", "max_steps", "stop_forget_acc", "stop_margin")
-    return ", ".join(f"{k} {st.get(k)}" for k in keys)
+    return ", ".join(f"{k} {'unset' if st.get(k) is None else st.get(k)}" for k in keys)
 
 
 def render_report(m: dict) -> str:
@@ -84,7 +84,7 @@ def render_report(m: dict) -> str:
         "## Unlearning",
         "",
         f"- NHLE: {nh['steps']} steps, stopped: {nh['stopped']}; forget-sample accuracy {_f(nh['forget_acc_start'])} → {_f(nh['forget_acc_end'])}",
-        f"- NHLE settings: {_nhle_settings(nh)}",
+        f"- NHLE settings: {nhle_settings_line(nh)}",
         f"- CWM mode: {m['config']['unlearn']['cwm']['mode']}",
         f"- ONNX vs PyTorch max |Δlogit|: {_f(met.get('parity_max_abs'), 6)}",
         "",
