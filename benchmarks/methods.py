@@ -21,7 +21,7 @@ from torch import nn
 from benchmarks.common import Budget, train_fresh
 from pipeline.config import CWMConfig, NHLEConfig, TrainConfig
 from pipeline.cwm import apply_cwm
-from pipeline.data import Split
+from pipeline.data import Split, select_forget_indices
 from pipeline.models import find_head
 from pipeline.nhle import nhle_finetune, nhle_loss
 from pipeline.train import train_classifier
@@ -38,6 +38,7 @@ GA_STOP_FORGET_ACC = 0.0
 # steps do not depend on the gradient's scale. A tenth of the recipe's rate
 # (digits: 3e-4) was picked on digits.
 GA_LR_SCALE = 0.1
+RETAINED_PER_CLASS = 8  # nhle-cwm-retained: retained samples per class in the anchor
 SALUN_SPARSITY = 0.5  # SalUn's default: update the half of the weights most salient for the forget loss
 SCRUB_TEMPERATURE = 4.0  # distillation temperature (SCRUB's default)
 SCRUB_MAX_FRACTION = 0.5  # max (forget) steps only in the first half of the run, as SCRUB's msteps < steps
@@ -133,9 +134,24 @@ def nhle_cwm(task: Task, cwm_mode: str | None = None, nhle: NHLEConfig | None = 
     """NHLE-CWM, the pipeline's method with its defaults (NHLEConfig(), CWMConfig()): the
     ``anchored`` variant. Needs: forget samples only."""
     model = task.copy_original()
-    r = nhle_finetune(model, task.forget_x, task.forget_y, task.num_classes, nhle or NHLEConfig())
+    cfg = nhle or NHLEConfig()
+    retained_x = None
+    if cfg.retained_per_class > 0:
+        keep = [c for c in range(task.num_classes) if c not in task.forget_classes]
+        idx = select_forget_indices(task.retained.y, keep, cfg.retained_per_class, "random", task.seed,
+                                    field="retained_per_class")
+        retained_x = torch.from_numpy(task.retained.x[idx]).to(task.device)
+    r = nhle_finetune(model, task.forget_x, task.forget_y, task.num_classes, cfg, retained_x=retained_x)
     _cwm(model, task, cwm_mode)
     return model, {"steps": r.steps, "stopped": r.stopped}
+
+
+def nhle_cwm_retained(task: Task) -> Result:
+    """NHLE-CWM in the pipeline's opt-in retained-data mode: ``anchored`` with
+    ``retained_per_class: RETAINED_PER_CLASS`` (their retained logits join the anchor; the
+    preset then stops at margin 20). Needs: forget samples + that many retained training
+    samples per class."""
+    return nhle_cwm(task, nhle=NHLEConfig(retained_per_class=RETAINED_PER_CLASS))
 
 
 def nhle_cwm_paper(task: Task) -> Result:
@@ -287,6 +303,7 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "nhle-cwm": Method(nhle_cwm, FORGET),
+    "nhle-cwm-retained": Method(nhle_cwm_retained, f"forget samples + {RETAINED_PER_CLASS} retained per class"),
     "nhle-cwm-paper": Method(nhle_cwm_paper, FORGET),
     "nhle-cwm-soft-ce": Method(nhle_cwm_soft_ce, FORGET),
     "nhle-cwm-zero": Method(nhle_cwm_zero, FORGET),

@@ -145,6 +145,10 @@ class ForgetConfig(_Section):
 NHLE_PRESETS: dict[str, dict[str, Any]] = {
     "anchored": {"optimizer": "relative", "lr": 1e-3, "anchor": 3.0, "max_steps": 200,
                  "stop_forget_acc": None, "stop_margin": 5.0},
+    # "anchored" with retained_per_class > 0: the retained samples hold the
+    # retained logits well enough to push the forgotten logit further.
+    "anchored-retained": {"optimizer": "relative", "lr": 1e-3, "anchor": 3.0, "max_steps": 300,
+                          "stop_forget_acc": None, "stop_margin": 20.0},
     "soft-ce": {"optimizer": "sgd", "lr": 0.01, "anchor": 0.0, "max_steps": 100,
                 "stop_forget_acc": 0.5, "stop_margin": None},
     "paper": {"optimizer": "sgd", "lr": 0.01, "anchor": 0.0, "max_steps": 100,
@@ -178,6 +182,10 @@ class NHLEConfig(_Section):
     # every forget sample's forgotten logit at least this far below its best
     # retained logit.
     stop_margin: float | None = Field(default=None, ge=0)
+    # Opt-in retained-data mode: this many training samples of every retained
+    # class (seeded random draw) join the anchor. 0 (default): forget samples
+    # only. Runs that use retained samples say so in the manifest and report.
+    retained_per_class: int = Field(default=0, ge=0)
     momentum: float = Field(default=0.0, ge=0, lt=1)  # sgd only
     # Clip the global gradient norm per step (sgd only; None: no clipping).
     grad_clip: float | None = Field(default=5.0, gt=0)
@@ -188,10 +196,15 @@ class NHLEConfig(_Section):
     def resolved(self) -> dict[str, Any]:
         """Every setting with the variant's presets filled in (what the run uses and records)."""
         out = self.model_dump()
+        preset = NHLE_PRESETS[self.preset_name()]
         for key in NHLE_PRESET_KEYS:
             if out[key] is None:
-                out[key] = NHLE_PRESETS[self.variant][key]
+                out[key] = preset[key]
         return out
+
+    def preset_name(self) -> str:
+        """The NHLE_PRESETS entry that fills the unset settings."""
+        return "anchored-retained" if self.variant == "anchored" and self.retained_per_class > 0 else self.variant
 
 
 class CWMConfig(_Section):

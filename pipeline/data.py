@@ -203,12 +203,14 @@ def check_labels_fit(ds: Dataset, num_classes: int) -> None:
 
 
 def select_forget_indices(
-    y: np.ndarray, classes: list[int], per_class: int, selection: str, seed: int
+    y: np.ndarray, classes: list[int], per_class: int, selection: str, seed: int,
+    field: str = "forget.samples_per_class",
 ) -> np.ndarray:
-    """Indices of ``per_class`` training samples of each forgotten class.
+    """Indices of ``per_class`` training samples of each of ``classes``.
 
     ``first`` takes them in dataset order (the paper's protocol); ``random``
-    draws them with ``seed``. Fewer available than requested is an error.
+    draws them with ``seed``. Fewer available than requested is an error that
+    names the config ``field`` that asked for them.
     """
     rng = np.random.default_rng(seed)
     picked = []
@@ -216,7 +218,7 @@ def select_forget_indices(
         idx = np.flatnonzero(y == c)
         if idx.size < per_class:
             raise DataError(
-                f"forget.samples_per_class: {per_class} requested, but class {c} has only "
+                f"{field}: {per_class} requested, but class {c} has only "
                 f"{idx.size} training samples"
             )
         picked.append(idx[:per_class] if selection == "first" else np.sort(rng.choice(idx, per_class, replace=False)))

@@ -29,6 +29,7 @@ class Loaded:
     head_name: str
     forget_idx: np.ndarray  # indices into data.train
     weights_sha256: str | None
+    retained_idx: np.ndarray  # indices into data.train (unlearn.nhle.retained_per_class; empty by default)
 
 
 def load_data(cfg: Config) -> Dataset:
@@ -57,4 +58,9 @@ def load_inputs(cfg: Config, device_override: str | None = None) -> Loaded:
     forget_idx = select_forget_indices(
         data.train.y, cfg.forget.classes, cfg.forget.samples_per_class, cfg.forget.selection, cfg.seed
     )
-    return Loaded(device, data, model.eval(), head_name, forget_idx, sha256_file(cfg.model.weights))
+    retained = [c for c in range(cfg.model.num_classes) if c not in cfg.forget.classes]
+    per_class = cfg.unlearn.nhle.retained_per_class
+    retained_idx = select_forget_indices(
+        data.train.y, retained, per_class, "random", cfg.seed, field="unlearn.nhle.retained_per_class"
+    ) if per_class > 0 else np.zeros(0, dtype=np.int64)
+    return Loaded(device, data, model.eval(), head_name, forget_idx, sha256_file(cfg.model.weights), retained_idx)

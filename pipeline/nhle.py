@@ -14,7 +14,9 @@ so its entries sum to 0. Three variants (``unlearn.nhle.variant``):
 - ``anchored`` (default): soft-ce plus ``anchor`` x the mean squared change of
   the retained classes' logits on the same forget samples, against the
   original model's. The forgotten logit is pushed down while what the model
-  says about the other classes is held in place; only forget samples are used.
+  says about the other classes is held in place; only forget samples are used,
+  unless ``retained_per_class`` > 0 adds a few retained training samples to
+  the anchor (an opt-in mode, recorded as such).
 
 The optimiser is SGD or :class:`~pipeline.relative_step.RelativeStep`. The
 losses are unbounded below, so fine-tuning stops at the first step where every
@@ -117,8 +119,13 @@ def nhle_finetune(
     on_step: StepCallback | None = None,
     loss_fn: LossFn | None = None,
     optimizer: torch.optim.Optimizer | None = None,
+    retained_x: torch.Tensor | None = None,
 ) -> NHLEResult:
     """Fine-tune ``model`` in place on forget samples ``x`` (N,C,H,W), labels ``y`` (N,).
+
+    ``retained_x`` (M,C,H,W), the opt-in retained samples
+    (``retained_per_class``), join the anchor: their retained logits are held
+    to the original's too; they are never pushed.
 
     ``loss_fn`` and ``optimizer`` replace NHLE's loss and optimiser while keeping
     the loop (step cap, clipping, stopping rules, divergence guard): the
@@ -133,11 +140,16 @@ def nhle_finetune(
         targets = nhle_targets(y, num_classes)
         with torch.no_grad():
             original = model(x)
+            original_r = model(retained_x) if retained_x is not None and len(retained_x) else None
         anchor = s["anchor"]
 
         def loss_fn(z: torch.Tensor) -> torch.Tensor:
             loss = nhle_loss(z, targets, cfg.variant)
-            return loss + anchor * anchor_loss(z, original, retained) if anchor > 0 else loss
+            if anchor > 0:
+                loss = loss + anchor * anchor_loss(z, original, retained)
+                if original_r is not None:
+                    loss = loss + anchor * anchor_loss(model(retained_x), original_r, retained)
+            return loss
 
     params = list(model.parameters())
     opt = optimizer or make_optimizer(params, s)

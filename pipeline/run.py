@@ -152,11 +152,13 @@ def run_pipeline(
         model = copy.deepcopy(inp.model).to(inp.device)
         xf = torch.from_numpy(data.train.x[inp.forget_idx]).to(inp.device)
         yf = torch.from_numpy(data.train.y[inp.forget_idx]).to(inp.device)
+        xr = torch.from_numpy(data.train.x[inp.retained_idx]).to(inp.device) if len(inp.retained_idx) else None
         nh = nhle_finetune(
-            model, xf, yf, n_cls, cfg.unlearn.nhle,
+            model, xf, yf, n_cls, cfg.unlearn.nhle, retained_x=xr,
             on_step=lambda s, t, loss, acc: listener.step("nhle", s, t, f"loss {loss:.3f}, forget acc {acc:.2f}"),
         )
-        timer.detail = f"{nh.steps} steps on {len(yf)} samples, stopped: {nh.stopped}"
+        retained_note = f" + {len(inp.retained_idx)} retained samples" if len(inp.retained_idx) else ""
+        timer.detail = f"{nh.steps} steps on {len(yf)} forget samples{retained_note}, stopped: {nh.stopped}"
 
     with timer.stage("cwm"):
         _, head = find_head(model, n_cls, inp.head_name)
@@ -192,7 +194,8 @@ def run_pipeline(
             cwm_in_graph=None if cwm_mode == "none" else _cwm_visible(
                 model_onnx, inp.head_name, forget, cwm_mode, cfg.unlearn.cwm.suppress_bias),
             nhle={"steps": nh.steps, "stopped": nh.stopped, "forget_acc_start": nh.forget_acc_start,
-                  "forget_acc_end": nh.forget_acc_end, "n_samples": int(len(yf)), "settings": nh.settings},
+                  "forget_acc_end": nh.forget_acc_end, "n_samples": int(len(yf)),
+                  "n_retained_samples": int(len(inp.retained_idx)), "settings": nh.settings},
         )
         gates = evaluate_gates(metrics, cfg.verify.gates)
         if cwm_mode == "none":

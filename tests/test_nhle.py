@@ -187,3 +187,32 @@ def test_stopping_rules_must_all_hold(digits_model):
     assert far.steps > top1.steps
     # the accuracy rule (met from the step where the margin 0 holds) adds nothing to the margin 5
     assert run(stop_forget_acc=0.5, stop_margin=5.0).steps == far.steps
+
+
+def test_retained_mode_uses_its_own_preset():
+    cfg = NHLEConfig(retained_per_class=8)
+    assert cfg.preset_name() == "anchored-retained"
+    assert cfg.resolved()["stop_margin"] == NHLE_PRESETS["anchored-retained"]["stop_margin"] > NHLE_PRESETS["anchored"]["stop_margin"]
+    assert NHLEConfig(variant="paper", retained_per_class=8).preset_name() == "paper"
+
+
+def test_retained_samples_hold_their_logits(digits_model):
+    """Pushed to the same margin, the retained samples in the anchor keep their logits closer
+    to the original's than without them; other retained test images benefit too."""
+    m0, ds, x, y = digits_model
+    from pipeline.data import select_forget_indices
+
+    keep = list(range(1, 10))
+    xr = torch.from_numpy(ds.train.x[select_forget_indices(ds.train.y, keep, 8, "random", 0)])
+    cfg = NHLEConfig(stop_margin=20.0, max_steps=300)
+    alone, anchored = copy.deepcopy(m0), copy.deepcopy(m0)
+    r_alone = nhle_finetune(alone, x, y, 10, cfg)
+    r_anch = nhle_finetune(anchored, x, y, 10, cfg, retained_x=xr)
+    assert r_alone.stopped == r_anch.stopped == "forgotten"
+    test_r = torch.from_numpy(ds.test.x[ds.test.y != 0])
+    with torch.no_grad():
+        z0_train, z0_test = m0(xr)[:, keep], m0(test_r)[:, keep]
+        drift = {name: (float((m(xr)[:, keep] - z0_train).abs().mean()), float((m(test_r)[:, keep] - z0_test).abs().mean()))
+                 for name, m in (("alone", alone), ("anchored", anchored))}
+    assert drift["anchored"][0] < 0.5 * drift["alone"][0]  # the anchored samples themselves
+    assert drift["anchored"][1] < drift["alone"][1]  # and unseen retained test images

@@ -22,7 +22,10 @@ def nhle_settings_line(nh: dict) -> str:
     if not st:
         return "not recorded"
     keys = ("variant", "optimizer", "lr", "anchor", "max_steps", "stop_forget_acc", "stop_margin")
-    return ", ".join(f"{k} {'unset' if st.get(k) is None else st.get(k)}" for k in keys)
+    line = ", ".join(f"{k} {'unset' if st.get(k) is None else st.get(k)}" for k in keys)
+    n_retained = nh.get("n_retained_samples", 0)
+    data = f"forget samples + {n_retained} retained samples" if n_retained else "forget samples only"
+    return f"{line}; data: {data}"
 
 
 def render_report(m: dict) -> str:
