@@ -149,8 +149,8 @@ def nhle_cwm(task: Task, cwm_mode: str | None = None, nhle: NHLEConfig | None = 
 def nhle_cwm_retained(task: Task) -> Result:
     """NHLE-CWM in the pipeline's opt-in retained-data mode: ``anchored`` with
     ``retained_per_class: RETAINED_PER_CLASS`` (their retained logits join the anchor; the
-    preset then stops at margin 20). Needs: forget samples + that many retained training
-    samples per class."""
+    preset then pushes on to 3x the original lead). Needs: forget samples + that many
+    retained training samples per class."""
     return nhle_cwm(task, nhle=NHLEConfig(retained_per_class=RETAINED_PER_CLASS))
 
 

@@ -21,8 +21,9 @@ so its entries sum to 0. Three variants (``unlearn.nhle.variant``):
 The optimiser is SGD or :class:`~pipeline.relative_step.RelativeStep`. The
 losses are unbounded below, so fine-tuning stops at the first step where every
 configured rule holds: the forget accuracy is at most ``stop_forget_acc``
-and/or every forget sample's forgotten logit is ``stop_margin`` below its best
-retained logit; or at ``max_steps``; or when the loss stops being finite, in
+and/or every forget sample's forgotten logit is ``stop_margin`` (or
+``stop_margin_relative`` x the original's mean lead) below its best retained
+logit; or at ``max_steps``; or when the loss stops being finite, in
 which case the last finite weights are kept.
 """
 
@@ -93,13 +94,21 @@ def _set_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
     model.train(not freeze_batchnorm)
 
 
-def _forgotten(logits: torch.Tensor, y: torch.Tensor, retained: torch.Tensor, s: dict[str, Any]) -> bool:
+def original_lead(logits: torch.Tensor, labels: torch.Tensor, retained: torch.Tensor) -> float:
+    """Mean over samples of how far the own logit tops the best retained one (negative leads count
+    as 0), at least 1: the unit of ``stop_margin_relative``."""
+    return max(float((-logit_margin(logits, labels, retained)).clamp(min=0).mean()), 1.0)
+
+
+def _forgotten(logits: torch.Tensor, y: torch.Tensor, retained: torch.Tensor, s: dict[str, Any], lead: float) -> bool:
     """Every configured stopping rule holds (no rule set: never; ``max_steps`` ends the loop)."""
     rules = []
     if s["stop_forget_acc"] is not None:
         rules.append(float((logits.argmax(dim=1) == y).float().mean()) <= s["stop_forget_acc"])
-    if s["stop_margin"] is not None:
-        rules.append(bool((logit_margin(logits, y, retained) >= s["stop_margin"]).all()))
+    margins = [m for m in (s["stop_margin"], None if s["stop_margin_relative"] is None
+                           else s["stop_margin_relative"] * lead) if m is not None]
+    if margins:
+        rules.append(bool((logit_margin(logits, y, retained) >= max(margins)).all()))
     return bool(rules) and all(rules)
 
 
@@ -151,6 +160,8 @@ def nhle_finetune(
                     loss = loss + anchor * anchor_loss(model(retained_x), original_r, retained)
             return loss
 
+    with torch.no_grad():
+        lead = original_lead(model(x), y, retained)
     params = list(model.parameters())
     opt = optimizer or make_optimizer(params, s)
     clip = s["grad_clip"] if s["optimizer"] == "sgd" else None
@@ -169,7 +180,7 @@ def nhle_finetune(
             stopped = "diverged"
             break
         last_good = copy.deepcopy(model.state_dict())
-        if step >= 1 and _forgotten(logits, y, retained, s):
+        if step >= 1 and _forgotten(logits, y, retained, s, lead):
             stopped = "forgotten"
             break
         if step >= s["max_steps"]:

@@ -13,6 +13,7 @@ from pipeline.nhle import (
     nhle_finetune,
     nhle_loss,
     nhle_targets,
+    original_lead,
     retained_classes,
 )
 from pipeline.relative_step import RelativeStep
@@ -112,8 +113,10 @@ def test_disabled_changes_nothing(digits_model):
 
 def test_presets_fill_only_unset_settings():
     assert NHLEConfig().resolved()["variant"] == "anchored"
-    for variant, preset in NHLE_PRESETS.items():
-        got = NHLEConfig(variant=variant).resolved()
+    for name, preset in NHLE_PRESETS.items():
+        cfg = NHLEConfig(variant="anchored", retained_per_class=8) if name == "anchored-retained" else NHLEConfig(variant=name)
+        assert cfg.preset_name() == name
+        got = cfg.resolved()
         assert {k: got[k] for k in preset} == preset
     got = NHLEConfig(variant="paper", optimizer="relative", lr=0.002, anchor=1.0).resolved()
     assert (got["optimizer"], got["lr"], got["anchor"], got["stop_forget_acc"]) == ("relative", 0.002, 1.0, 0.5)
@@ -192,7 +195,8 @@ def test_stopping_rules_must_all_hold(digits_model):
 def test_retained_mode_uses_its_own_preset():
     cfg = NHLEConfig(retained_per_class=8)
     assert cfg.preset_name() == "anchored-retained"
-    assert cfg.resolved()["stop_margin"] == NHLE_PRESETS["anchored-retained"]["stop_margin"] > NHLE_PRESETS["anchored"]["stop_margin"]
+    got = cfg.resolved()
+    assert got["stop_margin"] is None and got["stop_margin_relative"] == 3.0 and got["max_steps"] == 300
     assert NHLEConfig(variant="paper", retained_per_class=8).preset_name() == "paper"
 
 
@@ -216,3 +220,20 @@ def test_retained_samples_hold_their_logits(digits_model):
                  for name, m in (("alone", alone), ("anchored", anchored))}
     assert drift["anchored"][0] < 0.5 * drift["alone"][0]  # the anchored samples themselves
     assert drift["anchored"][1] < drift["alone"][1]  # and unseen retained test images
+
+
+def test_relative_margin_is_measured_in_the_original_lead(digits_model):
+    m0, _, x, y = digits_model
+    retained = retained_classes(y, 10)
+    with torch.no_grad():
+        lead = original_lead(m0(x), y, retained)
+    assert lead > 1.0  # a trained model: the own logit tops the others by more than 1
+    m = copy.deepcopy(m0)
+    r = nhle_finetune(m, x, y, 10, NHLEConfig(stop_margin=None, stop_margin_relative=1.0, max_steps=300))
+    assert r.stopped == "forgotten"
+    with torch.no_grad():
+        margins = logit_margin(m(x), y, retained)
+    assert bool((margins >= lead).all())
+    # the same push measured in absolute logits: identical to stop_margin = lead
+    same = nhle_finetune(copy.deepcopy(m0), x, y, 10, NHLEConfig(stop_margin=lead, max_steps=300))
+    assert same.steps == r.steps

@@ -21,7 +21,7 @@ def nhle_settings_line(nh: dict) -> str:
     st = nh.get("settings")
     if not st:
         return "not recorded"
-    keys = ("variant", "optimizer", "lr", "anchor", "max_steps", "stop_forget_acc", "stop_margin")
+    keys = ("variant", "optimizer", "lr", "anchor", "max_steps", "stop_forget_acc", "stop_margin", "stop_margin_relative")
     line = ", ".join(f"{k} {'unset' if st.get(k) is None else st.get(k)}" for k in keys)
     n_retained = nh.get("n_retained_samples", 0)
     data = f"forget samples + {n_retained} retained samples" if n_retained else "forget samples only"
