@@ -35,7 +35,7 @@ from benchmarks.common import (
     load_benchmark_data,
     machine_facts,
 )
-from benchmarks.methods import METHODS, Task
+from benchmarks.methods import DEFAULT_METHODS, METHODS, Task
 from pipeline.config import CWMConfig, NHLEConfig
 from pipeline.data import select_forget_indices
 from pipeline.device import resolve_device, seed_everything
@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model", choices=MODELS, default="mlp")
     ap.add_argument("--forget", default="0", help="comma-separated class ids, e.g. 0 or 0,4")
     ap.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {list(METHODS)}")
+    ap.add_argument("--methods", default=None,
+                    help=f"comma-separated, from {list(METHODS)} (default: all but nhle-cwm-retained; --quick: all)")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--cache", default="benchmarks/cache", help="where original models are cached")
     ap.add_argument("--threads", type=int, default=1,
@@ -80,6 +81,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         0 <= c < NUM_CLASSES for c in args.forget_classes
     ) or len(args.forget_classes) >= NUM_CLASSES:
         ap.error(f"--forget: distinct ids in 0..{NUM_CLASSES - 1}, not all of them; got {args.forget}")
+    if args.methods is None:
+        args.methods = ",".join(METHODS if args.quick else DEFAULT_METHODS)
     args.method_names = args.methods.split(",")
     unknown = [m for m in args.method_names if m not in METHODS]
     if unknown:
