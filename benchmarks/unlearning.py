@@ -36,6 +36,7 @@ from benchmarks.common import (
     machine_facts,
 )
 from benchmarks.methods import DEFAULT_METHODS, METHODS, Task
+from benchmarks.nhle_ablations import ABLATIONS
 from pipeline.config import CWMConfig, NHLEConfig
 from pipeline.data import select_forget_indices
 from pipeline.device import resolve_device, seed_everything
@@ -52,6 +53,9 @@ METRICS = (
     ("acc_f", "Acc_F", 3), ("acc_r", "Acc_R", 3), ("d_acc_r", "ΔAcc_R", 3),
     ("ratio_d", "Ratio_D", 2), ("probe_auc", "probe AUC", 3), ("mia_efficacy", "MIA-efficacy", 3),
 )
+# Every method the harness can run: the comparison (benchmarks/methods.py) and NHLE's
+# design ablations (benchmarks/nhle_ablations.py, never run unless named).
+REGISTRY = {**METHODS, **ABLATIONS}
 GAP_METRICS = ("acc_f", "acc_r", "ratio_d", "probe_auc", "mia_efficacy")
 
 
@@ -63,7 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--forget", default="0", help="comma-separated class ids, e.g. 0 or 0,4")
     ap.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
     ap.add_argument("--methods", default=None,
-                    help=f"comma-separated, from {list(METHODS)} (default: all but nhle-cwm-retained; --quick: all)")
+                    help=f"comma-separated, from {list(REGISTRY)} (default: all but nhle-cwm-retained and "
+                         "the abl-* ablations; --quick: all but the ablations)")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--cache", default="benchmarks/cache", help="where original models are cached")
     ap.add_argument("--threads", type=int, default=1,
@@ -84,9 +89,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.methods is None:
         args.methods = ",".join(METHODS if args.quick else DEFAULT_METHODS)
     args.method_names = args.methods.split(",")
-    unknown = [m for m in args.method_names if m not in METHODS]
+    unknown = [m for m in args.method_names if m not in REGISTRY]
     if unknown:
-        ap.error(f"--methods: unknown {unknown}; expected some of {list(METHODS)}")
+        ap.error(f"--methods: unknown {unknown}; expected some of {list(REGISTRY)}")
     if args.seeds < 1:
         ap.error("--seeds: at least 1")
     return args
@@ -124,7 +129,7 @@ def run_seed(args: argparse.Namespace, data, seed: int, recipe, budget, device: 
     for name in args.method_names:
         seed_everything(seed)
         t0 = time.perf_counter()
-        model, info = METHODS[name].fn(task)
+        model, info = REGISTRY[name].fn(task)
         elapsed = time.perf_counter() - t0
         with torch.no_grad():
             forget_sample_acc = float((model.eval()(task.forget_x).argmax(1) == task.forget_y).float().mean())
@@ -188,7 +193,7 @@ def render_markdown(record: dict) -> str:
     ]
     for name in ["original", *names]:
         row = summary[name]
-        data = "—" if name == "original" else METHODS[name].data
+        data = "—" if name == "original" else REGISTRY[name].data
         cells = [_cell(row.get(k), d, signed=(k == "d_acc_r")) for k, _, d in METRICS]
         cells += [_cell(row.get("time_s"), 2), _cell(row.get("time_ratio"), 4),
                   _cell(row.get("gap_to_retrain"), 3), str(row.get("rank", "—"))]
@@ -241,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
             "forget_samples_per_class": SAMPLES_ONE_CLASS if len(args.forget_classes) == 1 else SAMPLES_PER_CLASS_MULTI,
         },
         "methods": args.method_names,
-        "data_needed": {n: METHODS[n].data for n in args.method_names},
+        "data_needed": {n: REGISTRY[n].data for n in args.method_names},
         "recipe": recipe.model_dump(), "budget": budget_dict(budget),
         "nhle": NHLEConfig().resolved(), "cwm": CWMConfig().model_dump(),
         "machine": machine,

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from benchmarks.common import QUICK_BUDGET, QUICK_RECIPE, load_benchmark_data
-from benchmarks.methods import METHODS, Task, _forget_loop
+from benchmarks.methods import METHODS, Task, _forget_loop, nhle_cwm
+from benchmarks.nhle_ablations import ABLATIONS
 from benchmarks.unlearning import main
 from pipeline.config import NHLEConfig
 from pipeline.data import select_forget_indices
@@ -96,3 +97,42 @@ def test_quick_mode_table_and_sanity(tmp_path):
     # CWM edits only the head: the penultimate features, hence Ratio_D, are the original's.
     assert np.isclose(seed0["cwm-only"]["ratio_d"], seed0["original"]["ratio_d"])
     assert seed0["original"]["acc_f"] > 0.9
+
+
+@pytest.fixture(scope="module")
+def quick_task():
+    data = load_benchmark_data("digits", None)
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=10, input_shape=data.input_shape)
+    train_classifier(model, data.train, QUICK_RECIPE.model_copy(update={"epochs": 3}), device=torch.device("cpu"), seed=0)
+    idx = select_forget_indices(data.train.y, [0, 4], 8, "first", 0)
+    x, y = torch.from_numpy(data.train.x[idx]), torch.from_numpy(data.train.y[idx])
+    return Task(model.eval(), "mlp", data.input_shape, 10, [0, 4], x, y, retained_only(data.train, [0, 4]),
+                QUICK_RECIPE, QUICK_BUDGET, 0, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", sorted(ABLATIONS))
+def test_every_ablation_forgets_and_leaves_the_original_alone(quick_task, name):
+    before = {k: v.clone() for k, v in quick_task.original.state_dict().items()}
+    model, info = ABLATIONS[name].fn(quick_task)
+    assert info["steps"] >= 1 and info["stopped"] == "forgotten"
+    with torch.no_grad():
+        assert (model(quick_task.forget_x).argmax(1) != quick_task.forget_y).all()  # CWM suppress
+    for k, v in quick_task.original.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_head_frozen_and_projected_ablations_do_what_they_say(quick_task):
+    original_head = quick_task.original.classifier.weight.detach().clone()
+    frozen, _ = ABLATIONS["abl-head-frozen"].fn(quick_task)
+    keep = [c for c in range(10) if c not in (0, 4)]
+    assert torch.equal(frozen.classifier.weight.detach()[keep], original_head[keep])  # CWM only touched 0, 4
+    # projecting the feature gradient out of the retained rows keeps the forget samples'
+    # retained logits closer to the original's than plain soft-ce
+    projected, _ = ABLATIONS["abl-projected"].fn(quick_task)
+    plain, _ = nhle_cwm(quick_task, nhle=NHLEConfig(variant="soft-ce"))
+    with torch.no_grad():
+        z0 = quick_task.original(quick_task.forget_x)[:, keep]
+        drift = {name: float((m(quick_task.forget_x)[:, keep] - z0).pow(2).mean())
+                 for name, m in (("projected", projected), ("plain", plain))}
+    assert drift["projected"] < drift["plain"]
