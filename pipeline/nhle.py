@@ -99,15 +99,23 @@ def original_lead(logits: torch.Tensor, labels: torch.Tensor, retained: torch.Te
     return max(float((-logit_margin(logits, labels, retained)).clamp(min=0).mean()), 1.0)
 
 
-def _forgotten(logits: torch.Tensor, y: torch.Tensor, retained: torch.Tensor, s: dict[str, Any], lead: float) -> bool:
+def required_margin(s: dict[str, Any], lead: float) -> float | None:
+    """The logit margin the stopping rule asks for: the larger of ``stop_margin`` and
+    ``stop_margin_relative`` x ``lead``; None when neither is set."""
+    margins = [] if s["stop_margin"] is None else [s["stop_margin"]]
+    if s["stop_margin_relative"] is not None:
+        margins.append(s["stop_margin_relative"] * lead)
+    return max(margins) if margins else None
+
+
+def _forgotten(logits: torch.Tensor, y: torch.Tensor, retained: torch.Tensor, max_acc: float | None,
+               margin: float | None) -> bool:
     """Every configured stopping rule holds (no rule set: never; ``max_steps`` ends the loop)."""
     rules = []
-    if s["stop_forget_acc"] is not None:
-        rules.append(float((logits.argmax(dim=1) == y).float().mean()) <= s["stop_forget_acc"])
-    margins = [m for m in (s["stop_margin"], None if s["stop_margin_relative"] is None
-                           else s["stop_margin_relative"] * lead) if m is not None]
-    if margins:
-        rules.append(bool((logit_margin(logits, y, retained) >= max(margins)).all()))
+    if max_acc is not None:
+        rules.append(float((logits.argmax(dim=1) == y).float().mean()) <= max_acc)
+    if margin is not None:
+        rules.append(bool((logit_margin(logits, y, retained) >= margin).all()))
     return bool(rules) and all(rules)
 
 
@@ -144,10 +152,12 @@ def nhle_finetune(
         return NHLEResult(0, "disabled", float("nan"), float("nan"), settings=s)
     retained = retained_classes(y, num_classes)
     _set_mode(model, cfg.freeze_batchnorm)
+    with torch.no_grad():
+        original = model(x)
+    margin = required_margin(s, original_lead(original, y, retained))
     if loss_fn is None:
         targets = nhle_targets(y, num_classes)
         with torch.no_grad():
-            original = model(x)
             original_r = model(retained_x) if retained_x is not None and len(retained_x) else None
         anchor = s["anchor"]
 
@@ -159,8 +169,6 @@ def nhle_finetune(
                     loss = loss + anchor * anchor_loss(model(retained_x), original_r, retained)
             return loss
 
-    with torch.no_grad():
-        lead = original_lead(model(x), y, retained)
     params = list(model.parameters())
     opt = optimizer or make_optimizer(params, s)
     clip = s["grad_clip"] if s["optimizer"] == "sgd" else None
@@ -182,7 +190,7 @@ def nhle_finetune(
         with torch.no_grad():  # in place: a deepcopy per step was a third of the loop's time
             for k, v in state.items():
                 last_good[k].copy_(v)
-        if step >= 1 and _forgotten(logits, y, retained, s, lead):
+        if step >= 1 and _forgotten(logits, y, retained, s["stop_forget_acc"], margin):
             stopped = "forgotten"
             break
         if step >= s["max_steps"]:
