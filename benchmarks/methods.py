@@ -21,7 +21,7 @@ from torch import nn
 from benchmarks.common import Budget, train_fresh
 from pipeline.config import CWMConfig, NHLEConfig, TrainConfig
 from pipeline.cwm import apply_cwm
-from pipeline.data import Split, select_forget_indices
+from pipeline.data import Split, select_retained_indices
 from pipeline.models import find_head
 from pipeline.nhle import nhle_finetune, nhle_loss
 from pipeline.train import train_classifier
@@ -135,12 +135,9 @@ def nhle_cwm(task: Task, cwm_mode: str | None = None, nhle: NHLEConfig | None = 
     ``anchored`` variant. Needs: forget samples only."""
     model = task.copy_original()
     cfg = nhle or NHLEConfig()
-    retained_x = None
-    if cfg.retained_per_class > 0:
-        keep = [c for c in range(task.num_classes) if c not in task.forget_classes]
-        idx = select_forget_indices(task.retained.y, keep, cfg.retained_per_class, "random", task.seed,
-                                    field="retained_per_class")
-        retained_x = torch.from_numpy(task.retained.x[idx]).to(task.device)
+    idx = select_retained_indices(task.retained.y, task.forget_classes, task.num_classes,
+                                  cfg.retained_per_class, task.seed)
+    retained_x = torch.from_numpy(task.retained.x[idx]).to(task.device) if len(idx) else None
     r = nhle_finetune(model, task.forget_x, task.forget_y, task.num_classes, cfg, retained_x=retained_x)
     _cwm(model, task, cwm_mode)
     return model, {"steps": r.steps, "stopped": r.stopped}

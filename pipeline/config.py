@@ -155,7 +155,7 @@ NHLE_PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"optimizer": "sgd", "lr": 0.01, "anchor": 0.0, "max_steps": 100,
               "stop_forget_acc": 0.5, "stop_margin": None, "stop_margin_relative": None},
 }
-NHLE_PRESET_KEYS = ("optimizer", "lr", "anchor", "max_steps", "stop_forget_acc", "stop_margin", "stop_margin_relative")
+NHLE_PRESET_KEYS = tuple(NHLE_PRESETS["anchored"])  # the settings a preset fills (same keys in every preset)
 
 
 class NHLEConfig(_Section):

@@ -223,3 +223,14 @@ def select_forget_indices(
             )
         picked.append(idx[:per_class] if selection == "first" else np.sort(rng.choice(idx, per_class, replace=False)))
     return np.concatenate(picked)
+
+
+def select_retained_indices(
+    y: np.ndarray, forget: list[int], num_classes: int, per_class: int, seed: int
+) -> np.ndarray:
+    """``unlearn.nhle.retained_per_class`` samples of every class not in ``forget``, drawn with
+    ``seed`` (the opt-in retained-data mode); empty when ``per_class`` is 0."""
+    if per_class == 0:
+        return np.zeros(0, dtype=np.int64)
+    retained = [c for c in range(num_classes) if c not in forget]
+    return select_forget_indices(y, retained, per_class, "random", seed, field="unlearn.nhle.retained_per_class")

@@ -15,7 +15,13 @@ from torch import nn
 
 from pipeline.checkpoint import load_weights, sha256_file
 from pipeline.config import Config
-from pipeline.data import Dataset, check_labels_fit, load_dataset, select_forget_indices
+from pipeline.data import (
+    Dataset,
+    check_labels_fit,
+    load_dataset,
+    select_forget_indices,
+    select_retained_indices,
+)
 from pipeline.device import resolve_device
 from pipeline.errors import ModelError
 from pipeline.models import build_model, find_head
@@ -58,9 +64,7 @@ def load_inputs(cfg: Config, device_override: str | None = None) -> Loaded:
     forget_idx = select_forget_indices(
         data.train.y, cfg.forget.classes, cfg.forget.samples_per_class, cfg.forget.selection, cfg.seed
     )
-    retained = [c for c in range(cfg.model.num_classes) if c not in cfg.forget.classes]
-    per_class = cfg.unlearn.nhle.retained_per_class
-    retained_idx = select_forget_indices(
-        data.train.y, retained, per_class, "random", cfg.seed, field="unlearn.nhle.retained_per_class"
-    ) if per_class > 0 else np.zeros(0, dtype=np.int64)
+    retained_idx = select_retained_indices(
+        data.train.y, cfg.forget.classes, cfg.model.num_classes, cfg.unlearn.nhle.retained_per_class, cfg.seed
+    )
     return Loaded(device, data, model.eval(), head_name, forget_idx, sha256_file(cfg.model.weights), retained_idx)

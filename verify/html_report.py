@@ -12,12 +12,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import math
 from pathlib import Path
 
 import numpy as np
 
-from verify.report import nhle_settings_line
+from verify.report import format_value, nhle_settings_line
 
 PCA_MAX_POINTS = 2_000
 EVIDENCE_ROWS = (
@@ -30,13 +29,7 @@ EVIDENCE_ROWS = (
 
 
 def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return html.escape(str(v))
+    return html.escape(format_value(v, ".4g", ("true", "false")))
 
 
 def _png(fig) -> str:

@@ -5,15 +5,22 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from pipeline.config import NHLE_PRESET_KEYS
 
-def _f(v, digits: int = 4) -> str:
+
+def format_value(v, float_spec: str = ".4f", booleans: tuple[str, str] = ("yes", "no")) -> str:
+    """A metric for a report: "n/a" for missing/NaN, words for booleans, floats by ``float_spec``."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
     if isinstance(v, bool):
-        return "yes" if v else "no"
+        return booleans[0] if v else booleans[1]
     if isinstance(v, float):
-        return f"{v:.{digits}f}"
+        return format(v, float_spec)
     return str(v)
+
+
+def _f(v, digits: int = 4) -> str:
+    return format_value(v, f".{digits}f")
 
 
 def nhle_settings_line(nh: dict) -> str:
@@ -21,7 +28,7 @@ def nhle_settings_line(nh: dict) -> str:
     st = nh.get("settings")
     if not st:
         return "not recorded"
-    keys = ("variant", "optimizer", "lr", "anchor", "max_steps", "stop_forget_acc", "stop_margin", "stop_margin_relative")
+    keys = ("variant", *NHLE_PRESET_KEYS)
     line = ", ".join(f"{k} {'unset' if st.get(k) is None else st.get(k)}" for k in keys)
     n_retained = nh.get("n_retained_samples", 0)
     data = f"forget samples + {n_retained} retained samples" if n_retained else "forget samples only"
