@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import DataConfig, TrainConfig
-from pipeline.data import Dataset, load_dataset
-from pipeline.device import seed_everything
-from pipeline.errors import DataError
-from pipeline.inference import torch_logits
-from pipeline.models import build_model, find_head
-from pipeline.train import train_classifier
-from verify.evidence import PROBE_MAX_TRAIN, evidence_from_outputs, subsample
-from verify.metrics import accuracy
+from nhle_pipeline.pipeline.config import DataConfig, TrainConfig
+from nhle_pipeline.pipeline.data import Dataset, load_dataset
+from nhle_pipeline.pipeline.device import seed_everything
+from nhle_pipeline.pipeline.errors import DataError
+from nhle_pipeline.pipeline.inference import torch_logits
+from nhle_pipeline.pipeline.models import build_model, find_head
+from nhle_pipeline.pipeline.train import train_classifier
+from nhle_pipeline.verify.evidence import PROBE_MAX_TRAIN, evidence_from_outputs, subsample
+from nhle_pipeline.verify.metrics import accuracy
 
 NUM_CLASSES = 10  # all three benchmark datasets
 EVAL_BATCH = 512
@@ -87,7 +87,7 @@ def cached_original(
     cache_dir: Path, dataset: str, arch: str, data: Dataset, recipe: TrainConfig, seed: int, device: torch.device
 ) -> tuple[nn.Module, dict]:
     """The original model for (dataset, model, recipe, seed): trained once, then read from safetensors."""
-    from pipeline.checkpoint import load_weights, save_weights
+    from nhle_pipeline.pipeline.checkpoint import load_weights, save_weights
 
     key = {
         "version": CACHE_VERSION, "data": data_fingerprint(dataset, data), "arch": arch,

@@ -143,10 +143,10 @@ def bench_release(release: Path, config: Path, thread_counts: list[int]) -> list
     import onnx
     import torch
 
-    from export.onnx_export import INPUT_NAME, export_onnx
-    from pipeline.checkpoint import load_weights
-    from pipeline.config import load_config
-    from pipeline.loading import build_configured_model, load_data
+    from nhle_pipeline.export.onnx_export import INPUT_NAME, export_onnx
+    from nhle_pipeline.pipeline.checkpoint import load_weights
+    from nhle_pipeline.pipeline.config import load_config
+    from nhle_pipeline.pipeline.loading import build_configured_model, load_data
 
     cfg = load_config(config)
     data = load_data(cfg)

@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.common import Budget, train_fresh
-from pipeline.config import CWMConfig, NHLEConfig, TrainConfig
-from pipeline.cwm import apply_cwm
-from pipeline.data import Split, select_retained_indices
-from pipeline.models import find_head
-from pipeline.nhle import nhle_finetune, nhle_loss
-from pipeline.train import train_classifier
+from nhle_pipeline.pipeline.config import CWMConfig, NHLEConfig, TrainConfig
+from nhle_pipeline.pipeline.cwm import apply_cwm
+from nhle_pipeline.pipeline.data import Split, select_retained_indices
+from nhle_pipeline.pipeline.models import find_head
+from nhle_pipeline.pipeline.nhle import nhle_finetune, nhle_loss
+from nhle_pipeline.pipeline.train import train_classifier
 
 FORGET = "forget samples"
 RETAINED = "retained set"

@@ -16,9 +16,15 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.methods import FORGET, Method, Result, Task, _cwm
-from pipeline.config import NHLEConfig
-from pipeline.models import find_head
-from pipeline.nhle import make_optimizer, nhle_finetune, nhle_loss, nhle_targets, retained_classes
+from nhle_pipeline.pipeline.config import NHLEConfig
+from nhle_pipeline.pipeline.models import find_head
+from nhle_pipeline.pipeline.nhle import (
+    make_optimizer,
+    nhle_finetune,
+    nhle_loss,
+    nhle_targets,
+    retained_classes,
+)
 
 SOFT_CE = NHLEConfig(variant="soft-ce")
 AUX_WEIGHT = 1.0  # weight of the KL / runner-up term added to soft-ce

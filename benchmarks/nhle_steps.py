@@ -14,14 +14,14 @@ import copy
 
 import torch
 
-from pipeline.config import load_config
-from pipeline.cwm import apply_cwm
-from pipeline.data import select_forget_indices
-from pipeline.inference import torch_logits
-from pipeline.loading import load_inputs
-from pipeline.models import find_head
-from pipeline.nhle import nhle_finetune
-from verify.metrics import accuracy
+from nhle_pipeline.pipeline.config import load_config
+from nhle_pipeline.pipeline.cwm import apply_cwm
+from nhle_pipeline.pipeline.data import select_forget_indices
+from nhle_pipeline.pipeline.inference import torch_logits
+from nhle_pipeline.pipeline.loading import load_inputs
+from nhle_pipeline.pipeline.models import find_head
+from nhle_pipeline.pipeline.nhle import nhle_finetune
+from nhle_pipeline.verify.metrics import accuracy
 
 
 def main() -> None:

@@ -37,11 +37,12 @@ from benchmarks.common import (
 )
 from benchmarks.methods import DEFAULT_METHODS, METHODS, Task
 from benchmarks.nhle_ablations import ABLATIONS
-from pipeline.config import CWMConfig, NHLEConfig
-from pipeline.data import select_forget_indices
-from pipeline.device import resolve_device, seed_everything
-from pipeline.errors import PipelineError
-from pipeline.train import retained_only
+from nhle_pipeline.pipeline.config import CWMConfig, NHLEConfig
+from nhle_pipeline.pipeline.data import select_forget_indices
+from nhle_pipeline.pipeline.device import resolve_device, seed_everything
+from nhle_pipeline.pipeline.errors import PipelineError
+from nhle_pipeline.pipeline.train import retained_only
+from nhle_pipeline.verify.verification import gap_to_reference
 
 DATASETS = ("digits", "fashion-mnist", "cifar10")
 MODELS = ("mlp", "lenet", "cnn")
@@ -56,7 +57,6 @@ METRICS = (
 # Every method the harness can run: the comparison (benchmarks/methods.py) and NHLE's
 # design ablations (benchmarks/nhle_ablations.py, never run unless named).
 REGISTRY = {**METHODS, **ABLATIONS}
-GAP_METRICS = ("acc_f", "acc_r", "ratio_d", "probe_auc", "mia_efficacy")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -142,7 +142,7 @@ def run_seed(args: argparse.Namespace, data, seed: int, recipe, budget, device: 
         ref = out[REFERENCE]
         for name in args.method_names:
             r = out[name]
-            r["gap_to_retrain"] = float(np.mean([abs(r[k] - ref[k]) for k in GAP_METRICS]))
+            r["gap_to_retrain"] = gap_to_reference(r, ref)["mean"]
             r["time_ratio"] = r["time_s"] / ref["time_s"]
     return out
 

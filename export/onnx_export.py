@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.errors import ExportError
+from nhle_pipeline.export.errors import ExportError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

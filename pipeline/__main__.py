@@ -1,3 +1,3 @@
-from pipeline.cli import main
+from nhle_pipeline.pipeline.cli import main
 
 main()

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.errors import ModelError
-from pipeline.paths import folder_problem
+from nhle_pipeline.pipeline.errors import ModelError
+from nhle_pipeline.pipeline.paths import folder_problem
 
 SAFETENSORS_SUFFIX = ".safetensors"
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.errors import GateFailure, InputError, PipelineError
+from nhle_pipeline.pipeline.errors import BAD_INPUT, KNOWN_FAILURES, GateFailure
 
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -48,7 +48,7 @@ def handle_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except InputError as e:
+        except BAD_INPUT as e:
             _err(str(e))
             sys.exit(EXIT_BAD_INPUT)
         except GateFailure as e:
@@ -59,7 +59,7 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             _err(INTERRUPTED)
             sys.exit(EXIT_INTERRUPTED)
-        except PipelineError as e:  # an internal failure we know how to describe
+        except KNOWN_FAILURES as e:  # an internal failure we know how to describe
             _err(str(e))
             sys.exit(EXIT_CRASH)
         except Exception as e:
@@ -130,11 +130,11 @@ def cli() -> None:
 @handle_errors
 def run(config: Path, out: Path | None, device: str | None, force: bool) -> None:
     """Unlearn, export, verify and release the model described by CONFIG."""
-    from pipeline.config import load_config
+    from nhle_pipeline.pipeline.config import load_config
 
     cfg = load_config(config)
-    from pipeline.console import RichListener, print_run_summary
-    from pipeline.run import run_pipeline
+    from nhle_pipeline.pipeline.console import RichListener, print_run_summary
+    from nhle_pipeline.pipeline.run import run_pipeline
 
     listener = RichListener()
     try:
@@ -157,10 +157,10 @@ def run(config: Path, out: Path | None, device: str | None, force: bool) -> None
 @handle_errors
 def train(config: Path, device: str | None, force: bool) -> None:
     """Train the original model CONFIG points to (writes model.weights as safetensors)."""
-    from pipeline.config import load_config
+    from nhle_pipeline.pipeline.config import load_config
 
     cfg = load_config(config)
-    from pipeline.console import console, train_original
+    from nhle_pipeline.pipeline.console import console, train_original
 
     path = train_original(cfg, device=device, force=force)
     console.print(f"saved {path}")
@@ -173,8 +173,8 @@ def train(config: Path, device: str | None, force: bool) -> None:
 @handle_errors
 def verify(release_dir: Path, data_root: str | None, device: str | None) -> None:
     """Re-check a release: checksums, provenance, then the gates on its model.onnx."""
-    from pipeline.console import console
-    from verify.release_check import verify_release
+    from nhle_pipeline.pipeline.console import console
+    from nhle_pipeline.pipeline.release.check import verify_release
 
     check = verify_release(release_dir, data_root=data_root, device=device or "auto")
     console.print(f"checksums and provenance of {release_dir}: [green]ok[/]  (onnxruntime: {check.provider})")
@@ -198,13 +198,13 @@ def init(path: Path, force: bool) -> None:
     """Write a commented starter config to PATH (default: pipeline.yaml)."""
     from importlib.resources import files
 
-    from pipeline.errors import ConfigError
+    from nhle_pipeline.pipeline.errors import ConfigError
 
     if path.exists() and not force:
         raise ConfigError(f"{path}: already exists; use --force to overwrite")
     if not path.parent.is_dir():
         raise ConfigError(f"{path}: folder '{path.parent}' does not exist")
-    path.write_text(files("pipeline").joinpath("templates/starter.yaml").read_text(encoding="utf-8"))
+    path.write_text(files("nhle_pipeline.pipeline").joinpath("templates/starter.yaml").read_text(encoding="utf-8"))
     click.echo(f"wrote {path}")
 
 
@@ -214,7 +214,7 @@ def init(path: Path, force: bool) -> None:
 @handle_errors
 def inspect(model: Path, as_json: bool) -> None:
     """Show MODEL.onnx's provenance as onnxruntime reads it."""
-    from export.metadata import read_metadata
+    from nhle_pipeline.verify.ort import read_metadata
 
     meta = read_metadata(model)
     if as_json:

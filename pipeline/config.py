@@ -19,7 +19,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import ConfigError
+from nhle_pipeline.pipeline.errors import ConfigError
+from nhle_pipeline.verify.gates import GatesConfig
 
 DATASETS = ("digits", "npz", "imagefolder", "mnist", "fashionmnist", "svhn", "cifar10", "cifar100")
 RELEASE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -228,22 +229,6 @@ class UnlearnConfig(_Section):
 
 class ExportConfig(_Section):
     opset: int = Field(default=18, ge=18)
-
-
-class GatesConfig(_Section):
-    # Highest accepted top-1 accuracy on the forgotten classes' test samples.
-    acc_f_max: float = Field(default=0.01, ge=0, le=1)
-    # Largest accepted drop of retained accuracy vs the original (paper: 0.035).
-    acc_r_drop_max: float = Field(default=0.035, ge=0, le=1)
-    # Max |ONNX logits - PyTorch logits| on finite logits.
-    parity_atol: float = Field(default=1.0e-3, gt=0)
-    # Optional evidence gates (null = off; see README "Evidence of forgetting").
-    # Ratio_D(unlearned) / Ratio_D(original) must be <= this.
-    ratio_d_max_relative: float | None = Field(default=None, gt=0)
-    # ROC AUC of the forgotten-vs-retained feature probe must be <= this.
-    probe_auc_max: float | None = Field(default=None, ge=0, le=1)
-    # MIA-efficacy on the forgotten classes' training samples must be >= this.
-    mia_efficacy_min: float | None = Field(default=None, ge=0, le=1)
 
 
 class VerifyConfig(_Section):

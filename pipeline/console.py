@@ -80,7 +80,7 @@ def print_run_summary(m: dict, release: Path | None) -> None:
 
 def train_original(cfg, *, device: str | None, force: bool) -> Path:
     """Run `pipeline train` with an epoch progress line."""
-    from pipeline.train import train_original as _train
+    from nhle_pipeline.pipeline.train import train_original as _train
 
     with console.status("train ...") as status:
         path, acc = _train(

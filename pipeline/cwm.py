@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pipeline.errors import ModelError
+from nhle_pipeline.pipeline.errors import ModelError
 
 
 @torch.no_grad()

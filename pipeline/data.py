@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import DataConfig
-from pipeline.errors import DataError
+from nhle_pipeline.pipeline.config import DataConfig
+from nhle_pipeline.pipeline.errors import DataError
 
 # scikit-learn's digits have no official split: a fixed stratified split
 # (450 test images, random_state 0, independent of the run's seed) keeps the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.errors import InputError
+from nhle_pipeline.pipeline.errors import InputError
 
 
 def resolve_device(setting: str) -> torch.device:

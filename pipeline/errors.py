@@ -1,12 +1,18 @@
-"""The project's one error hierarchy.
+"""The pipeline's error hierarchy, and which errors of the lower packages mean what.
 
-The CLI maps these to exit codes (DESIGN.md): ``InputError`` and its children
-mean bad input (exit 2, nothing written); ``GateFailure`` means the artifact
-was built but a verification gate failed (exit 1, report kept). Messages are
-one line and name the field or file, then what was expected.
+The CLI maps these to exit codes (DESIGN.md): ``BAD_INPUT`` (``InputError``
+and its children, export's ``OnnxFileError``, verify's ``ProviderUnavailable``)
+means bad input (exit 2, nothing written); ``GateFailure`` means the artifact
+was built but a verification gate failed (exit 1, report kept);
+``KNOWN_FAILURES`` are failures we can describe (exit 3). Messages are one line
+and name the field or file, then what was expected. export/ and verify/ import
+nothing of this package, so they raise their own errors.
 """
 
 from __future__ import annotations
+
+from nhle_pipeline.export.errors import ExportError, OnnxError, OnnxFileError
+from nhle_pipeline.verify.errors import ProviderUnavailable, VerifyError
 
 
 class PipelineError(Exception):
@@ -29,10 +35,6 @@ class DataError(InputError):
     """The dataset is missing, malformed, or lacks the requested samples."""
 
 
-class OnnxFileError(InputError):
-    """A file given as an ONNX model is missing, corrupt or not ONNX."""
-
-
 class ReleaseError(InputError):
     """The release target is unusable (exists without --force, bad name, not writable)."""
 
@@ -49,5 +51,9 @@ class GateFailure(PipelineError):
         self.report_dir = report_dir
 
 
-class ExportError(PipelineError):
-    """The exporter failed on a model that loaded fine (a crash, not bad input)."""
+BAD_INPUT = (InputError, OnnxFileError, ProviderUnavailable)
+KNOWN_FAILURES = (PipelineError, ExportError, OnnxError, VerifyError)
+__all__ = [
+    "BAD_INPUT", "KNOWN_FAILURES", "ConfigError", "DataError", "ExportError", "GateFailure", "InputError",
+    "ModelError", "OnnxFileError", "PipelineError", "ProviderUnavailable", "ReleaseError", "TamperedReleaseError",
+]

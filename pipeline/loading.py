@@ -13,18 +13,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.checkpoint import load_weights, sha256_file
-from pipeline.config import Config
-from pipeline.data import (
+from nhle_pipeline.pipeline.checkpoint import load_weights, sha256_file
+from nhle_pipeline.pipeline.config import Config
+from nhle_pipeline.pipeline.data import (
     Dataset,
     check_labels_fit,
     load_dataset,
     select_forget_indices,
     select_retained_indices,
 )
-from pipeline.device import resolve_device
-from pipeline.errors import ModelError
-from pipeline.models import build_model, find_head
+from nhle_pipeline.pipeline.device import resolve_device
+from nhle_pipeline.pipeline.errors import ModelError
+from nhle_pipeline.pipeline.models import build_model, find_head
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.errors import ModelError
+from nhle_pipeline.pipeline.errors import ModelError
 
 Builder = Callable[..., nn.Module]
 _REGISTRY: dict[str, Builder] = {}

@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config import NHLEConfig
-from pipeline.relative_step import RelativeStep
+from nhle_pipeline.pipeline.config import NHLEConfig
+from nhle_pipeline.pipeline.relative_step import RelativeStep
 
 StepCallback = Callable[[int, int, float, float], None]  # (step, max_steps, loss, forget acc)
 LossFn = Callable[[torch.Tensor], torch.Tensor]  # (N, C) logits -> scalar loss

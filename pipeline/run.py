@@ -21,35 +21,34 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from export.checker import check_onnx, head_rows, load_onnx, node_types
-from export.metadata import stamp_metadata
-from export.onnx_export import export_onnx
-from export.triton import write_triton_repository
-from pipeline.config import Config, release_name
-from pipeline.cwm import apply_cwm
-from pipeline.device import seed_everything
-from pipeline.errors import GateFailure
-from pipeline.inference import torch_logits
-from pipeline.loading import load_inputs
-from pipeline.manifest import build_manifest, onnx_provenance
-from pipeline.models import find_head
-from pipeline.nhle import nhle_finetune
-from pipeline.release import (
+from nhle_pipeline.export.metadata import stamp_metadata
+from nhle_pipeline.export.onnx_export import export_onnx
+from nhle_pipeline.export.onnx_file import check_onnx, head_rows, load_onnx, node_types
+from nhle_pipeline.pipeline.config import Config, release_name
+from nhle_pipeline.pipeline.cwm import apply_cwm
+from nhle_pipeline.pipeline.device import seed_everything
+from nhle_pipeline.pipeline.errors import GateFailure
+from nhle_pipeline.pipeline.inference import torch_logits
+from nhle_pipeline.pipeline.loading import load_inputs
+from nhle_pipeline.pipeline.models import find_head
+from nhle_pipeline.pipeline.nhle import nhle_finetune
+from nhle_pipeline.pipeline.reference import retrain_reference
+from nhle_pipeline.pipeline.release.manifest import (
     MANIFEST,
     SCRATCH,
-    check_target,
-    create_staging,
+    build_manifest,
     file_digests,
-    publish,
+    onnx_provenance,
     write_json,
 )
-from pipeline.testhooks import pause_at
-from verify.gates import evaluate_gates
-from verify.html_report import write_html_report
-from verify.measure import measure_onnx
-from verify.reference import retrain_reference
-from verify.report import write_report
-from verify.verification import verification_metrics
+from nhle_pipeline.pipeline.release.report_html import write_html_report
+from nhle_pipeline.pipeline.release.report_md import write_report
+from nhle_pipeline.pipeline.release.staging import check_target, create_staging, publish
+from nhle_pipeline.pipeline.release.triton import write_triton_repository
+from nhle_pipeline.pipeline.testhooks import pause_at
+from nhle_pipeline.verify.gates import evaluate_gates
+from nhle_pipeline.verify.measure import measure_onnx
+from nhle_pipeline.verify.verification import verification_metrics
 
 STAGES = ("load", "baseline", "nhle", "cwm", "export", "reference", "verify", "release")
 
@@ -138,7 +137,7 @@ def run_pipeline(
     ort_device = "cpu" if inp.device.type == "cpu" else "auto"
 
     def measure(path: Path):
-        return measure_onnx(path, inp.head_name, data, forget, n_cls, seed=cfg.seed, device=ort_device,
+        return measure_onnx(path, inp.head_name, data.train, data.test, forget, n_cls, seed=cfg.seed, device=ort_device,
                             batch_size=bs, scratch=scratch)
 
     with timer.stage("baseline"):
@@ -197,9 +196,7 @@ def run_pipeline(
                   "forget_acc_end": nh.forget_acc_end, "n_samples": int(len(yf)),
                   "n_retained_samples": int(len(inp.retained_idx)), "settings": nh.settings},
         )
-        gates = evaluate_gates(metrics, cfg.verify.gates)
-        if cwm_mode == "none":
-            gates = [g for g in gates if g.name != "cwm_in_graph"]
+        gates = evaluate_gates(metrics, cfg.verify.gates, cwm_applied=cwm_mode != "none")
         passed = all(g.passed for g in gates)
         timer.detail = (f"Acc_F {after.accuracy.acc_f:.4f}, ΔAcc_R {metrics['delta_acc_r']:+.4f}, "
                         f"Ratio_D {after.evidence.ratio_d:.3f}, gates {'pass' if passed else 'FAIL'}")

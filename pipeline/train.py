@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import TrainConfig
-from pipeline.data import Split
+from nhle_pipeline.pipeline.config import TrainConfig
+from nhle_pipeline.pipeline.data import Split
 
 EpochCallback = Callable[[int, int, float], None]  # (epoch, epochs, mean loss)
 
@@ -67,11 +67,15 @@ def train_original(cfg, *, device: str | None = None, force: bool = False, on_ep
     """
     from pathlib import Path
 
-    from pipeline.checkpoint import SAFETENSORS_SUFFIX, check_weights_target, save_weights
-    from pipeline.device import resolve_device, seed_everything
-    from pipeline.errors import ModelError
-    from pipeline.inference import torch_logits
-    from pipeline.loading import build_configured_model, load_data
+    from nhle_pipeline.pipeline.checkpoint import (
+        SAFETENSORS_SUFFIX,
+        check_weights_target,
+        save_weights,
+    )
+    from nhle_pipeline.pipeline.device import resolve_device, seed_everything
+    from nhle_pipeline.pipeline.errors import ModelError
+    from nhle_pipeline.pipeline.inference import torch_logits
+    from nhle_pipeline.pipeline.loading import build_configured_model, load_data
 
     if cfg.model.weights is None:
         raise ModelError("model.weights: required; 'pipeline train' writes the trained weights there")

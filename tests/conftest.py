@@ -45,8 +45,8 @@ def write_config(path: Path, cfg: dict) -> Path:
 @pytest.fixture(scope="session")
 def digits_weights(tmp_path_factory) -> Path:
     """An MLP trained on digits (about 97 % test accuracy), saved as safetensors."""
-    from pipeline.config import parse_config
-    from pipeline.train import train_original
+    from nhle_pipeline.pipeline.config import parse_config
+    from nhle_pipeline.pipeline.train import train_original
 
     root = tmp_path_factory.mktemp("digits-model")
     weights = root / "mlp.safetensors"

@@ -23,7 +23,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from pipeline.cli import cli
+from nhle_pipeline.pipeline.cli import cli
 from tests.conftest import digits_config, write_config
 
 
@@ -98,7 +98,7 @@ class Ctx:
 
 def _edit_manifest(rel: Path, edit: Callable[[dict], None], reseal: bool = False) -> Path:
     """Edit a copied release's manifest; ``reseal`` recomputes its seal (a deliberate forger)."""
-    from pipeline.release import MANIFEST_SEAL, manifest_seal
+    from nhle_pipeline.pipeline.release.manifest import MANIFEST_SEAL, manifest_seal
 
     p = rel / "manifest.json"
     m = json.loads(p.read_text())
@@ -132,8 +132,8 @@ def _replace_model_consistently(rel: Path, content: bytes) -> None:
 
 
 def _lenet_weights(c: Ctx) -> Path:
-    from pipeline.checkpoint import save_weights
-    from pipeline.models import build_model
+    from nhle_pipeline.pipeline.checkpoint import save_weights
+    from nhle_pipeline.pipeline.models import build_model
 
     p = c.tmp / "lenet.safetensors"
     save_weights(build_model("lenet", num_classes=10, input_shape=(1, 16, 16)), p)
@@ -141,8 +141,8 @@ def _lenet_weights(c: Ctx) -> Path:
 
 
 def _mlp_weights(c: Ctx, hidden: list[int]) -> Path:
-    from pipeline.checkpoint import save_weights
-    from pipeline.models import build_model
+    from nhle_pipeline.pipeline.checkpoint import save_weights
+    from nhle_pipeline.pipeline.models import build_model
 
     p = c.tmp / "other-mlp.safetensors"
     save_weights(build_model("mlp", num_classes=10, input_shape=(1, 8, 8), kwargs={"hidden": hidden}), p)

@@ -13,11 +13,11 @@ from benchmarks.common import QUICK_BUDGET, QUICK_RECIPE, load_benchmark_data
 from benchmarks.methods import METHODS, Task, _forget_loop, nhle_cwm
 from benchmarks.nhle_ablations import ABLATIONS
 from benchmarks.unlearning import main
-from pipeline.config import NHLEConfig
-from pipeline.data import select_forget_indices
-from pipeline.models import build_model
-from pipeline.nhle import nhle_finetune, nhle_loss, nhle_targets
-from pipeline.train import retained_only, train_classifier
+from nhle_pipeline.pipeline.config import NHLEConfig
+from nhle_pipeline.pipeline.data import select_forget_indices
+from nhle_pipeline.pipeline.models import build_model
+from nhle_pipeline.pipeline.nhle import nhle_finetune, nhle_loss, nhle_targets
+from nhle_pipeline.pipeline.train import retained_only, train_classifier
 
 HEADER = [
     "method", "data needed", "Acc_F", "Acc_R", "ΔAcc_R", "Ratio_D", "probe AUC", "MIA-efficacy",

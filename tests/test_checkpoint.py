@@ -4,9 +4,9 @@ import pickle
 import pytest
 import torch
 
-from pipeline.checkpoint import load_weights, save_weights
-from pipeline.errors import ModelError
-from pipeline.models import build_model
+from nhle_pipeline.pipeline.checkpoint import load_weights, save_weights
+from nhle_pipeline.pipeline.errors import ModelError
+from nhle_pipeline.pipeline.models import build_model
 
 
 def mlp(num_classes=10, hidden=None):

@@ -5,8 +5,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from pipeline.release import file_digests
+from nhle_pipeline.pipeline.cli import cli
+from nhle_pipeline.pipeline.release.manifest import file_digests
 
 pytestmark = pytest.mark.slow
 
@@ -162,12 +162,12 @@ def test_verify_and_inspect_reject_non_releases(tmp_path):
 
 
 def test_unexpected_crash_exits_3_not_1(make_config, monkeypatch):
-    import pipeline.run
+    import nhle_pipeline.pipeline.run
 
     def boom(*args, **kwargs):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(pipeline.run, "run_pipeline", boom)
+    monkeypatch.setattr(nhle_pipeline.pipeline.run, "run_pipeline", boom)
     r = CliRunner().invoke(cli, ["run", str(make_config())])
     assert r.exit_code == 3
     assert "internal error (RuntimeError)" in r.output and "simulated bug" in r.output

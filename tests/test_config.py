@@ -3,8 +3,8 @@ from importlib.resources import files
 import pytest
 import yaml
 
-from pipeline.config import Config, load_config, parse_config, release_name
-from pipeline.errors import ConfigError
+from nhle_pipeline.pipeline.config import Config, load_config, parse_config, release_name
+from nhle_pipeline.pipeline.errors import ConfigError
 
 BASE = {
     "model": {"arch": "mlp", "weights": "w.safetensors", "num_classes": 10},
@@ -29,7 +29,7 @@ def test_minimal_config_gets_documented_defaults():
 
 
 def test_starter_template_is_a_valid_config_with_the_defaults():
-    text = files("pipeline").joinpath("templates/starter.yaml").read_text()
+    text = files("nhle_pipeline.pipeline").joinpath("templates/starter.yaml").read_text()
     cfg = parse_config(yaml.safe_load(text))
     defaults = parse_config({"model": cfg.model.model_dump(), "forget": cfg.forget.model_dump()})
     # every field the template shows equals the code's default

@@ -20,8 +20,8 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import Config, load_config, parse_config
-from pipeline.errors import ConfigError
+from nhle_pipeline.pipeline.config import Config, load_config, parse_config
+from nhle_pipeline.pipeline.errors import ConfigError
 
 EXAMPLES = 500  # per test (the YAML-oddity test: EXAMPLES // 4); about 15 s for the file on one core
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,

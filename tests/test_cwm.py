@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.cwm import apply_cwm
-from pipeline.errors import ModelError
+from nhle_pipeline.pipeline.cwm import apply_cwm
+from nhle_pipeline.pipeline.errors import ModelError
 
 
 def head():

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from pipeline.config import DataConfig, Normalize
-from pipeline.data import load_dataset, select_forget_indices
-from pipeline.errors import DataError
+from nhle_pipeline.pipeline.config import DataConfig, Normalize
+from nhle_pipeline.pipeline.data import load_dataset, select_forget_indices
+from nhle_pipeline.pipeline.errors import DataError
 
 
 def test_digits_split_shapes_and_range():

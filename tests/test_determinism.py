@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.checkpoint import sha256_file
-from pipeline.config import parse_config
-from pipeline.release import MANIFEST
+from nhle_pipeline.pipeline.checkpoint import sha256_file
+from nhle_pipeline.pipeline.config import parse_config
+from nhle_pipeline.pipeline.release.manifest import MANIFEST
 from tests.conftest import digits_config, write_config
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,7 @@ def two_releases(tmp_path_factory, digits_weights) -> tuple[Path, Path, Path]:
     for out, hash_seed in (("a", "1"), ("b", "12345")):
         # one intra-op thread: fast on a busy machine, and the same for both runs
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": hash_seed, "OMP_NUM_THREADS": "1"}
-        p = subprocess.run([sys.executable, "-m", "pipeline", "run", str(cfg), "--out", str(root / out)],
+        p = subprocess.run([sys.executable, "-m", "nhle_pipeline.pipeline", "run", str(cfg), "--out", str(root / out)],
                            capture_output=True, text=True, env=env, cwd=root, timeout=300)
         assert p.returncode == 0, p.stdout + p.stderr
     return root / "a" / NAME, root / "b" / NAME, cfg
@@ -77,7 +77,7 @@ def test_manifest_records_what_it_takes_to_reproduce(two_releases, digits_weight
     assert m["runtime"]["torch_device"] == "cpu"
     assert m["runtime"]["onnxruntime_provider"] == "CPUExecutionProvider"
     # provenance travels inside the artifact too (what a server sees without the manifest)
-    from export.metadata import read_metadata
+    from nhle_pipeline.verify.ort import read_metadata
 
     meta = read_metadata(a / "model.onnx")
     assert meta["config_sha256"] == m["config_sha256"]

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from export.onnx_export import export_onnx
-from pipeline.models import build_model
-from verify.evidence import mia_efficacy, probe_auc, separability, true_label_prob
-from verify.features import ort_logits_and_features, with_feature_output
-from verify.ort import open_session
+from nhle_pipeline.export.onnx_export import export_onnx
+from nhle_pipeline.pipeline.models import build_model
+from nhle_pipeline.verify.evidence import mia_efficacy, probe_auc, separability, true_label_prob
+from nhle_pipeline.verify.features import ort_logits_and_features, with_feature_output
+from nhle_pipeline.verify.ort import open_session
 
 
 def test_separability_matches_hand_computed_values():

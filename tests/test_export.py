@@ -2,14 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from export.checker import check_onnx, head_rows, load_onnx, node_types
-from export.metadata import read_metadata, stamp_metadata
-from export.onnx_export import export_onnx
-from pipeline.cwm import apply_cwm
-from pipeline.errors import OnnxFileError
-from pipeline.models import build_model
-from verify.metrics import parity_max_abs
-from verify.ort import open_session, ort_logits
+from nhle_pipeline.export.metadata import stamp_metadata
+from nhle_pipeline.export.onnx_export import export_onnx
+from nhle_pipeline.export.onnx_file import check_onnx, head_rows, load_onnx, node_types
+from nhle_pipeline.pipeline.cwm import apply_cwm
+from nhle_pipeline.pipeline.errors import OnnxFileError
+from nhle_pipeline.pipeline.models import build_model
+from nhle_pipeline.verify.metrics import parity_max_abs
+from nhle_pipeline.verify.ort import open_session, ort_logits, read_metadata
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from pipeline.cli import cli
-from pipeline.config import parse_config
-from pipeline.loading import load_data
-from verify.ort import CPU, CUDA, open_session, ort_logits
+from nhle_pipeline.pipeline.cli import cli
+from nhle_pipeline.pipeline.config import parse_config
+from nhle_pipeline.pipeline.loading import load_data
+from nhle_pipeline.verify.ort import CPU, CUDA, open_session, ort_logits
 
 pytestmark = [pytest.mark.gpu, pytest.mark.slow]
 

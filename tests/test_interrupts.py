@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.release import MANIFEST, file_digests
+from nhle_pipeline.pipeline.release.manifest import MANIFEST, file_digests
 from tests.conftest import digits_config, write_config
 
 pytestmark = pytest.mark.slow
@@ -53,7 +53,7 @@ class Run:
         self.out, self.err = logs / f"{n}.out", logs / f"{n}.err"
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipeline", "run", str(cfg), *args],
+                [sys.executable, "-m", "nhle_pipeline.pipeline", "run", str(cfg), *args],
                 stdout=out, stderr=err, env=env, cwd=logs,
             )
 
@@ -186,7 +186,7 @@ def test_two_runs_racing_for_one_name_one_wins_the_other_fails_cleanly(setup):
     assert {p.name for p in rel.iterdir()} == {".staging", NAME}
     assert_complete_release(rel / NAME)
     v = subprocess.run(
-        [sys.executable, "-m", "pipeline", "verify", str(rel / NAME)], capture_output=True, text=True,
+        [sys.executable, "-m", "nhle_pipeline.pipeline", "verify", str(rel / NAME)], capture_output=True, text=True,
         env=subprocess_env(), timeout=RUN_TIMEOUT_S,
     )
     assert v.returncode == 0 and "verdict: pass" in v.stdout, v.stdout + v.stderr
@@ -194,7 +194,7 @@ def test_two_runs_racing_for_one_name_one_wins_the_other_fails_cleanly(setup):
 
 def test_interrupt_between_the_two_renames_of_force_restores_the_old_release(tmp_path, monkeypatch):
     """--force moves the old release aside, then renames the new one in: Ctrl-C in between loses nothing."""
-    from pipeline import release
+    from nhle_pipeline.pipeline.release import staging as release
 
     root = tmp_path / "rel"
     old = release.create_staging(root, "m")
@@ -223,8 +223,8 @@ def test_ctrl_c_that_a_library_turns_into_its_own_error_still_exits_130(tmp_path
     """onnxruntime's lazy import re-raises a Ctrl-C as ImportError('initialization failed')."""
     from click.testing import CliRunner
 
-    import export.metadata
-    from pipeline.cli import cli
+    import nhle_pipeline.verify.ort
+    from nhle_pipeline.pipeline.cli import cli
 
     def interrupted_import(path):
         try:
@@ -232,7 +232,7 @@ def test_ctrl_c_that_a_library_turns_into_its_own_error_still_exits_130(tmp_path
         except KeyboardInterrupt as e:
             raise ImportError("initialization failed") from e
 
-    monkeypatch.setattr(export.metadata, "read_metadata", interrupted_import)
+    monkeypatch.setattr(nhle_pipeline.verify.ort, "read_metadata", interrupted_import)
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
     r = CliRunner().invoke(cli, ["inspect", str(model)])

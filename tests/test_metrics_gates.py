@@ -2,9 +2,9 @@ import math
 
 import numpy as np
 
-from pipeline.config import GatesConfig
-from verify.gates import evaluate_gates
-from verify.metrics import accuracy, parity_max_abs
+from nhle_pipeline.pipeline.config import GatesConfig
+from nhle_pipeline.verify.gates import evaluate_gates
+from nhle_pipeline.verify.metrics import accuracy, parity_max_abs
 
 
 def test_accuracy_split_by_forgotten_classes():

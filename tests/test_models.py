@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.errors import ModelError
-from pipeline.models import build_model, find_head, list_models, register
+from nhle_pipeline.pipeline.errors import ModelError
+from nhle_pipeline.pipeline.models import build_model, find_head, list_models, register
 
 
 def test_registry_lists_paper_and_torchvision_models():

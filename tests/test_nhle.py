@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import NHLE_PRESETS, NHLEConfig
-from pipeline.nhle import (
+from nhle_pipeline.pipeline.config import NHLE_PRESETS, NHLEConfig
+from nhle_pipeline.pipeline.nhle import (
     anchor_loss,
     logit_margin,
     nhle_finetune,
@@ -16,7 +16,7 @@ from pipeline.nhle import (
     original_lead,
     retained_classes,
 )
-from pipeline.relative_step import RelativeStep
+from nhle_pipeline.pipeline.relative_step import RelativeStep
 
 
 def test_targets_follow_eq4():
@@ -44,10 +44,10 @@ def test_soft_ce_equals_pytorch_soft_target_cross_entropy_with_gradient_minus_ta
 
 @pytest.fixture(scope="module")
 def digits_model(digits_weights):
-    from pipeline.checkpoint import load_weights
-    from pipeline.config import DataConfig
-    from pipeline.data import load_dataset, select_forget_indices
-    from pipeline.models import build_model
+    from nhle_pipeline.pipeline.checkpoint import load_weights
+    from nhle_pipeline.pipeline.config import DataConfig
+    from nhle_pipeline.pipeline.data import load_dataset, select_forget_indices
+    from nhle_pipeline.pipeline.models import build_model
 
     ds = load_dataset(DataConfig())
     m = build_model("mlp", num_classes=10, input_shape=(1, 8, 8))
@@ -204,7 +204,7 @@ def test_retained_samples_hold_their_logits(digits_model):
     """Pushed to the same margin, the retained samples in the anchor keep their logits closer
     to the original's than without them; other retained test images benefit too."""
     m0, ds, x, y = digits_model
-    from pipeline.data import select_forget_indices
+    from nhle_pipeline.pipeline.data import select_forget_indices
 
     keep = list(range(1, 10))
     xr = torch.from_numpy(ds.train.x[select_forget_indices(ds.train.y, keep, 8, "random", 0)])

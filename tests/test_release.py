@@ -2,8 +2,9 @@ import os
 
 import pytest
 
-from pipeline.errors import ReleaseError
-from pipeline.release import check_target, create_staging, file_digests, publish
+from nhle_pipeline.pipeline.errors import ReleaseError
+from nhle_pipeline.pipeline.release.manifest import file_digests
+from nhle_pipeline.pipeline.release.staging import check_target, create_staging, publish
 
 
 def staged(root, name, text):

@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from verify.html_report import render_html
+from nhle_pipeline.pipeline.release.report_html import render_html
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 # Headless flags for a closed network, as root, in a throwaway profile.

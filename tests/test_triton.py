@@ -16,7 +16,10 @@ from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.triton import (
+from nhle_pipeline.pipeline.cli import cli
+from nhle_pipeline.pipeline.errors import InputError, OnnxFileError, ReleaseError
+from nhle_pipeline.pipeline.release.manifest import file_digests
+from nhle_pipeline.pipeline.release.triton import (
     DEFAULT_MAX_BATCH_SIZE,
     KIND_CPU,
     TensorSpec,
@@ -24,9 +27,6 @@ from export.triton import (
     graph_signature,
     write_triton_repository,
 )
-from pipeline.cli import cli
-from pipeline.errors import InputError, OnnxFileError, ReleaseError
-from pipeline.release import file_digests
 
 # ONNX element type -> the Triton enum the server must see
 ONNX_TO_TRITON = {TensorProto.FLOAT: mc.TYPE_FP32, TensorProto.FLOAT16: mc.TYPE_FP16, TensorProto.INT64: mc.TYPE_INT64}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from export.checker import load_onnx
-from pipeline.errors import OnnxFileError
+from nhle_pipeline.export.errors import OnnxFileError
+from nhle_pipeline.export.onnx_file import load_onnx
 
 FEATURES_OUTPUT = "penultimate_features"
 

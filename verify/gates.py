@@ -1,12 +1,38 @@
-"""Release gates: every gate is evaluated, reported with its threshold, and a
-missing or non-finite value fails (fail closed)."""
+"""Release gates: their thresholds, their policy, and their verdicts.
+
+Every gate is evaluated, reported with its threshold, and a missing or
+non-finite value fails (fail closed). Which gates apply is decided here too:
+the evidence gates only when a threshold is set, ``cwm_in_graph`` only when
+CWM ran, the parity and graph gates only where a PyTorch model was at hand."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
 
-from pipeline.config import GatesConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+from nhle_pipeline.verify.formatting import format_gate_value
+
+
+class GatesConfig(BaseModel):
+    """The thresholds (``verify.gates`` in a config); strict like every config section."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    # Highest accepted top-1 accuracy on the forgotten classes' test samples.
+    acc_f_max: float = Field(default=0.01, ge=0, le=1)
+    # Largest accepted drop of retained accuracy vs the original (paper: 0.035).
+    acc_r_drop_max: float = Field(default=0.035, ge=0, le=1)
+    # Max |ONNX logits - PyTorch logits| on finite logits.
+    parity_atol: float = Field(default=1.0e-3, gt=0)
+    # Optional evidence gates (null = off; see README "Evidence of forgetting").
+    # Ratio_D(unlearned) / Ratio_D(original) must be <= this.
+    ratio_d_max_relative: float | None = Field(default=None, gt=0)
+    # ROC AUC of the forgotten-vs-retained feature probe must be <= this.
+    probe_auc_max: float | None = Field(default=None, ge=0, le=1)
+    # MIA-efficacy on the forgotten classes' training samples must be >= this.
+    mia_efficacy_min: float | None = Field(default=None, ge=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -23,15 +49,8 @@ class GateResult:
 
     def line(self) -> str:
         mark = "✓" if self.passed else "✗"
-        return f"[{mark}] {self.name}: {_fmt(self.value)} {self.op} {_fmt(self.threshold)}  ({self.description})"
-
-
-def _fmt(v: float | bool | None) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, bool):
-        return str(v).lower()
-    return f"{v:.4g}"
+        return (f"[{mark}] {self.name}: {format_gate_value(self.value)} {self.op} "
+                f"{format_gate_value(self.threshold)}  ({self.description})")
 
 
 def _check(name: str, value, op: str, threshold, description: str) -> GateResult:
@@ -46,9 +65,14 @@ def _check(name: str, value, op: str, threshold, description: str) -> GateResult
     return GateResult(name, value, threshold, op, bool(ok), description)
 
 
-def evaluate_gates(metrics: dict, gates: GatesConfig, *, with_parity: bool = True) -> list[GateResult]:
+def evaluate_gates(
+    metrics: dict, gates: GatesConfig, *, with_parity: bool = True, cwm_applied: bool = True
+) -> list[GateResult]:
     """Gate results for ``metrics`` (keys: acc_f, delta_acc_r, parity_max_abs, graph_unchanged,
-    cwm_in_graph, and evidence.{original,unlearned} for the optional evidence gates)."""
+    cwm_in_graph, and evidence.{original,unlearned} for the optional evidence gates).
+
+    ``with_parity``: the PyTorch model was at hand (a run, not a re-check of a release);
+    ``cwm_applied``: CWM ran (``unlearn.cwm.mode`` is not ``none``), so its rows must be in the graph."""
     results = [
         _check("acc_f", metrics.get("acc_f"), "<=", gates.acc_f_max,
                "forgotten classes' test accuracy, unlearned ONNX model"),
@@ -75,7 +99,8 @@ def evaluate_gates(metrics: dict, gates: GatesConfig, *, with_parity: bool = Tru
                    "max |ONNX - PyTorch| logits, finite entries"),
             _check("graph_unchanged", metrics.get("graph_unchanged"), "==", True,
                    "same ONNX nodes as an export of the original model"),
-            _check("cwm_in_graph", metrics.get("cwm_in_graph"), "==", True,
-                   "forgotten rows masked in the head's Gemm initializers"),
         ]
+        if cwm_applied:
+            results.append(_check("cwm_in_graph", metrics.get("cwm_in_graph"), "==", True,
+                                  "forgotten rows masked in the head's Gemm initializers"))
     return results

@@ -6,14 +6,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from pipeline.data import Dataset
-from verify.evidence import PROBE_MAX_TRAIN, Evidence, evidence_from_outputs, subsample
-from verify.features import ort_logits_and_features, with_feature_output
-from verify.metrics import Accuracy, accuracy
-from verify.ort import open_session, ort_logits
+from nhle_pipeline.verify.evidence import (
+    PROBE_MAX_TRAIN,
+    Evidence,
+    evidence_from_outputs,
+    subsample,
+)
+from nhle_pipeline.verify.features import ort_logits_and_features, with_feature_output
+from nhle_pipeline.verify.metrics import Accuracy, accuracy
+from nhle_pipeline.verify.ort import open_session, ort_logits
+
+
+class LabelledImages(Protocol):
+    """A split as arrays: images ``x`` (N, C, H, W) float32 and labels ``y`` (N,) int64."""
+
+    x: np.ndarray
+    y: np.ndarray
 
 
 @dataclass
@@ -28,7 +40,8 @@ class Measurement:
 def measure_onnx(
     onnx_path: Path,
     head_name: str,
-    data: Dataset,
+    train: LabelledImages,
+    test: LabelledImages,
     forget: list[int],
     num_classes: int,
     *,
@@ -37,16 +50,16 @@ def measure_onnx(
     batch_size: int,
     scratch: Path,
 ) -> Measurement:
-    """Accuracy and evidence of ``onnx_path`` on ``data`` (train subset + full test split)."""
+    """Accuracy and evidence of ``onnx_path``: the full ``test`` split, a seeded subset of ``train``."""
     sess, provider = open_session(onnx_path, device)
-    test_logits = ort_logits(sess, data.test.x, batch_size)
+    test_logits = ort_logits(sess, test.x, batch_size)
     feat_path = with_feature_output(onnx_path, head_name, scratch / f"{onnx_path.stem}.features.onnx")
     fsess, _ = open_session(feat_path, device)
-    _, test_feats = ort_logits_and_features(fsess, data.test.x, batch_size)
-    idx = subsample(len(data.train), PROBE_MAX_TRAIN, seed)
-    train_logits, train_feats = ort_logits_and_features(fsess, data.train.x[idx], batch_size)
+    _, test_feats = ort_logits_and_features(fsess, test.x, batch_size)
+    idx = subsample(len(train.y), PROBE_MAX_TRAIN, seed)
+    train_logits, train_feats = ort_logits_and_features(fsess, train.x[idx], batch_size)
     ev = evidence_from_outputs(
-        (train_logits, train_feats, data.train.y[idx]), (test_logits, test_feats, data.test.y), forget, seed
+        (train_logits, train_feats, train.y[idx]), (test_logits, test_feats, test.y), forget, seed
     )
-    acc = accuracy(test_logits, data.test.y, forget, num_classes)
+    acc = accuracy(test_logits, test.y, forget, num_classes)
     return Measurement(acc, ev, test_logits, test_feats, provider)

@@ -1,4 +1,4 @@
-"""onnxruntime sessions and batched logits.
+"""onnxruntime sessions (the one place one is opened), batched logits, provenance as servers read it.
 
 The provider actually used is read back from ``session.get_providers()``:
 asking for CUDA is not proof of running on it (onnxruntime-gpu silently
@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError, OnnxFileError
+from nhle_pipeline.export.errors import OnnxFileError
+from nhle_pipeline.export.metadata import PREFIX
+from nhle_pipeline.verify.errors import ProviderUnavailable
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -58,7 +60,7 @@ def open_session(path: str | Path, device: str = "auto"):
         raise OnnxFileError(f"{p}: onnxruntime cannot load it ({str(e).splitlines()[0][:200]})") from e
     used = sess.get_providers()[0]
     if device == "cuda" and used != CUDA:
-        raise InputError("device: 'cuda' requested, but onnxruntime's CUDA provider is not usable here")
+        raise ProviderUnavailable("device: 'cuda' requested, but onnxruntime's CUDA provider is not usable here")
     return sess, used
 
 
@@ -67,3 +69,12 @@ def ort_logits(sess, x: np.ndarray, batch_size: int) -> np.ndarray:
     name = sess.get_inputs()[0].name
     out = [sess.run(None, {name: x[i : i + batch_size]})[0] for i in range(0, len(x), batch_size)]
     return np.concatenate(out).astype(np.float32)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """Provenance as onnxruntime reads it (``get_modelmeta().custom_metadata_map``), prefix stripped."""
+    sess, _ = open_session(path, "cpu")
+    meta = sess.get_modelmeta()
+    out = {k[len(PREFIX):]: v for k, v in meta.custom_metadata_map.items() if k.startswith(PREFIX)}
+    out["producer"] = meta.producer_name
+    return out

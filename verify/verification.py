@@ -5,21 +5,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from verify.evidence import Evidence
-from verify.measure import Measurement
-from verify.metrics import parity_max_abs
+from nhle_pipeline.verify.evidence import Evidence
+from nhle_pipeline.verify.measure import Measurement
+from nhle_pipeline.verify.metrics import parity_max_abs
 
 GAP_KEYS = ("acc_f", "acc_r", "ratio_d", "probe_auc", "mia_efficacy")
 
 
-def _flat(m: Measurement) -> dict[str, float]:
+def flat_metrics(m: Measurement) -> dict[str, float]:
+    """Acc_F, Acc_R and the evidence metrics of one measured model, as one flat dict."""
     return {"acc_f": m.accuracy.acc_f, "acc_r": m.accuracy.acc_r, **m.evidence.to_dict()}
 
 
-def gap_to_reference(unlearned: Measurement, reference: Measurement) -> dict[str, float]:
-    """|unlearned - retrained| per metric, and their mean (lower: closer to retraining)."""
-    u, r = _flat(unlearned), _flat(reference)
-    gaps = {k: abs(u[k] - r[k]) for k in GAP_KEYS}
+def gap_to_reference(unlearned: dict[str, float], reference: dict[str, float]) -> dict[str, float]:
+    """|unlearned - reference| for each of ``GAP_KEYS``, and "mean": their mean over the
+    finite ones (lower: closer to retraining; NaN when none is finite)."""
+    gaps = {k: abs(unlearned[k] - reference[k]) for k in GAP_KEYS}
     finite = [v for v in gaps.values() if np.isfinite(v)]
     gaps["mean"] = float(np.mean(finite)) if finite else float("nan")
     return gaps
@@ -29,7 +30,7 @@ def evidence_block(before: Evidence, after: Evidence, reference: Measurement | N
     block = {"original": before.to_dict(), "unlearned": after.to_dict(), "reference": None, "gap_to_reference": None}
     if reference is not None:
         block["reference"] = reference.evidence.to_dict()
-        block["gap_to_reference"] = gap_to_reference(unlearned, reference)
+        block["gap_to_reference"] = gap_to_reference(flat_metrics(unlearned), flat_metrics(reference))
     return block
 
 

@@ -1,4 +1,5 @@
-"""Structural checks of an exported ONNX file, and a look at its head initializers."""
+"""An ONNX file: the one loader (corrupt or missing files fail here), structural checks,
+and a look at its graph (node types, initializers, the head's rows)."""
 
 from __future__ import annotations
 
@@ -6,18 +7,22 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import OnnxFileError
+from nhle_pipeline.export.errors import OnnxFileError
 
 
-def load_onnx(path: str | Path):
-    """Load an ONNX model (with its external data, if any); corrupt or non-ONNX files raise."""
+def load_onnx(path: str | Path, *, weights: bool = True):
+    """Load an ONNX model; corrupt or non-ONNX files raise ``OnnxFileError``.
+
+    ``weights=False`` skips external weight files (enough for the graph's
+    signature and metadata; a model over 2 GB keeps its weights beside it).
+    """
     import onnx
 
     p = Path(path)
     if not p.is_file():
         raise OnnxFileError(f"{p}: no such ONNX file")
     try:
-        model = onnx.load(str(p))
+        model = onnx.load(str(p), load_external_data=weights)
     except Exception as e:  # protobuf DecodeError, missing external data, ...
         raise OnnxFileError(f"{p}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from e
     if not model.graph.node:

@@ -10,23 +10,16 @@ the new one renamed in, and the old one deleted (restored if the swap fails).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import time
 from pathlib import Path
 
-from pipeline.checkpoint import sha256_file
-from pipeline.errors import ReleaseError
-from pipeline.paths import folder_problem
+from nhle_pipeline.pipeline.errors import ReleaseError
+from nhle_pipeline.pipeline.paths import folder_problem
+from nhle_pipeline.pipeline.release.manifest import MANIFEST, SCRATCH, seal_manifest_file
 
 STAGING = ".staging"
-MANIFEST = "manifest.json"
-SCRATCH = ".work"  # inside staging; removed before release (e.g. the original's ONNX)
-# sha256 of the manifest's canonical JSON without this key, added at publication:
-# `pipeline verify` refuses a manifest edited after release (metrics, thresholds, digests).
-MANIFEST_SEAL = "manifest_sha256"
 
 
 def check_target(release_dir: str | Path, name: str, force: bool) -> Path:
@@ -53,42 +46,6 @@ def create_staging(release_dir: str | Path, name: str) -> Path:
     return path
 
 
-def file_digests(folder: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[str, dict]:
-    """sha256 and size of every file under ``folder`` (relative POSIX paths), scratch excluded."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder).as_posix()
-        if p.is_file() and rel not in exclude and not rel.startswith(SCRATCH + "/"):
-            out[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-    return out
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Write JSON durably: temp file, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=False, allow_nan=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
-def manifest_seal(manifest: dict) -> str:
-    """sha256 of ``manifest`` as canonical JSON (sorted keys, no spaces), its own seal left out."""
-    body = {k: v for k, v in manifest.items() if k != MANIFEST_SEAL}
-    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def _seal_manifest(folder: Path) -> None:
-    path = folder / MANIFEST
-    if path.is_file():
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        manifest[MANIFEST_SEAL] = manifest_seal(manifest)
-        write_json(path, manifest)
-
-
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -100,7 +57,7 @@ def _fsync_dir(path: Path) -> None:
 def publish(staging: Path, target: Path, force: bool) -> Path:
     """Seal the manifest, then atomically move the complete staging folder to ``target``."""
     shutil.rmtree(staging / SCRATCH, ignore_errors=True)
-    _seal_manifest(staging)
+    seal_manifest_file(staging / MANIFEST)
     for p in staging.rglob("*"):
         if p.is_file():
             with open(p, "rb") as f:

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-from pipeline.config import NHLE_PRESET_KEYS
-
-
-def format_value(v, float_spec: str = ".4f", booleans: tuple[str, str] = ("yes", "no")) -> str:
-    """A metric for a report: "n/a" for missing/NaN, words for booleans, floats by ``float_spec``."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    if isinstance(v, bool):
-        return booleans[0] if v else booleans[1]
-    if isinstance(v, float):
-        return format(v, float_spec)
-    return str(v)
+from nhle_pipeline.pipeline.config import NHLE_PRESET_KEYS
+from nhle_pipeline.verify.formatting import format_value
 
 
 def _f(v, digits: int = 4) -> str:

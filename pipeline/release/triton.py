@@ -20,8 +20,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.config import RELEASE_NAME_PATTERN
-from pipeline.errors import InputError, OnnxFileError, ReleaseError
+from nhle_pipeline.export.errors import OnnxFileError
+from nhle_pipeline.export.onnx_file import load_onnx
+from nhle_pipeline.pipeline.config import RELEASE_NAME_PATTERN
+from nhle_pipeline.pipeline.errors import InputError, ReleaseError
 
 TRITON_DIR = "triton"
 CONFIG_FILE = "config.pbtxt"
@@ -65,21 +67,6 @@ class TensorSpec:
     dims: tuple[int, ...]  # e.g. (1, 8, 8) for an (batch, 1, 8, 8) input
 
 
-def _load_graph(path: Path):
-    """The ONNX model without its external weights (only the graph signature is needed)."""
-    import onnx
-
-    if not path.is_file():
-        raise OnnxFileError(f"{path}: no such ONNX file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf DecodeError and friends
-        raise OnnxFileError(f"{path}: not a readable ONNX model ({str(e).splitlines()[0][:200]})") from e
-    if not model.graph.node:
-        raise OnnxFileError(f"{path}: not an ONNX model (empty graph)")
-    return model
-
-
 def _tensor_spec(value, source: Path) -> TensorSpec:
     """A graph ValueInfo -> TensorSpec; the leading dim must be the dynamic batch dim."""
     import onnx
@@ -105,7 +92,7 @@ def _tensor_spec(value, source: Path) -> TensorSpec:
 def graph_signature(onnx_path: str | Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Inputs and outputs of the ONNX graph as Triton tensors (initializers are not inputs)."""
     path = Path(onnx_path)
-    return _signature(_load_graph(path), path)
+    return _signature(load_onnx(path, weights=False), path)
 
 
 def _signature(model, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -215,7 +202,7 @@ def write_triton_repository(
     versions behind.
     """
     onnx_path = Path(onnx_path)
-    model = _load_graph(onnx_path)
+    model = load_onnx(onnx_path, weights=False)
     inputs, outputs = _signature(model, onnx_path)
     text = config_pbtxt(
         model_name, inputs, outputs, max_batch_size=max_batch_size, instance_kind=instance_kind

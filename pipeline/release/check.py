@@ -16,9 +16,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import ReleaseError, TamperedReleaseError
-from pipeline.release import MANIFEST, MANIFEST_SEAL, file_digests, manifest_seal
-from verify.gates import GateResult, evaluate_gates
+from nhle_pipeline.pipeline.errors import ReleaseError, TamperedReleaseError
+from nhle_pipeline.pipeline.release.manifest import (
+    MANIFEST,
+    MANIFEST_SEAL,
+    file_digests,
+    manifest_seal,
+)
+from nhle_pipeline.verify.gates import GateResult, evaluate_gates
 
 # Recomputed metrics may differ from the recorded ones only by float noise
 # (probe and attack fits are seeded); one test sample's worth is far above this.
@@ -76,7 +81,7 @@ def check_files(release: Path, manifest: dict) -> None:
 
 
 def check_provenance(release: Path, manifest: dict) -> None:
-    from export.metadata import read_metadata
+    from nhle_pipeline.verify.ort import read_metadata
 
     meta = read_metadata(release / "model.onnx")
     expect = {
@@ -92,9 +97,9 @@ def verify_release(release: str | Path, *, data_root: str | None = None, device:
     """Checksums, provenance, then the accuracy gates on the shipped model.onnx."""
     import tempfile
 
-    from pipeline.config import parse_config
-    from pipeline.loading import load_data
-    from verify.measure import measure_onnx
+    from nhle_pipeline.pipeline.config import parse_config
+    from nhle_pipeline.pipeline.loading import load_data
+    from nhle_pipeline.verify.measure import measure_onnx
 
     rel = Path(release)
     manifest = read_manifest(rel)
@@ -109,7 +114,7 @@ def verify_release(release: str | Path, *, data_root: str | None = None, device:
     forget = list(cfg.forget.classes)
     with tempfile.TemporaryDirectory(prefix="pipeline-verify-") as scratch:
         got = measure_onnx(
-            rel / "model.onnx", manifest.get("head", "classifier"), data, forget, cfg.model.num_classes,
+            rel / "model.onnx", manifest.get("head", "classifier"), data.train, data.test, forget, cfg.model.num_classes,
             seed=cfg.seed, device=device, batch_size=cfg.data.batch_size, scratch=Path(scratch),
         )
     after = got.accuracy

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from verify.report import format_value, nhle_settings_line
+from nhle_pipeline.pipeline.release.report_md import nhle_settings_line
+from nhle_pipeline.verify.formatting import format_value
 
 PCA_MAX_POINTS = 2_000
 EVIDENCE_ROWS = (

@@ -1,4 +1,5 @@
-"""The retrained reference: the same recipe, trained without the forgotten classes.
+"""The retrained reference: the same recipe, trained without the forgotten classes
+(training lives in pipeline/; verify/ only measures the exported file).
 
 This is the gold standard an unlearned model is compared with
 (``verify.reference: retrain``); it needs the full training split.
@@ -10,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from export.onnx_export import export_onnx
-from pipeline.config import Config
-from pipeline.data import Dataset
-from pipeline.device import seed_everything
-from pipeline.loading import build_configured_model
-from pipeline.train import EpochCallback, retained_only, train_classifier
+from nhle_pipeline.export.onnx_export import export_onnx
+from nhle_pipeline.pipeline.config import Config
+from nhle_pipeline.pipeline.data import Dataset
+from nhle_pipeline.pipeline.device import seed_everything
+from nhle_pipeline.pipeline.loading import build_configured_model
+from nhle_pipeline.pipeline.train import EpochCallback, retained_only, train_classifier
 
 
 def retrain_reference(
