@@ -134,6 +134,7 @@ def run(config: Path, out: Path | None, device: str | None, force: bool) -> None
 
     cfg = load_config(config)
     from nhle_pipeline.pipeline.console import RichListener, print_run_summary
+    from nhle_pipeline.pipeline.release.manifest import load_manifest
     from nhle_pipeline.pipeline.run import run_pipeline
 
     listener = RichListener()
@@ -142,8 +143,7 @@ def run(config: Path, out: Path | None, device: str | None, force: bool) -> None
     except GateFailure as e:
         listener.close()
         if e.report_dir:
-            m = json.loads((Path(e.report_dir) / "manifest.json").read_text())
-            print_run_summary(m, None)
+            print_run_summary(load_manifest(Path(e.report_dir)), None)
         raise
     finally:
         listener.close()

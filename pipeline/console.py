@@ -11,6 +11,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from nhle_pipeline.pipeline.release.manifest import Manifest
+from nhle_pipeline.verify.formatting import format_gate_value, format_value
+
 console = Console(highlight=False, soft_wrap=True)
 
 
@@ -39,39 +42,34 @@ class RichListener:
             self._status = None
 
 
-def print_run_summary(m: dict, release: Path | None) -> None:
+def print_run_summary(m: Manifest, release: Path | None) -> None:
     """The table a user reads at the end of `pipeline run`."""
-    met = m["metrics"]
-    o, u, r = met["original"], met["unlearned"], met.get("reference")
-    ev = met.get("evidence") or {}
-    t = Table(title=f"{m['name']}: forget {m['forget_classes']}", show_lines=False)
+    met = m.metrics
+    o, u, r = met.original, met.unlearned, met.reference
+    t = Table(title=f"{m.name}: forget {m.forget_classes}", show_lines=False)
     for col in ("metric", "original", "unlearned") + (("retrained",) if r else ()):
         t.add_column(col, justify="left" if col == "metric" else "right")
-    rows = [("Acc_F", o["acc_f"], u["acc_f"], r and r["acc_f"]), ("Acc_R", o["acc_r"], u["acc_r"], r and r["acc_r"])]
-    if ev.get("original"):
-        ref_ev = ev.get("reference") or {}
-        for key, label in (("ratio_d", "Ratio_D"), ("probe_auc", "probe AUC"), ("mia_efficacy", "MIA-efficacy")):
-            rows.append((label, ev["original"][key], ev["unlearned"][key], ref_ev.get(key)))
+    rows = [("Acc_F", o.acc_f, u.acc_f, r and r.acc_f), ("Acc_R", o.acc_r, u.acc_r, r and r.acc_r)]
+    ev = met.evidence
+    for key, label in (("ratio_d", "Ratio_D"), ("probe_auc", "probe AUC"), ("mia_efficacy", "MIA-efficacy")):
+        rows.append((label, getattr(ev.original, key), getattr(ev.unlearned, key),
+                     getattr(ev.reference, key) if ev.reference else None))
     for label, a, b, c in rows:
-        t.add_row(label, f"{a:.4f}", f"{b:.4f}", *([f"{c:.4f}"] if r else []))
-    t.add_row("ΔAcc_R", "", f"{met['delta_acc_r']:+.4f}", *([f"{r['acc_r'] - o['acc_r']:+.4f}"] if r else []))
+        t.add_row(label, f"{a:.4f}", f"{b:.4f}", *([format_value(c)] if r else []))
+    t.add_row("ΔAcc_R", "", f"{met.delta_acc_r:+.4f}", *([f"{r.acc_r - o.acc_r:+.4f}"] if r else []))
     console.print(t)
     g = Table(title="gates")
     g.add_column("")
     g.add_column("gate")
     g.add_column("value", justify="right")
     g.add_column("threshold")
-    for gate in m["gates"]:
-        mark = "[green]✓[/]" if gate["passed"] else "[red]✗[/]"
-        v = gate["value"]
-        val = "n/a" if v is None else (str(v).lower() if isinstance(v, bool) else f"{v:.4g}")
-        thr = gate["threshold"]
-        thr_s = str(thr).lower() if isinstance(thr, bool) else f"{thr:.4g}"
-        g.add_row(mark, gate["name"], val, f"{gate['op']} {thr_s}")
+    for gate in m.gates:
+        mark = "[green]✓[/]" if gate.passed else "[red]✗[/]"
+        g.add_row(mark, gate.name, format_gate_value(gate.value), f"{gate.op} {format_gate_value(gate.threshold)}")
     console.print(g)
-    timings = ", ".join(f"{k} {v:.2f}s" for k, v in m["timings_s"].items())
-    console.print(f"stages: {timings}  (total {sum(m['timings_s'].values()):.2f}s)")
-    console.print(f"torch device {m['runtime']['torch_device']}, onnxruntime {m['runtime']['onnxruntime_provider']}")
+    timings = ", ".join(f"{k} {v:.2f}s" for k, v in m.timings_s.items())
+    console.print(f"stages: {timings}  (total {sum(m.timings_s.values()):.2f}s)")
+    console.print(f"torch device {m.runtime.torch_device}, onnxruntime {m.runtime.onnxruntime_provider}")
     if release is not None:
         console.print(f"[bold green]released[/] {release}")
     else:

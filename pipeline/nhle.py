@@ -49,7 +49,6 @@ class NHLEResult:
     stopped: str  # "forgotten" | "max_steps" | "diverged" | "disabled"
     forget_acc_start: float  # fraction of forget samples predicted as their class
     forget_acc_end: float
-    losses: list[float] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)  # the resolved NHLEConfig that ran
 
 
@@ -172,7 +171,6 @@ def nhle_finetune(
     params = list(model.parameters())
     opt = optimizer or make_optimizer(params, s)
     clip = s["grad_clip"] if s["optimizer"] == "sgd" else None
-    losses: list[float] = []
     start_acc = float("nan")
     state = model.state_dict()  # live references to every parameter and buffer
     last_good = {k: v.detach().clone() for k, v in state.items()}
@@ -205,10 +203,9 @@ def nhle_finetune(
             nn.utils.clip_grad_norm_(params, clip)
         opt.step()
         step += 1
-        losses.append(float(loss.detach()))
         if on_step is not None:
-            on_step(step, s["max_steps"], losses[-1], acc)
+            on_step(step, s["max_steps"], float(loss.detach()), acc)
     model.eval()
     with torch.no_grad():
         end_acc = float((model(x).argmax(dim=1) == y).float().mean())
-    return NHLEResult(step, stopped, start_acc, end_acc, losses, settings=s)
+    return NHLEResult(step, stopped, start_acc, end_acc, settings=s)

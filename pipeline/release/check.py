@@ -20,8 +20,10 @@ from nhle_pipeline.pipeline.errors import ReleaseError, TamperedReleaseError
 from nhle_pipeline.pipeline.release.manifest import (
     MANIFEST,
     MANIFEST_SEAL,
+    Manifest,
     file_digests,
     manifest_seal,
+    parse_manifest,
 )
 from nhle_pipeline.verify.gates import GateResult, evaluate_gates
 
@@ -41,7 +43,8 @@ class ReleaseCheck:
         return all(g.passed for g in self.gates)
 
 
-def read_manifest(release: Path) -> dict:
+def read_manifest(release: Path) -> Manifest:
+    """The release's manifest: valid JSON, sealed, and of the manifest's shape (else tampered)."""
     path = release / MANIFEST
     if not release.is_dir():
         raise ReleaseError(f"{release}: no such release folder")
@@ -56,21 +59,14 @@ def read_manifest(release: Path) -> dict:
             raise TamperedReleaseError(f"{path}: missing field '{key}'")
     if m.get(MANIFEST_SEAL) != manifest_seal(m):
         raise TamperedReleaseError(f"{path}: edited after release ('{MANIFEST_SEAL}' does not match its contents)")
-    # A re-sealed (forged) manifest must still not crash the checks below.
-    files, met = m["files"], m["metrics"]
-    if not isinstance(files, dict) or not all(isinstance(v, dict) and isinstance(v.get("sha256"), str) for v in files.values()):
-        raise TamperedReleaseError(f"{path}: 'files' must map each file name to its sha256")
-    for part in ("original", "unlearned"):
-        vals = met.get(part) if isinstance(met, dict) else None
-        if not isinstance(vals, dict) or not all(isinstance(vals.get(k), (int, float)) for k in ("acc_f", "acc_r")):
-            raise TamperedReleaseError(f"{path}: 'metrics.{part}' must hold the numbers acc_f and acc_r")
-    return m
+    # A re-sealed (forged) manifest must still not crash the checks below: its shape is checked too.
+    return parse_manifest(m, str(path))
 
 
-def check_files(release: Path, manifest: dict) -> None:
+def check_files(release: Path, manifest: Manifest) -> None:
     """Checksums of every listed file; extra or missing files are tampering too."""
     actual = file_digests(release)
-    listed = manifest["files"]
+    listed = {k: v.model_dump() for k, v in manifest.files.items()}
     for name in sorted(set(listed) | set(actual)):
         if name not in actual:
             raise TamperedReleaseError(f"{release / name}: listed in the manifest but missing")
@@ -80,13 +76,13 @@ def check_files(release: Path, manifest: dict) -> None:
             raise TamperedReleaseError(f"{release / name}: sha256 differs from the manifest; the release was modified")
 
 
-def check_provenance(release: Path, manifest: dict) -> None:
+def check_provenance(release: Path, manifest: Manifest) -> None:
     from nhle_pipeline.verify.ort import read_metadata
 
     meta = read_metadata(release / "model.onnx")
     expect = {
-        "config_sha256": manifest["config_sha256"],
-        "forget_classes": ",".join(map(str, manifest["forget_classes"])),
+        "config_sha256": manifest.config_sha256,
+        "forget_classes": ",".join(map(str, manifest.forget_classes)),
     }
     for k, v in expect.items():
         if meta.get(k) != v:
@@ -106,7 +102,7 @@ def verify_release(release: str | Path, *, data_root: str | None = None, device:
     check_files(rel, manifest)
     check_provenance(rel, manifest)
 
-    raw = manifest["config"]
+    raw = manifest.config
     if data_root is not None:
         raw = {**raw, "data": {**raw["data"], "root": data_root}}
     cfg = parse_config(raw, f"{rel / MANIFEST} config")
@@ -114,23 +110,22 @@ def verify_release(release: str | Path, *, data_root: str | None = None, device:
     forget = list(cfg.forget.classes)
     with tempfile.TemporaryDirectory(prefix="pipeline-verify-") as scratch:
         got = measure_onnx(
-            rel / "model.onnx", manifest.get("head", "classifier"), data.train, data.test, forget, cfg.model.num_classes,
+            rel / "model.onnx", manifest.head, data.train, data.test, forget, cfg.model.num_classes,
             seed=cfg.seed, device=device, batch_size=cfg.data.batch_size, scratch=Path(scratch),
         )
     after = got.accuracy
-    recorded = manifest["metrics"]
-    recorded_ev = recorded.get("evidence") or {}
+    recorded = manifest.metrics
     metrics = {
         "acc_f": after.acc_f,
-        "delta_acc_r": after.acc_r - recorded["original"]["acc_r"],
+        "delta_acc_r": after.acc_r - recorded.original.acc_r,
         "unlearned": after.to_dict(),
-        "evidence": {"original": recorded_ev.get("original") or {}, "unlearned": got.evidence.to_dict()},
+        "evidence": {"original": recorded.evidence.original.model_dump(), "unlearned": got.evidence.to_dict()},
     }
     gates = evaluate_gates(metrics, cfg.verify.gates, with_parity=False)
-    pairs = [(after.acc_f, recorded["unlearned"]["acc_f"]), (after.acc_r, recorded["unlearned"]["acc_r"])]
+    pairs = [(after.acc_f, recorded.unlearned.acc_f), (after.acc_r, recorded.unlearned.acc_r)]
+    recorded_ev = recorded.evidence.unlearned.model_dump()
     for key in ("ratio_d", "probe_auc", "mia_efficacy"):
-        if key in (recorded_ev.get("unlearned") or {}):
-            pairs.append((metrics["evidence"]["unlearned"][key], recorded_ev["unlearned"][key]))
+        pairs.append((metrics["evidence"]["unlearned"][key], recorded_ev[key]))
     drift = max(abs(a - b) if not (math.isnan(a) and math.isnan(b)) else 0.0 for a, b in pairs)
     gates.append(GateResult(
         "reproduces_manifest", drift, REPRODUCE_ATOL, "<=", bool(math.isfinite(drift) and drift <= REPRODUCE_ATOL),

@@ -8,13 +8,16 @@ import json
 import os
 import platform
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import nhle_pipeline.pipeline
 from nhle_pipeline.pipeline.checkpoint import sha256_file
 from nhle_pipeline.pipeline.config import Config
+from nhle_pipeline.pipeline.errors import TamperedReleaseError
 
 METHOD = "nhle-cwm"
 MANIFEST = "manifest.json"
@@ -56,6 +59,139 @@ def onnx_provenance(cfg: Config, weights_sha256: str | None) -> dict[str, str]:
     }
 
 
+class Record(BaseModel):
+    """A part of the manifest: unknown keys are refused; NaN stays NaN in JSON."""
+
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
+
+class FileDigest(Record):
+    sha256: str
+    bytes: int
+
+
+class SourceModel(Record):
+    path: str
+    arch: str
+    sha256: str | None
+
+
+class AccuracyRecord(Record):
+    """verify.metrics.Accuracy as recorded."""
+
+    acc_f: float
+    acc_r: float
+    per_class: list[float]
+    n_forget: int
+    n_retain: int
+
+
+class EvidenceRecord(Record):
+    """verify.evidence.Evidence as recorded."""
+
+    d_inter: float
+    d_intra: float
+    ratio_d: float
+    probe_auc: float
+    mia_efficacy: float
+
+
+class GapRecord(Record):
+    """|unlearned - retrained reference| per metric and their mean (verify.verification.gap_to_reference)."""
+
+    acc_f: float
+    acc_r: float
+    ratio_d: float
+    probe_auc: float
+    mia_efficacy: float
+    mean: float
+
+
+class EvidenceBlock(Record):
+    original: EvidenceRecord
+    unlearned: EvidenceRecord
+    reference: EvidenceRecord | None = None
+    gap_to_reference: GapRecord | None = None
+
+
+class NHLERecord(Record):
+    steps: int
+    stopped: str
+    forget_acc_start: float
+    forget_acc_end: float
+    n_samples: int
+    n_retained_samples: int = 0
+    settings: dict[str, Any] | None = None  # the resolved NHLE settings (absent in 0.1 manifests)
+
+
+class Metrics(Record):
+    """Every number the gates and the reports use (verify.verification.verification_metrics)."""
+
+    original: AccuracyRecord
+    unlearned: AccuracyRecord
+    reference: AccuracyRecord | None = None
+    acc_f: float
+    delta_acc_r: float
+    parity_max_abs: float
+    graph_unchanged: bool
+    cwm_in_graph: bool | None = None  # None: CWM mode 'none', nothing to look for
+    evidence: EvidenceBlock
+    nhle: NHLERecord
+
+
+class GateRecord(Record):
+    """verify.gates.GateResult as recorded."""
+
+    name: str
+    value: bool | float | None
+    threshold: bool | float | None
+    op: str
+    passed: bool
+    description: str
+
+
+class Runtime(Record):
+    torch_device: str
+    onnxruntime_provider: str
+    versions: dict[str, str]
+    platform: str
+
+
+class Manifest(Record):
+    """manifest.json: written by the runner, read by both reports and `pipeline verify`."""
+
+    format: int = 1
+    name: str
+    status: Literal["released", "gate_failed"]
+    method: str
+    forget_classes: list[int]
+    num_classes: int
+    seed: int
+    config: dict[str, Any]  # the validated config (pipeline.config.Config, as JSON)
+    config_sha256: str
+    source_model: SourceModel
+    head: str
+    metrics: Metrics
+    gates: list[GateRecord]
+    passed: bool
+    runtime: Runtime
+    external_data: list[str] = Field(default_factory=list)
+    timings_s: dict[str, float]
+    files: dict[str, FileDigest] = Field(default_factory=dict)  # every other file of the release
+    manifest_sha256: str | None = None  # the seal (MANIFEST_SEAL), added at publication
+
+    @property
+    def cwm_mode(self) -> str:
+        return str(self.config.get("unlearn", {}).get("cwm", {}).get("mode", "unrecorded"))
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON document (NaN kept as NaN; absent seal left out)."""
+        out = self.model_dump(mode="json")
+        if out.get(MANIFEST_SEAL) is None:
+            out.pop(MANIFEST_SEAL, None)
+        return out
+
+
 def build_manifest(
     cfg: Config,
     *,
@@ -69,31 +205,48 @@ def build_manifest(
     provider: str,
     external_data: list[str],
     timings: dict[str, float],
-) -> dict:
-    return {
-        "format": 1,
-        "name": name,
-        "status": "released" if passed else "gate_failed",
-        "method": METHOD,
-        "forget_classes": list(cfg.forget.classes),
-        "num_classes": cfg.model.num_classes,
-        "seed": cfg.seed,
-        "config": cfg.model_dump(mode="json"),
-        "config_sha256": cfg.sha256(),
-        "source_model": {"path": str(cfg.model.weights), "arch": cfg.model.arch, "sha256": weights_sha256},
-        "head": head_name,
-        "metrics": metrics,
-        "gates": gates,
-        "passed": passed,
-        "runtime": {
-            "torch_device": torch_device,
-            "onnxruntime_provider": provider,
-            "versions": library_versions(),
-            "platform": platform.platform(),
-        },
-        "external_data": external_data,
-        "timings_s": dict(timings),
-    }
+) -> Manifest:
+    return Manifest(
+        name=name,
+        status="released" if passed else "gate_failed",
+        method=METHOD,
+        forget_classes=list(cfg.forget.classes),
+        num_classes=cfg.model.num_classes,
+        seed=cfg.seed,
+        config=cfg.model_dump(mode="json"),
+        config_sha256=cfg.sha256(),
+        source_model=SourceModel(path=str(cfg.model.weights), arch=cfg.model.arch, sha256=weights_sha256),
+        head=head_name,
+        metrics=Metrics.model_validate(metrics),
+        gates=[GateRecord.model_validate(g) for g in gates],
+        passed=passed,
+        runtime=Runtime(torch_device=torch_device, onnxruntime_provider=provider,
+                        versions=library_versions(), platform=platform.platform()),
+        external_data=external_data,
+        timings_s=dict(timings),
+    )
+
+
+def parse_manifest(data: Any, source: str) -> Manifest:
+    """A manifest read from JSON, validated strictly (numbers are numbers, no unknown keys);
+    a wrong shape is a ``TamperedReleaseError`` naming the first bad field."""
+    if not isinstance(data, dict):
+        raise TamperedReleaseError(f"{source}: expected a JSON object, got {type(data).__name__}")
+    try:
+        return Manifest.model_validate(data, strict=True)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise TamperedReleaseError(f"{source}: field '{loc}': {first['msg']}") from e
+
+
+def load_manifest(folder: Path) -> Manifest:
+    """The manifest this process just wrote into ``folder`` (a staging folder after a failed gate)."""
+    return Manifest.model_validate_json((folder / MANIFEST).read_text(encoding="utf-8"))
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    write_json(path, manifest.to_json_dict())
 
 
 def file_digests(folder: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[str, dict]:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nhle_pipeline.pipeline.release.manifest import Manifest
 from nhle_pipeline.pipeline.release.report_md import nhle_settings_line
 from nhle_pipeline.verify.formatting import format_value
 
@@ -39,23 +40,23 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _per_class_chart(m: dict) -> str:
+def _per_class_chart(m: Manifest) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = {"original": m["metrics"]["original"]["per_class"], "unlearned": m["metrics"]["unlearned"]["per_class"]}
-    ref = m["metrics"].get("reference")
+    series = {"original": m.metrics.original.per_class, "unlearned": m.metrics.unlearned.per_class}
+    ref = m.metrics.reference
     if ref:
-        series["retrained reference"] = ref["per_class"]
+        series["retrained reference"] = ref.per_class
     n = len(series["original"])
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6, n * 0.6), 3.2))
     for i, (label, vals) in enumerate(series.items()):
         ax.bar(np.arange(n) + i * width, np.nan_to_num(vals), width, label=label)
     ax.set_xticks(np.arange(n) + width * (len(series) - 1) / 2)
-    ax.set_xticklabels([f"{c}{'*' if c in m['forget_classes'] else ''}" for c in range(n)])
+    ax.set_xticklabels([f"{c}{'*' if c in m.forget_classes else ''}" for c in range(n)])
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("test accuracy")
     ax.set_xlabel("class (* forgotten)")
@@ -96,51 +97,49 @@ def _table(headers: list[str], rows: list[list[str]], table_id: str = "") -> str
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render_html(m: dict, features: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
+def render_html(m: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
     """The report page for manifest ``m``; ``features``: label -> (test features, labels)."""
-    met, ev = m["metrics"], m["metrics"].get("evidence", {})
-    released = m["status"] == "released"
+    met, ev = m.metrics, m.metrics.evidence.model_dump()
+    released = m.status == "released"
     gate_rows = [
-        [("✓" if g["passed"] else "✗"), html.escape(g["name"]), _fmt(g["value"]), f"{g['op']} {_fmt(g['threshold'])}",
-         html.escape(g["description"])]
-        for g in m["gates"]
+        [("✓" if g.passed else "✗"), html.escape(g.name), _fmt(g.value), f"{g.op} {_fmt(g.threshold)}",
+         html.escape(g.description)]
+        for g in m.gates
     ]
     acc_rows = [
-        ["Acc_F", _fmt(met["original"]["acc_f"]), _fmt(met["unlearned"]["acc_f"])],
-        ["Acc_R", _fmt(met["original"]["acc_r"]), _fmt(met["unlearned"]["acc_r"])],
-        ["ΔAcc_R", "", _fmt(met["delta_acc_r"])],
+        ["Acc_F", _fmt(met.original.acc_f), _fmt(met.unlearned.acc_f)],
+        ["Acc_R", _fmt(met.original.acc_r), _fmt(met.unlearned.acc_r)],
+        ["ΔAcc_R", "", _fmt(met.delta_acc_r)],
     ]
     cols = [k for k in ("original", "unlearned", "reference") if ev.get(k)]
     ev_rows = [[label] + [_fmt(ev[c].get(key)) for c in cols] + ([_fmt(ev["gap_to_reference"].get(key))] if ev.get("gap_to_reference") else [])
                for key, label in EVIDENCE_ROWS]
     ev_head = ["metric"] + cols + (["|unlearned − reference|"] if ev.get("gap_to_reference") else [])
-    rt = m["runtime"]
+    rt = m.runtime
     prov_rows = [
-        ["method", html.escape(m["method"])],
-        ["forgotten classes", html.escape(str(m["forget_classes"]))],
-        ["source model", f"{html.escape(m['source_model']['path'])} ({html.escape(m['source_model']['arch'])})"],
-        ["source sha256", f"<code>{m['source_model']['sha256']}</code>"],
-        ["config sha256", f"<code>{m['config_sha256']}</code>"],
-        ["seed", str(m["seed"])],
-        ["PyTorch device", html.escape(rt["torch_device"])],
-        ["onnxruntime provider", html.escape(rt["onnxruntime_provider"])],
-        ["versions", html.escape(", ".join(f"{k} {v}" for k, v in rt["versions"].items()))],
+        ["method", html.escape(m.method)],
+        ["forgotten classes", html.escape(str(m.forget_classes))],
+        ["source model", f"{html.escape(m.source_model.path)} ({html.escape(m.source_model.arch)})"],
+        ["source sha256", f"<code>{m.source_model.sha256}</code>"],
+        ["config sha256", f"<code>{m.config_sha256}</code>"],
+        ["seed", str(m.seed)],
+        ["PyTorch device", html.escape(rt.torch_device)],
+        ["onnxruntime provider", html.escape(rt.onnxruntime_provider)],
+        ["versions", html.escape(", ".join(f"{k} {v}" for k, v in rt.versions.items()))],
     ]
-    nh = met.get("nhle")
-    if nh:  # manifests written before NHLE's settings were recorded have none
-        prov_rows.insert(2, ["unlearning", html.escape(
-            f"NHLE {nh['steps']} steps (stopped: {nh['stopped']}); {nhle_settings_line(nh)}; "
-            f"CWM {m.get('config', {}).get('unlearn', {}).get('cwm', {}).get('mode', 'unrecorded')}")])
-    timing_rows = [[html.escape(k), f"{v:.2f}"] for k, v in m["timings_s"].items()]
+    nh = met.nhle
+    prov_rows.insert(2, ["unlearning", html.escape(
+        f"NHLE {nh.steps} steps (stopped: {nh.stopped}); {nhle_settings_line(nh)}; CWM {m.cwm_mode}")])
+    timing_rows = [[html.escape(k), f"{v:.2f}"] for k, v in m.timings_s.items()]
     images = [("Per-class test accuracy", _per_class_chart(m))]
     if features:
         images.append(("Penultimate features, PCA (test split; × = forgotten classes)",
-                       _pca_chart(features, m["forget_classes"], m["seed"])))
+                       _pca_chart(features, m.forget_classes, m.seed)))
     figs = "".join(f'<figure><img alt="{html.escape(t)}" src="{src}"><figcaption>{html.escape(t)}</figcaption></figure>'
                    for t, src in images)
     verdict = "RELEASED" if released else "NOT RELEASED — a gate failed"
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Unlearning report: {html.escape(m['name'])}</title>
+<html lang="en"><head><meta charset="utf-8"><title>Unlearning report: {html.escape(m.name)}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
 table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
@@ -151,7 +150,7 @@ figure {{ margin: 1em 0; }} img {{ max-width: 100%; }}
 code {{ font-size: 0.85em; }}
 </style></head>
 <body data-images-loaded="0">
-<h1>Unlearning report: {html.escape(m['name'])}</h1>
+<h1>Unlearning report: {html.escape(m.name)}</h1>
 <p class="verdict" id="verdict">{verdict}</p>
 <h2>Gates</h2>
 {_table(["", "gate", "value", "threshold", "what"], gate_rows, "gates")}
@@ -180,5 +179,5 @@ code {{ font-size: 0.85em; }}
 """
 
 
-def write_html_report(path: Path, manifest: dict, features: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
+def write_html_report(path: Path, manifest: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     path.write_text(render_html(manifest, features), encoding="utf-8")

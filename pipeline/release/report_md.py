@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nhle_pipeline.pipeline.config import NHLE_PRESET_KEYS
+from nhle_pipeline.pipeline.release.manifest import Manifest, NHLERecord
 from nhle_pipeline.verify.formatting import format_value
 
 
@@ -12,56 +13,56 @@ def _f(v, digits: int = 4) -> str:
     return format_value(v, f".{digits}f")
 
 
-def nhle_settings_line(nh: dict) -> str:
+def nhle_settings_line(nh: NHLERecord) -> str:
     """One line of the resolved NHLE settings ("not recorded" in older manifests)."""
-    st = nh.get("settings")
+    st = nh.settings
     if not st:
         return "not recorded"
     keys = ("variant", *NHLE_PRESET_KEYS)
     line = ", ".join(f"{k} {'unset' if st.get(k) is None else st.get(k)}" for k in keys)
-    n_retained = nh.get("n_retained_samples", 0)
+    n_retained = nh.n_retained_samples
     data = f"forget samples + {n_retained} retained samples" if n_retained else "forget samples only"
     return f"{line}; data: {data}"
 
 
-def render_report(m: dict) -> str:
+def render_report(m: Manifest) -> str:
     """Markdown report of a run or release manifest."""
-    met = m["metrics"]
-    orig, unl = met["original"], met["unlearned"]
-    verdict = "RELEASED" if m["status"] == "released" else "NOT RELEASED: a gate failed"
+    met = m.metrics
+    orig, unl = met.original, met.unlearned
+    verdict = "RELEASED" if m.status == "released" else "NOT RELEASED: a gate failed"
     lines = [
-        f"# Unlearning report: {m['name']}",
+        f"# Unlearning report: {m.name}",
         "",
         f"**Verdict: {verdict}**",
         "",
-        f"- method: {m['method']}, forgotten classes: {m['forget_classes']}",
-        f"- source model: `{m['source_model']['path']}` ({m['source_model']['arch']}), sha256 `{m['source_model']['sha256']}`",
-        f"- config sha256 `{m['config_sha256']}`, seed {m['seed']}",
-        f"- PyTorch device: {m['runtime']['torch_device']}, onnxruntime provider: {m['runtime']['onnxruntime_provider']}",
+        f"- method: {m.method}, forgotten classes: {m.forget_classes}",
+        f"- source model: `{m.source_model.path}` ({m.source_model.arch}), sha256 `{m.source_model.sha256}`",
+        f"- config sha256 `{m.config_sha256}`, seed {m.seed}",
+        f"- PyTorch device: {m.runtime.torch_device}, onnxruntime provider: {m.runtime.onnxruntime_provider}",
         "",
         "## Gates",
         "",
         "| gate | value | threshold | result |",
         "| --- | --- | --- | --- |",
     ]
-    for g in m["gates"]:
-        lines.append(f"| {g['name']} | {_f(g['value'])} | {g['op']} {_f(g['threshold'])} | {'✓ pass' if g['passed'] else '✗ FAIL'} |")
+    for g in m.gates:
+        lines.append(f"| {g.name} | {_f(g.value)} | {g.op} {_f(g.threshold)} | {'✓ pass' if g.passed else '✗ FAIL'} |")
     lines += [
         "",
         "## Accuracy (onnxruntime, test split)",
         "",
         "| metric | original | unlearned | change |",
         "| --- | --- | --- | --- |",
-        f"| Acc_F | {_f(orig['acc_f'])} | {_f(unl['acc_f'])} | {_f(unl['acc_f'] - orig['acc_f'])} |",
-        f"| Acc_R | {_f(orig['acc_r'])} | {_f(unl['acc_r'])} | {_f(met['delta_acc_r'])} |",
+        f"| Acc_F | {_f(orig.acc_f)} | {_f(unl.acc_f)} | {_f(unl.acc_f - orig.acc_f)} |",
+        f"| Acc_R | {_f(orig.acc_r)} | {_f(unl.acc_r)} | {_f(met.delta_acc_r)} |",
         "",
         "| class | original | unlearned |",
         "| --- | --- | --- |",
     ]
-    for c, (a, b) in enumerate(zip(orig["per_class"], unl["per_class"], strict=True)):
-        tag = " (forgotten)" if c in m["forget_classes"] else ""
+    for c, (a, b) in enumerate(zip(orig.per_class, unl.per_class, strict=True)):
+        tag = " (forgotten)" if c in m.forget_classes else ""
         lines.append(f"| {c}{tag} | {_f(a)} | {_f(b)} |")
-    ev = met.get("evidence") or {}
+    ev = met.evidence.model_dump()
     cols = [k for k in ("original", "unlearned", "reference") if ev.get(k)]
     if cols:
         gap = ev.get("gap_to_reference")
@@ -77,27 +78,27 @@ def render_report(m: dict) -> str:
             lines.append(f"| {key} | " + " | ".join(row) + " |")
         if gap:
             lines.append(f"\nMean absolute gap to the retrained reference: {_f(gap.get('mean'))}")
-    nh = met["nhle"]
+    nh = met.nhle
     lines += [
         "",
         "## Unlearning",
         "",
-        f"- NHLE: {nh['steps']} steps, stopped: {nh['stopped']}; forget-sample accuracy {_f(nh['forget_acc_start'])} → {_f(nh['forget_acc_end'])}",
+        f"- NHLE: {nh.steps} steps, stopped: {nh.stopped}; forget-sample accuracy {_f(nh.forget_acc_start)} → {_f(nh.forget_acc_end)}",
         f"- NHLE settings: {nhle_settings_line(nh)}",
-        f"- CWM mode: {m['config']['unlearn']['cwm']['mode']}",
-        f"- ONNX vs PyTorch max |Δlogit|: {_f(met.get('parity_max_abs'), 6)}",
+        f"- CWM mode: {m.cwm_mode}",
+        f"- ONNX vs PyTorch max |Δlogit|: {_f(met.parity_max_abs, 6)}",
         "",
         "## Stage timings (s)",
         "",
         "| stage | seconds |",
         "| --- | --- |",
     ]
-    lines += [f"| {k} | {v:.2f} |" for k, v in m["timings_s"].items()]
+    lines += [f"| {k} | {v:.2f} |" for k, v in m.timings_s.items()]
     lines += ["", "## Files", "", "| file | sha256 | bytes |", "| --- | --- | --- |"]
-    lines += [f"| {k} | `{v['sha256']}` | {v['bytes']} |" for k, v in m.get("files", {}).items()]
-    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in m["runtime"]["versions"].items()), ""]
+    lines += [f"| {k} | `{v.sha256}` | {v.bytes} |" for k, v in m.files.items()]
+    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in m.runtime.versions.items()), ""]
     return "\n".join(lines)
 
 
-def write_report(path: Path, manifest: dict) -> None:
+def write_report(path: Path, manifest: Manifest) -> None:
     path.write_text(render_report(manifest), encoding="utf-8")

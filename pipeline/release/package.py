@@ -1,0 +1,31 @@
+"""The files of a release, written into its staging folder: the two reports, then the
+manifest with the digest of every other file (sealed later, at publication)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from nhle_pipeline.pipeline.release.manifest import (
+    MANIFEST,
+    FileDigest,
+    Manifest,
+    file_digests,
+    write_manifest,
+)
+from nhle_pipeline.pipeline.release.report_html import write_html_report
+from nhle_pipeline.pipeline.release.report_md import write_report
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+
+
+def write_release_files(
+    staging: Path, manifest: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> None:
+    """report.md, report.html, then manifest.json listing the digests of everything else."""
+    write_report(staging / REPORT_MD, manifest)
+    write_html_report(staging / REPORT_HTML, manifest, features)
+    manifest.files = {k: FileDigest.model_validate(v) for k, v in file_digests(staging).items()}
+    write_manifest(staging / MANIFEST, manifest)
