@@ -50,7 +50,12 @@ class Ctx:
 
     tmp: Path
     weights: Path
-    release: Path | None  # a real release of the digits model (copied on demand)
+    shipped: Path | None  # a real release of the digits model (cases marked _needs_release only)
+
+    @property
+    def release(self) -> Path:
+        assert self.shipped is not None, "this case reads the shipped release: wrap its maker in _needs_release"
+        return self.shipped
 
     @property
     def rel(self) -> Path:
@@ -90,7 +95,6 @@ class Ctx:
         return self.cfg(data={"dataset": "npz", "root": str(root)}, **overrides)
 
     def copy_release(self) -> Path:
-        assert self.release is not None
         dst = self.tmp / "shipped" / "digits-test"
         shutil.copytree(self.release, dst)
         return dst
@@ -109,13 +113,20 @@ def _edit_manifest(rel: Path, edit: Callable[[dict], None], reseal: bool = False
     return rel
 
 
+def _needs_release(make: Callable[[Ctx], list]) -> Callable[[Ctx], list]:
+    """Mark a case that reads the shipped release: building that release is a whole
+    `pipeline run`, so these cases are ``slow`` (the others stay in the fast lane)."""
+    make.needs_release = True  # type: ignore[attr-defined]
+    return make
+
+
 def _tamper(edit: Callable[[Path], None]) -> Callable[[Ctx], list]:
     def make(c: Ctx) -> list:
         rel = c.copy_release()
         edit(rel)
         return ["verify", rel]
 
-    return make
+    return _needs_release(make)
 
 
 def _flip_byte(p: Path) -> None:
@@ -427,7 +438,7 @@ CASES: list[tuple[str, str, Callable[[Ctx], list]]] = [
     ("inspect-json", "m.onnx", lambda c: ["inspect", "--json", c.text("m.onnx", '{"graph": {}}')]),
     ("inspect-safetensors", ".safetensors", lambda c: ["inspect", c.weights]),
     ("inspect-truncated-model", "model.onnx",
-     lambda c: ["inspect", c.text("t/model.onnx", (c.release / "model.onnx").read_bytes()[:5000])]),
+     _needs_release(lambda c: ["inspect", c.text("t/model.onnx", (c.release / "model.onnx").read_bytes()[:5000])])),
     ("inspect-a-folder", "MODEL", lambda c: ["inspect", c.tmp]),
     # --- pipeline verify ----------------------------------------------------------------------------
     ("verify-missing-folder", "absent", lambda c: ["verify", c.tmp / "absent"]),
@@ -488,11 +499,17 @@ def test_corpus_size():
     assert len(ids) >= 100
 
 
-@pytest.mark.parametrize("expect, make", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_fails_closed(tmp_path, digits_weights, shipped_release, expect, make):
+def _param(case_id: str, expect: str, make: Callable[[Ctx], list]):
+    needs = getattr(make, "needs_release", False)
+    return pytest.param(expect, make, needs, id=case_id, marks=[pytest.mark.slow] if needs else [])
+
+
+@pytest.mark.parametrize("expect, make, needs_release", [_param(*c) for c in CASES])
+def test_bad_input_fails_closed(request, tmp_path, digits_weights, expect, make, needs_release):
     case = tmp_path / "case"
     case.mkdir()
-    argv = make(Ctx(case, digits_weights, shipped_release))
+    shipped = request.getfixturevalue("shipped_release") if needs_release else None
+    argv = make(Ctx(case, digits_weights, shipped))
     before = snapshot(case)
 
     r = invoke(*argv)

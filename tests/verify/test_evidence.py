@@ -1,12 +1,15 @@
 import numpy as np
 import pytest
-import torch
 
-from nhle_pipeline.export.onnx_export import export_onnx
-from nhle_pipeline.pipeline.models import build_model
-from nhle_pipeline.verify.evidence import mia_efficacy, probe_auc, separability, true_label_prob
-from nhle_pipeline.verify.features import ort_logits_and_features, with_feature_output
-from nhle_pipeline.verify.ort import open_session
+from nhle_pipeline.verify.evidence import (
+    Evidence,
+    evidence_from_outputs,
+    mia_efficacy,
+    probe_auc,
+    separability,
+    subsample,
+    true_label_prob,
+)
 
 
 def test_separability_matches_hand_computed_values():
@@ -58,18 +61,33 @@ def test_mia_efficacy_tells_seen_from_unseen():
     assert seen < 0.05 and unseen > 0.95
 
 
-def test_feature_output_copy_matches_pytorch_penultimate_features(tmp_path):
-    torch.manual_seed(0)
-    m = build_model("mlp", num_classes=10, input_shape=(1, 8, 8), kwargs={"hidden": [16, 12]})
-    export_onnx(m, (1, 8, 8), tmp_path / "m.onnx", opset=18)
-    before = (tmp_path / "m.onnx").read_bytes()
-    path = with_feature_output(tmp_path / "m.onnx", "classifier", tmp_path / "f.onnx")
-    sess, _ = open_session(path, "cpu")
-    x = np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32)
-    logits, feats = ort_logits_and_features(sess, x, batch_size=2)
-    with torch.no_grad():
-        want = m.features(torch.from_numpy(x)).numpy()
-        np.testing.assert_allclose(feats, want, atol=1e-5)
-        np.testing.assert_allclose(logits, m(torch.from_numpy(x)).numpy(), atol=1e-5)
-    assert feats.shape == (5, 12)
-    assert (tmp_path / "m.onnx").read_bytes() == before  # the measured file is not modified
+def test_degenerate_inputs_give_nan_not_an_exception():
+    f = np.array([[0.0, 0.0], [1.0, 1.0]], np.float32)
+    assert all(np.isnan(v) for v in separability(f, np.array([1, 2]), [0]))  # no forgotten sample
+    assert all(np.isnan(v) for v in separability(f, np.array([0, 0]), [0]))  # nothing retained
+    y_all_forgotten = np.zeros(10, int)
+    assert np.isnan(probe_auc(np.zeros((10, 2)), y_all_forgotten, np.zeros((4, 2)), np.arange(4), [0], seed=0))
+    z = np.zeros((6, 3), np.float32)
+    assert np.isnan(mia_efficacy(z, np.array([1, 2, 1, 2, 1, 2]), z, np.array([1, 2, 1, 2, 1, 2]), [0], seed=0))
+
+
+def test_subsample_is_sorted_seeded_and_capped():
+    np.testing.assert_array_equal(subsample(5, 10, seed=0), np.arange(5))
+    a = subsample(1000, 50, seed=3)
+    assert len(a) == 50 and len(set(a)) == 50 and np.all(np.diff(a) > 0) and a.max() < 1000
+    np.testing.assert_array_equal(a, subsample(1000, 50, seed=3))
+    assert not np.array_equal(a, subsample(1000, 50, seed=4))
+
+
+def test_evidence_from_outputs_combines_the_three_measures():
+    rng = np.random.default_rng(0)
+    y_tr, y_te = rng.integers(0, 3, 300), rng.integers(0, 3, 150)
+    f_tr, f_te = rng.normal(size=(300, 4)) + y_tr[:, None], rng.normal(size=(150, 4)) + y_te[:, None]
+    lg_tr, lg_te = rng.normal(size=(300, 3)), rng.normal(size=(150, 3))
+    ev = evidence_from_outputs((lg_tr, f_tr, y_tr), (lg_te, f_te, y_te), [0], seed=0)
+    d_inter, d_intra, ratio = separability(f_te, y_te, [0])
+    assert isinstance(ev, Evidence)
+    assert (ev.d_inter, ev.d_intra, ev.ratio_d) == (d_inter, d_intra, ratio)
+    assert ev.probe_auc == probe_auc(f_tr, y_tr, f_te, y_te, [0], seed=0) and ev.probe_auc > 0.8
+    assert ev.mia_efficacy == mia_efficacy(lg_tr, y_tr, lg_te, y_te, [0], seed=0)
+    assert set(ev.to_dict()) == {"d_inter", "d_intra", "ratio_d", "probe_auc", "mia_efficacy"}

@@ -16,7 +16,6 @@ from nhle_pipeline.pipeline.nhle import (
     original_lead,
     retained_classes,
 )
-from nhle_pipeline.pipeline.relative_step import RelativeStep
 
 
 def test_targets_follow_eq4():
@@ -137,17 +136,6 @@ def test_anchor_loss_is_zero_at_the_original_and_ignores_forgotten_logits():
 def test_logit_margin_is_best_retained_minus_own():
     z = torch.tensor([[5.0, 1.0, 2.0], [0.0, 3.0, -1.0]])
     assert logit_margin(z, torch.tensor([0, 0]), torch.tensor([1, 2])).tolist() == [-3.0, 3.0]
-
-
-def test_relative_step_moves_each_tensor_by_lr_times_its_norm():
-    torch.manual_seed(0)
-    m = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
-    before = [p.detach().clone() for p in m.parameters()]
-    m(torch.randn(8, 6)).pow(2).sum().backward()
-    RelativeStep(m.parameters(), lr=0.01).step()
-    for p0, p in zip(before, m.parameters(), strict=True):
-        moved = float((p.detach() - p0).norm())
-        assert moved == pytest.approx(0.01 * max(float(p0.norm()), 1e-2), rel=1e-4)
 
 
 def test_anchored_stops_at_the_margin_and_keeps_retained_logits(digits_model):

@@ -1,0 +1,89 @@
+import pytest
+from pydantic import ValidationError
+
+from nhle_pipeline.verify.gates import GateResult, GatesConfig, evaluate_gates
+
+OK = {"acc_f": 0.0, "delta_acc_r": -0.01, "parity_max_abs": 1e-5, "graph_unchanged": True, "cwm_in_graph": True,
+      "evidence_copy_max_abs": 0.0}
+PARITY_GATES = {"parity", "graph_unchanged", "cwm_in_graph"}
+EVIDENCE_GATES = {"ratio_d_relative", "probe_auc", "mia_efficacy"}
+
+
+def by_name(metrics, gates=None, **kw) -> dict[str, GateResult]:
+    return {g.name: g for g in evaluate_gates(metrics, gates or GatesConfig(), **kw)}
+
+
+def test_gates_pass_fail_and_fail_closed_on_missing_or_nan():
+    assert all(g.passed for g in evaluate_gates(OK, GatesConfig()))
+    bad = {**OK, "delta_acc_r": -0.05}
+    results = by_name(bad)
+    assert not results["acc_r_drop"].passed and results["acc_r_drop"].threshold == -0.035
+    assert results["acc_f"].passed
+    nan = {**OK, "acc_f": float("nan")}
+    assert not by_name(nan)["acc_f"].passed
+    missing = {k: v for k, v in OK.items() if k != "parity_max_abs"}
+    assert not by_name(missing)["parity"].passed
+    recheck = [g.name for g in evaluate_gates(OK, GatesConfig(), with_parity=False)]
+    assert recheck[:2] == ["acc_f", "acc_r_drop"] and not PARITY_GATES & set(recheck)
+
+
+def test_thresholds_are_inclusive_and_infinity_fails():
+    g = GatesConfig()
+    edge = {**OK, "acc_f": g.acc_f_max, "delta_acc_r": -g.acc_r_drop_max, "parity_max_abs": g.parity_atol}
+    assert all(r.passed for r in evaluate_gates(edge, g))
+    assert not by_name({**OK, "parity_max_abs": float("inf")})["parity"].passed
+    assert not by_name({**OK, "acc_f": 0.0101})["acc_f"].passed
+
+
+def test_graph_and_cwm_gates_need_true_not_truthy():
+    assert not by_name({**OK, "graph_unchanged": False})["graph_unchanged"].passed
+    assert not by_name({**OK, "cwm_in_graph": None})["cwm_in_graph"].passed
+    assert "cwm_in_graph" not in by_name({**OK, "cwm_in_graph": False}, cwm_applied=False)
+
+
+def test_evidence_gates_only_when_a_threshold_is_set():
+    ev = {"evidence": {"original": {"ratio_d": 4.0}, "unlearned": {"ratio_d": 1.0, "probe_auc": 0.6, "mia_efficacy": 0.9}}}
+    assert not EVIDENCE_GATES & set(by_name({**OK, **ev}))
+    gates = GatesConfig(ratio_d_max_relative=0.3, probe_auc_max=0.55, mia_efficacy_min=0.8)
+    r = by_name({**OK, **ev}, gates)
+    assert r["ratio_d_relative"].value == 0.25 and r["ratio_d_relative"].passed
+    assert r["probe_auc"].value == 0.6 and not r["probe_auc"].passed
+    assert r["mia_efficacy"].op == ">=" and r["mia_efficacy"].passed
+
+
+@pytest.mark.parametrize(
+    "evidence",
+    [
+        {},  # no evidence at all
+        {"original": {"ratio_d": 0.0}, "unlearned": {"ratio_d": 1.0}},  # relative to 0: undefined
+        {"original": {"ratio_d": 2.0}, "unlearned": {"ratio_d": None}},
+        {"original": {"ratio_d": 2.0}, "unlearned": {"ratio_d": float("nan")}},
+    ],
+)
+def test_evidence_gates_fail_closed_without_a_value(evidence):
+    gates = GatesConfig(ratio_d_max_relative=10.0, probe_auc_max=1.0, mia_efficacy_min=0.0)
+    r = by_name({**OK, "evidence": evidence}, gates)
+    # the loosest thresholds, yet no value to hold them to: every evidence gate fails
+    assert not r["ratio_d_relative"].passed
+    assert not r["probe_auc"].passed and not r["mia_efficacy"].passed
+
+
+def test_gate_line_shows_value_op_threshold_and_mark():
+    r = by_name({**OK, "delta_acc_r": -0.05})
+    assert r["acc_r_drop"].line().startswith("[✗] acc_r_drop: -0.05 >= -0.035  (")
+    assert r["graph_unchanged"].line().startswith("[✓] graph_unchanged: true == true  (")
+    assert by_name({k: v for k, v in OK.items() if k != "acc_f"})["acc_f"].line().startswith("[✗] acc_f: n/a <= 0.01")
+    assert r["acc_f"].to_dict() == {
+        "name": "acc_f", "value": 0.0, "threshold": 0.01, "op": "<=", "passed": True,
+        "description": r["acc_f"].description,
+    }
+
+
+@pytest.mark.parametrize(
+    "field, value", [("acc_f_max", 1.5), ("parity_atol", 0.0), ("probe_auc_max", -0.1), ("acc_f_max", "0.01")]
+)
+def test_gates_config_is_strict(field, value):
+    with pytest.raises(ValidationError, match=field):
+        GatesConfig(**{field: value})
+    with pytest.raises(ValidationError, match="extra"):
+        GatesConfig(acc_f=0.1)
