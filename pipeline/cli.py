@@ -127,8 +127,10 @@ def cli() -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Release folder root (overrides release.dir).")
 @DEVICE_OPTION
 @FORCE_OPTION
+@click.option("--no-cache", "no_cache", is_flag=True,
+              help="Measure the original model even if the baseline cache holds it (and do not cache it).")
 @handle_errors
-def run(config: Path, out: Path | None, device: str | None, force: bool) -> None:
+def run(config: Path, out: Path | None, device: str | None, force: bool, no_cache: bool) -> None:
     """Unlearn, export, verify and release the model described by CONFIG."""
     from nhle_pipeline.pipeline.config import load_config
 
@@ -139,7 +141,8 @@ def run(config: Path, out: Path | None, device: str | None, force: bool) -> None
 
     listener = RichListener()
     try:
-        result = run_pipeline(cfg, config, out_dir=out, device=device, force=force, listener=listener)
+        result = run_pipeline(cfg, config, out_dir=out, device=device, force=force, listener=listener,
+                              use_cache=not no_cache)
     except GateFailure as e:
         listener.close()
         if e.report_dir:

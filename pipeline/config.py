@@ -103,6 +103,37 @@ class Normalize(_Section):
         return self
 
 
+# The usual ImageNet evaluation preprocessing (torchvision's weights use it):
+# shorter side to 256, center crop 224, these per-channel statistics.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TRANSFORM_PRESETS = {"imagenet": {"resize": 256, "center_crop": 224}}
+
+
+class TransformConfig(_Section):
+    # "imagenet": resize 256, center crop 224 and (unless data.normalize is
+    # set) ImageNet's mean/std; explicit resize/center_crop override it.
+    preset: Literal["imagenet"] | None = None
+    # Shorter side resized to this many pixels (antialiased), aspect kept.
+    resize: int | None = Field(default=None, ge=1, le=8192)
+    # Square center crop of this many pixels (after resize).
+    center_crop: int | None = Field(default=None, ge=1, le=8192)
+
+    @model_validator(mode="after")
+    def _something(self) -> TransformConfig:
+        if self.preset is None and self.resize is None and self.center_crop is None:
+            raise ValueError("set a preset, resize or center_crop (or leave data.transform out)")
+        resize, crop = self.resolved_sizes()
+        if resize is not None and crop is not None and crop > resize:
+            raise ValueError(f"center_crop {crop} is larger than resize {resize}")
+        return self
+
+    def resolved_sizes(self) -> tuple[int | None, int | None]:
+        preset = TRANSFORM_PRESETS.get(self.preset or "", {})
+        return (self.resize if self.resize is not None else preset.get("resize"),
+                self.center_crop if self.center_crop is not None else preset.get("center_crop"))
+
+
 class DataConfig(_Section):
     dataset: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
     # Folder with the data (npz: train.npz + test.npz; imagefolder: train/ and
@@ -112,7 +143,11 @@ class DataConfig(_Section):
     download: bool = False
     # Inputs are float32 in [0, 1]; normalise per channel only when set.
     normalize: Normalize | None = None
+    # Resize / center crop per batch (uint8 images: npz, imagefolder, torchvision sets).
+    transform: TransformConfig | None = None
     batch_size: int = Field(default=256, ge=1)
+    # DataLoader worker processes that decode image files (imagefolder); 0: decode in-process.
+    workers: int = Field(default=0, ge=0, le=64)
 
     @model_validator(mode="after")
     def _root_needed(self) -> DataConfig:
@@ -238,6 +273,16 @@ class VerifyConfig(_Section):
     reference: Literal["none", "retrain"] = "none"
 
 
+class CacheConfig(_Section):
+    # Reuse the original model's measurements across forget requests (keyed by
+    # the weights' sha256, the data, preprocessing, evidence settings and the
+    # code version); a corrupt entry is rebuilt, never trusted.
+    enabled: bool = True
+    # Where: default $PIPELINE_CACHE_DIR, else ~/.cache/nhle-pipeline. Also holds
+    # npz members extracted for memory mapping.
+    dir: str | None = None
+
+
 class ReleaseConfig(_Section):
     dir: str = "releases"
     # Release folder name; default: the config file's stem.
@@ -277,6 +322,7 @@ class Config(_Section):
     export: ExportConfig = Field(default_factory=ExportConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")

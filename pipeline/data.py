@@ -1,20 +1,35 @@
-"""Datasets as in-memory arrays, and the forget-sample selection.
+"""Datasets as streams of batches, and the forget-sample selection.
 
-Every loader returns images as ``(N, C, H, W)`` float32 in [0, 1] (uint8 / 255;
-grayscale gets C = 1) and labels as int64 ``(N,)``. Normalisation happens only
-when ``data.normalize`` is set, so a model trained on [0, 1] inputs works with
-no extra fields. Nothing is downloaded unless ``data.download: true``.
+No split is held whole in memory: a ``Split`` keeps its labels and a source
+that fetches pixels a batch at a time (pipeline/image_sources.py): the
+embedded digits as a small array, ``npz`` members memory-mapped, image
+folders decoded on demand (worker processes: ``data.workers``), the
+torchvision sets as their uint8 arrays. Every batch is float32
+``(k, C, H, W)``: ``uint8 / 255`` (grayscale gets C = 1), then
+``data.transform`` (resize, center crop) and ``data.normalize`` when set.
+Subsets (forget samples, probe and MIA samples) are chosen from the labels
+alone. Nothing is downloaded unless ``data.download: true``.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from nhle_pipeline.pipeline.config import DataConfig
+from nhle_pipeline.pipeline.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from nhle_pipeline.pipeline.errors import DataError
+from nhle_pipeline.pipeline.image_sources import (
+    ArraySource,
+    ImageFileSource,
+    MemmapSource,
+    NpzMember,
+    Preprocess,
+)
 
 # scikit-learn's digits have no official split: a fixed stratified split
 # (450 test images, random_state 0, independent of the run's seed) keeps the
@@ -23,15 +38,105 @@ from nhle_pipeline.pipeline.errors import DataError
 DIGITS_TEST_SIZE = 450
 DIGITS_SPLIT_STATE = 0
 DIGITS_MAX_VALUE = 16.0  # digits pixels are integers 0..16
+CACHE_ENV = "PIPELINE_CACHE_DIR"  # where extracted npz members (and the baseline cache) live
 
 
-@dataclass(frozen=True)
+def default_cache_dir() -> Path:
+    """``$PIPELINE_CACHE_DIR``, else ``$XDG_CACHE_HOME/nhle-pipeline``, else ``~/.cache/nhle-pipeline``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "nhle-pipeline"
+
+
+class _Batches:
+    """A map-style dataset whose items are whole batches (a list of row indices each),
+    so that DataLoader workers decode batches, not single images."""
+
+    def __init__(self, source, batches: list[np.ndarray]) -> None:
+        self.source, self.batches = source, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        try:
+            return self.source.fetch(self.batches[i])
+        except DataError as e:  # returned, not raised: a worker's traceback would become the message
+            return e
+
+
 class Split:
-    x: np.ndarray  # (N, C, H, W) float32
-    y: np.ndarray  # (N,) int64
+    """Labelled images of one split: labels in memory, pixels fetched per batch."""
+
+    def __init__(self, y: np.ndarray, source, image_shape: tuple[int, int, int], workers: int = 0,
+                 rows: np.ndarray | None = None) -> None:
+        self.y = y
+        self.source = source
+        self.image_shape = image_shape
+        self.workers = workers
+        self._rows = rows  # positions in the source (a subset view), or None: all of it
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    def _source_rows(self, indices: np.ndarray) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64)
+        return idx if self._rows is None else self._rows[idx]
+
+    def get(self, indices: np.ndarray) -> np.ndarray:
+        """Float32 (k, C, H, W) images of ``indices`` (positions in this split), fetched here."""
+        x = self.source.fetch(self._source_rows(indices))
+        self._check_shape(x)
+        return x
+
+    def image_batches(self, indices: np.ndarray | None = None, batch_size: int = 256) -> Iterator[np.ndarray]:
+        """Float32 (k, C, H, W) batches of ``indices`` (default: every image), in that order."""
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        chunks = [self._source_rows(idx[i : i + batch_size]) for i in range(0, len(idx), batch_size)]
+        if self.workers == 0 or len(chunks) < 2:
+            for rows in chunks:
+                x = self.source.fetch(rows)
+                self._check_shape(x)
+                yield x
+            return
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(_Batches(self.source, chunks), batch_size=None, shuffle=False,
+                            num_workers=self.workers, collate_fn=_identity, prefetch_factor=2)
+        for x in loader:
+            if isinstance(x, DataError):
+                raise x
+            self._check_shape(x)
+            yield x
+
+    def batches(self, indices: np.ndarray | None = None, batch_size: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(images, labels) batches of ``indices`` (default: every image), in that order."""
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, dtype=np.int64)
+        for i, x in enumerate(self.image_batches(idx, batch_size)):
+            yield x, self.y[idx[i * batch_size : i * batch_size + len(x)]]
+
+    def subset(self, indices: np.ndarray) -> Split:
+        """A view of ``indices`` of this split (no pixels are read)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return Split(self.y[idx], self.source, self.image_shape, self.workers, self._source_rows(idx))
+
+    @cached_property
+    def x(self) -> np.ndarray:
+        """Every image as one float32 array. For small sets only (benchmarks, tests):
+        the pipeline itself never calls it."""
+        return np.concatenate(list(self.image_batches())) if len(self) else np.zeros((0, *self.image_shape), np.float32)
+
+    def _check_shape(self, x: np.ndarray) -> None:
+        if x.shape[1:] != self.image_shape:
+            raise DataError(
+                f"data.root: images of shape {x.shape[1:]} where the first was {self.image_shape}; "
+                "set data.transform (resize and center_crop, or preset: imagenet)"
+            )
+
+
+def _identity(x):
+    return x
 
 
 @dataclass(frozen=True)
@@ -42,25 +147,12 @@ class Dataset:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one image."""
-        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
+        """(C, H, W) of one image, after preprocessing."""
+        return self.train.image_shape
 
     @property
     def num_labels(self) -> int:
-        return int(max(self.train.y.max(), self.test.y.max())) + 1
-
-
-def _to_nchw(images: np.ndarray, source: str) -> np.ndarray:
-    """uint8 (N,H,W) or (N,H,W,C) -> float32 (N,C,H,W) in [0, 1]."""
-    if images.ndim == 3:
-        images = images[:, None, :, :]
-    elif images.ndim == 4 and images.shape[-1] in (1, 3, 4) and images.shape[1] not in (1, 3):
-        images = images.transpose(0, 3, 1, 2)
-    elif images.ndim != 4:
-        raise DataError(f"{source}: expected images of shape (N,H,W) or (N,H,W,C), got {images.shape}")
-    if images.dtype == np.uint8:
-        return np.ascontiguousarray(images, dtype=np.float32) / 255.0
-    raise DataError(f"{source}: expected uint8 pixels, got {images.dtype}")
+        return int(max(self.train.y.max(initial=0), self.test.y.max(initial=0))) + 1
 
 
 def _labels(y: np.ndarray, n: int, source: str) -> np.ndarray:
@@ -74,7 +166,16 @@ def _labels(y: np.ndarray, n: int, source: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _load_digits() -> tuple[Split, Split]:
+def _array_split(images: np.ndarray, y, pre: Preprocess, source: str, workers: int = 0) -> Split:
+    src = ArraySource(images, pre, source)
+    n = len(src)
+    if n == 0:
+        raise DataError(f"{source}: holds no images; expected at least one")
+    labels = _labels(y, n, source)
+    return Split(labels, src, tuple(src.fetch(np.arange(1)).shape[1:]), workers)
+
+
+def _load_digits(pre: Preprocess) -> tuple[Split, Split]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -85,28 +186,38 @@ def _load_digits() -> tuple[Split, Split]:
         np.arange(len(y)), test_size=DIGITS_TEST_SIZE, stratify=y, random_state=DIGITS_SPLIT_STATE
     )
     idx_train, idx_test = np.sort(idx_train), np.sort(idx_test)  # keep the bundled order within each split
-    return Split(x[idx_train], y[idx_train]), Split(x[idx_test], y[idx_test])
+    return (_array_split(x[idx_train], y[idx_train], pre, "digits"),
+            _array_split(x[idx_test], y[idx_test], pre, "digits"))
 
 
-def _load_npz_file(path: Path) -> Split:
+def _load_npz_file(path: Path, pre: Preprocess, cache_dir: Path) -> Split:
+    import zipfile
+
     if not path.is_file():
         raise DataError(f"data.root: no such file '{path}' (expected train.npz and test.npz)")
     try:
+        with zipfile.ZipFile(path) as z:
+            names = {n.removesuffix(".npy") for n in z.namelist()}
+        if "x" not in names or "y" not in names:
+            raise DataError(f"{path}: expected arrays 'x' and 'y', found {sorted(names)}")
         with np.load(path, allow_pickle=False) as z:
-            if "x" not in z or "y" not in z:
-                raise DataError(f"{path}: expected arrays 'x' and 'y', found {sorted(z.files)}")
-            x_raw, y_raw = z["x"], z["y"]
+            y_raw = z["y"]
     except DataError:
         raise
     except Exception as e:  # zipfile/pickle/value errors from a bad archive
         raise DataError(f"{path}: not a readable .npz archive ({e})") from e
-    x = _to_nchw(x_raw, str(path))
-    if x.shape[0] == 0:
+    member = NpzMember(path, "x", cache_dir)
+    images = member.array
+    if images.dtype != np.uint8:
+        raise DataError(f"{path}: expected uint8 pixels, got {images.dtype}")
+    src = MemmapSource(member, int(images.shape[0]), pre, str(path))
+    if len(src) == 0:
         raise DataError(f"{path}: holds no images; expected at least one")
-    return Split(x, _labels(y_raw, x.shape[0], str(path)))
+    labels = _labels(y_raw, len(src), str(path))
+    return Split(labels, src, tuple(src.fetch(np.arange(1)).shape[1:]), 0)
 
 
-def _load_imagefolder(root: Path) -> tuple[Split, Split]:
+def _load_imagefolder(root: Path, pre: Preprocess, workers: int) -> tuple[Split, Split]:
     from torchvision.datasets import ImageFolder
 
     splits = []
@@ -116,22 +227,36 @@ def _load_imagefolder(root: Path) -> tuple[Split, Split]:
         if not folder.is_dir():
             raise DataError(f"data.root: no folder '{folder}' (expected train/ and test/ with one sub-folder per class)")
         try:
-            ds = ImageFolder(str(folder))
+            ds = ImageFolder(str(folder), loader=_no_decode)  # scans file names only
         except (FileNotFoundError, RuntimeError) as e:
             raise DataError(f"data.root: '{folder}': {e}") from e
         if classes is not None and ds.classes != classes:
             raise DataError("data.root: train/ and test/ have different class folders")
         classes = ds.classes
-        images = [np.asarray(ds.loader(p)) for p, _ in ds.samples]
-        shapes = {im.shape for im in images}
-        if len(shapes) != 1:
-            raise DataError(f"data.root: '{folder}' images differ in size {sorted(shapes)[:3]}; resize them first")
-        x = _to_nchw(np.stack(images), str(folder))
-        splits.append(Split(x, np.array([t for _, t in ds.samples], dtype=np.int64)))
+        paths = [p for p, _ in ds.samples]
+        labels = np.array([t for _, t in ds.samples], dtype=np.int64)
+        if not paths:
+            raise DataError(f"data.root: '{folder}' holds no images")
+        src = ImageFileSource(paths, "L" if _is_gray(paths[0]) else "RGB", pre)
+        splits.append(Split(labels, src, tuple(src.fetch(np.arange(1)).shape[1:]), workers))
     return splits[0], splits[1]
 
 
-def _load_torchvision(name: str, root: Path, download: bool) -> tuple[Split, Split]:
+def _no_decode(path: str) -> str:
+    return path
+
+
+def _is_gray(path: str) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.mode in ("L", "1", "I;16", "I")
+    except OSError:
+        return False
+
+
+def _load_torchvision(name: str, root: Path, download: bool, pre: Preprocess) -> tuple[Split, Split]:
     import torchvision.datasets as tvd
 
     cls = {
@@ -146,7 +271,7 @@ def _load_torchvision(name: str, root: Path, download: bool) -> tuple[Split, Spl
         try:
             if name == "svhn":
                 ds = cls(str(root), split="train" if train else "test", download=download)
-                x = np.asarray(ds.data).transpose(0, 2, 3, 1)  # (N,3,H,W) -> (N,H,W,3)
+                x = np.asarray(ds.data)  # (N, 3, H, W) uint8
                 y = np.asarray(ds.labels)
             else:
                 ds = cls(str(root), train=train, download=download)
@@ -156,41 +281,46 @@ def _load_torchvision(name: str, root: Path, download: bool) -> tuple[Split, Spl
         except (RuntimeError, OSError) as e:
             hint = "" if download else " (download is off; set data.download: true to fetch it)"
             raise DataError(f"data.root: {name} not found under '{root}'{hint}") from e
-        xs = _to_nchw(x, f"{name}:{root}")
-        splits.append(Split(xs, _labels(y, xs.shape[0], name)))
+        splits.append(_array_split(x, y, pre, f"{name}:{root}"))
     return splits[0], splits[1]
 
 
-def _normalize(split: Split, mean: list[float], std: list[float]) -> Split:
-    c = split.x.shape[1]
-    if len(mean) != c:
-        raise DataError(f"data.normalize: {len(mean)} channel values given, images have {c} channels")
-    m = np.asarray(mean, dtype=np.float32).reshape(1, c, 1, 1)
-    s = np.asarray(std, dtype=np.float32).reshape(1, c, 1, 1)
-    return Split((split.x - m) / s, split.y)
+def preprocess_for(cfg: DataConfig) -> Preprocess:
+    """The configured preprocessing: ``data.transform`` (preset or explicit) and ``data.normalize``."""
+    t = cfg.transform
+    resize = crop = None
+    mean = std = None
+    if t is not None:
+        resize, crop = t.resolved_sizes()
+        if t.preset == "imagenet" and cfg.normalize is None:
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if cfg.normalize is not None:
+        mean, std = tuple(cfg.normalize.mean), tuple(cfg.normalize.std)
+    return Preprocess(resize, crop, mean, std)
 
 
-def load_dataset(cfg: DataConfig) -> Dataset:
-    """Load the configured dataset from local files (or the embedded digits)."""
+def load_dataset(cfg: DataConfig, cache_dir: Path | None = None) -> Dataset:
+    """The configured dataset from local files (or the embedded digits), as streams."""
+    pre = preprocess_for(cfg)
+    cache = cache_dir or default_cache_dir()
     if cfg.dataset == "digits":
-        train, test = _load_digits()
+        if cfg.transform is not None and (cfg.transform.resize or cfg.transform.center_crop or cfg.transform.preset):
+            raise DataError("data.transform: resize and crop apply to uint8 images; digits are float (use normalize only)")
+        train, test = _load_digits(pre)
     else:
         root = Path(cfg.root or "")
         if not root.exists() and not (cfg.download and cfg.dataset not in ("npz", "imagefolder")):
             raise DataError(f"data.root: no such folder '{root}'")
         if cfg.dataset == "npz":
-            train, test = _load_npz_file(root / "train.npz"), _load_npz_file(root / "test.npz")
+            train, test = _load_npz_file(root / "train.npz", pre, cache), _load_npz_file(root / "test.npz", pre, cache)
         elif cfg.dataset == "imagefolder":
-            train, test = _load_imagefolder(root)
+            train, test = _load_imagefolder(root, pre, cfg.workers)
         else:
-            train, test = _load_torchvision(cfg.dataset, root, cfg.download)
-    if train.x.shape[1:] != test.x.shape[1:]:
+            train, test = _load_torchvision(cfg.dataset, root, cfg.download, pre)
+    if train.image_shape != test.image_shape:
         raise DataError(
-            f"data.root: train images {train.x.shape[1:]} and test images {test.x.shape[1:]} differ in shape"
+            f"data.root: train images {train.image_shape} and test images {test.image_shape} differ in shape"
         )
-    if cfg.normalize is not None:
-        train = _normalize(train, cfg.normalize.mean, cfg.normalize.std)
-        test = _normalize(test, cfg.normalize.mean, cfg.normalize.std)
     return Dataset(cfg.dataset, train, test)
 
 

@@ -1,4 +1,4 @@
-"""PyTorch forward passes over in-memory arrays, in batches."""
+"""PyTorch forward passes in batches: over an array, or streamed over a split."""
 
 from __future__ import annotations
 
@@ -18,3 +18,17 @@ def torch_logits(model: nn.Module, x: np.ndarray, batch_size: int, device: torch
         out.append(model(xb).float().cpu().numpy())
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+@torch.no_grad()
+def torch_accuracy(model: nn.Module, split, batch_size: int, device: torch.device) -> float:
+    """Top-1 accuracy of ``model`` over a streamed split (``split.batches``), model in eval mode."""
+    was_training = model.training
+    model.eval()
+    right = seen = 0
+    for x, y in split.batches(None, batch_size):
+        pred = model(torch.from_numpy(x).to(device)).argmax(dim=1).cpu().numpy()
+        right += int((pred == y).sum())
+        seen += len(y)
+    model.train(was_training)
+    return right / seen if seen else float("nan")

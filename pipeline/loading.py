@@ -8,6 +8,7 @@ samples. Every failure here is an InputError (exit 2).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from nhle_pipeline.pipeline.config import Config
 from nhle_pipeline.pipeline.data import (
     Dataset,
     check_labels_fit,
+    default_cache_dir,
     load_dataset,
     select_forget_indices,
     select_retained_indices,
@@ -38,10 +40,17 @@ class Loaded:
     retained_idx: np.ndarray  # indices into data.train (unlearn.nhle.retained_per_class; empty by default)
 
 
-def load_data(cfg: Config) -> Dataset:
-    data = load_dataset(cfg.data)
+def load_data(cfg: Config, cache_dir: Path | None = None) -> Dataset:
+    """The config's dataset, streamed; npz members are extracted under ``cache_dir``
+    (default: ``cache.dir``, else the user's cache folder) when compressed."""
+    data = load_dataset(cfg.data, cache_dir or cache_dir_for(cfg))
     check_labels_fit(data, cfg.model.num_classes)
     return data
+
+
+def cache_dir_for(cfg: Config) -> Path:
+    """Where this run caches (``cache.dir``, else ``$PIPELINE_CACHE_DIR`` or ~/.cache/nhle-pipeline)."""
+    return Path(cfg.cache.dir) if cfg.cache.dir else default_cache_dir()
 
 
 def build_configured_model(cfg: Config, data: Dataset) -> tuple[nn.Module, str]:

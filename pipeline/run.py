@@ -26,12 +26,18 @@ from torch import nn
 from nhle_pipeline.export.metadata import stamp_metadata
 from nhle_pipeline.export.onnx_export import export_onnx
 from nhle_pipeline.export.onnx_file import check_onnx
+from nhle_pipeline.pipeline.baseline_cache import (
+    BaselineCache,
+    CachedBaseline,
+    baseline_key,
+    data_fingerprint,
+)
 from nhle_pipeline.pipeline.config import Config, release_name
 from nhle_pipeline.pipeline.cwm import apply_cwm
 from nhle_pipeline.pipeline.device import seed_everything
 from nhle_pipeline.pipeline.errors import GateFailure
 from nhle_pipeline.pipeline.inference import torch_logits
-from nhle_pipeline.pipeline.loading import Loaded, load_inputs
+from nhle_pipeline.pipeline.loading import Loaded, cache_dir_for, load_inputs
 from nhle_pipeline.pipeline.models import find_head
 from nhle_pipeline.pipeline.nhle import NHLEResult, nhle_finetune
 from nhle_pipeline.pipeline.reference import retrain_reference
@@ -46,9 +52,9 @@ from nhle_pipeline.pipeline.release.staging import check_target, create_staging,
 from nhle_pipeline.pipeline.release.triton import write_triton_repository
 from nhle_pipeline.pipeline.testhooks import pause_at
 from nhle_pipeline.verify.gates import GateResult, evaluate_gates
-from nhle_pipeline.verify.graph import rows_masked, same_nodes
-from nhle_pipeline.verify.measure import Measurement, measure_onnx
-from nhle_pipeline.verify.verification import verification_metrics
+from nhle_pipeline.verify.graph import op_types, rows_masked
+from nhle_pipeline.verify.measure import Measurement, ModelOutputs, measurement, run_model
+from nhle_pipeline.verify.verification import PARITY_MAX_SAMPLES, verification_metrics
 
 
 class Listener(Protocol):
@@ -99,7 +105,10 @@ class _Run:
     inp: Loaded
     staging: Path
     listener: Listener
+    use_cache: bool = True
     measured: dict[str, Measurement] = field(default_factory=dict)
+    original_ops: list[str] = field(default_factory=list)  # the original export's op types
+    cache_note: str = "off"  # "hit" | "miss" | "off"
 
     @property
     def forget(self) -> list[int]:
@@ -109,32 +118,64 @@ class _Run:
     def scratch(self) -> Path:
         return self.staging / SCRATCH
 
-    def measure(self, onnx_path: Path) -> Measurement:
-        """Accuracy and evidence of one exported model, by onnxruntime."""
+    @property
+    def ort_device(self) -> str:
+        return "cpu" if self.inp.device.type == "cpu" else "auto"
+
+    def outputs(self, onnx_path: Path) -> ModelOutputs:
+        """One exported model's pass over the data, by onnxruntime."""
         data, cfg = self.inp.data, self.cfg
-        return measure_onnx(
-            onnx_path, self.inp.head_name, data.train, data.test, self.forget, cfg.model.num_classes,
-            seed=cfg.seed, device="cpu" if self.inp.device.type == "cpu" else "auto",
-            batch_size=cfg.data.batch_size, scratch=self.scratch,
-        )
+        return run_model(onnx_path, self.inp.head_name, data.train, data.test, cfg.model.num_classes,
+                         seed=cfg.seed, device=self.ort_device, batch_size=cfg.data.batch_size, scratch=self.scratch)
+
+    def measure(self, onnx_path: Path) -> Measurement:
+        """Accuracy and evidence of one exported model for this forget request."""
+        return self.measurement(self.outputs(onnx_path))
+
+    def measurement(self, out: ModelOutputs) -> Measurement:
+        data, cfg = self.inp.data, self.cfg
+        return measurement(out, data.train.y, data.test.y, self.forget, cfg.model.num_classes, cfg.seed)
+
+    def baseline_key(self) -> str:
+        cfg, inp = self.cfg, self.inp
+        import onnx
+        import onnxruntime
+
+        return baseline_key({
+            "weights_sha256": inp.weights_sha256, "arch": cfg.model.arch, "kwargs": cfg.model.kwargs,
+            "num_classes": cfg.model.num_classes, "head": inp.head_name, "seed": cfg.seed,
+            "data": data_fingerprint(inp.data.train, inp.data.test), "input_shape": inp.data.input_shape,
+            "opset": cfg.export.opset, "ort_device": self.ort_device, "torch_device": inp.device.type,
+            "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        })
 
 
-def _baseline(run: _Run) -> tuple[Path, str]:
-    """Export the original model and measure it: the reference point of every delta."""
-    original_onnx = run.scratch / "original.onnx"
-    export_onnx(run.inp.model, run.inp.data.input_shape, original_onnx, opset=run.cfg.export.opset)
-    before = run.measured["original"] = run.measure(original_onnx)
-    return original_onnx, (f"original Acc_F {before.accuracy.acc_f:.4f}, Acc_R {before.accuracy.acc_r:.4f}, "
-                           f"Ratio_D {before.evidence.ratio_d:.3f} ({before.provider})")
+def _baseline(run: _Run) -> str:
+    """The original model's outputs (from the cache when it holds them; else export and
+    measure it, and cache that): the reference point of every delta."""
+    cache = BaselineCache(cache_dir_for(run.cfg)) if run.use_cache else None
+    key = run.baseline_key() if cache else ""
+    entry = cache.load(key) if cache else None
+    run.cache_note = "hit" if entry is not None else ("miss" if cache else "off")
+    if entry is None:
+        original_onnx = run.scratch / "original.onnx"
+        export_onnx(run.inp.model, run.inp.data.input_shape, original_onnx, opset=run.cfg.export.opset)
+        entry = CachedBaseline(run.outputs(original_onnx), op_types(original_onnx))
+        if cache:
+            cache.store(key, entry)
+    run.original_ops = entry.op_types
+    before = run.measured["original"] = run.measurement(entry.outputs)
+    return (f"original Acc_F {before.accuracy.acc_f:.4f}, Acc_R {before.accuracy.acc_r:.4f}, "
+            f"Ratio_D {before.evidence.ratio_d:.3f} ({before.provider}; cache {run.cache_note})")
 
 
 def _nhle(run: _Run) -> tuple[nn.Module, NHLEResult, str]:
     """Fine-tune a copy of the original on the forget samples (and the opt-in retained ones)."""
     inp = run.inp
     model = copy.deepcopy(inp.model).to(inp.device)
-    xf = torch.from_numpy(inp.data.train.x[inp.forget_idx]).to(inp.device)
+    xf = torch.from_numpy(inp.data.train.get(inp.forget_idx)).to(inp.device)
     yf = torch.from_numpy(inp.data.train.y[inp.forget_idx]).to(inp.device)
-    xr = torch.from_numpy(inp.data.train.x[inp.retained_idx]).to(inp.device) if len(inp.retained_idx) else None
+    xr = torch.from_numpy(inp.data.train.get(inp.retained_idx)).to(inp.device) if len(inp.retained_idx) else None
     nh = nhle_finetune(
         model, xf, yf, run.cfg.model.num_classes, run.cfg.unlearn.nhle, retained_x=xr,
         on_step=lambda s, t, loss, acc: run.listener.step("nhle", s, t, f"loss {loss:.3f}, forget acc {acc:.2f}"),
@@ -172,17 +213,16 @@ def _reference(run: _Run) -> str:
             f"Ratio_D {ref.evidence.ratio_d:.3f}")
 
 
-def _verify(
-    run: _Run, model: nn.Module, nh: NHLEResult, original_onnx: Path, model_onnx: Path
-) -> tuple[dict, list[GateResult], str]:
+def _verify(run: _Run, model: nn.Module, nh: NHLEResult, model_onnx: Path) -> tuple[dict, list[GateResult], str]:
     """Measure the shipped file, assemble every metric, apply the gates."""
     after = run.measured["unlearned"] = run.measure(model_onnx)
     cwm = run.cfg.unlearn.cwm
     masked_bias = 0.0 if cwm.mode == "zero" else cwm.suppress_bias
+    parity_x = run.inp.data.test.get(after.test_idx[:PARITY_MAX_SAMPLES])
     metrics = verification_metrics(
         run.measured["original"], after, run.measured.get("reference"),
-        torch_logits=torch_logits(model.to("cpu"), run.inp.data.test.x, run.cfg.data.batch_size, torch.device("cpu")),
-        graph_unchanged=same_nodes(original_onnx, model_onnx),
+        torch_logits=torch_logits(model.to("cpu"), parity_x, run.cfg.data.batch_size, torch.device("cpu")),
+        graph_unchanged=op_types(model_onnx) == run.original_ops,
         cwm_in_graph=None if cwm.mode == "none" else rows_masked(model_onnx, run.inp.head_name, run.forget, masked_bias),
         nhle={"steps": nh.steps, "stopped": nh.stopped, "forget_acc_start": nh.forget_acc_start,
               "forget_acc_end": nh.forget_acc_end, "n_samples": int(len(run.inp.forget_idx)),
@@ -198,7 +238,7 @@ def _features(run: _Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Test-split features of each measured model, for the report's PCA."""
     labels = {"original": "original", "unlearned": "unlearned", "reference": "retrained reference"}
     y = run.inp.data.test.y
-    return {labels[k]: (m.test_features, y) for k, m in run.measured.items()}
+    return {labels[k]: (m.test_features, y[m.test_idx]) for k, m in run.measured.items()}
 
 
 def run_pipeline(
@@ -209,6 +249,7 @@ def run_pipeline(
     device: str | None = None,
     force: bool = False,
     listener: Listener | None = None,
+    use_cache: bool = True,
 ) -> RunResult:
     """Run every stage; return the released folder, or raise GateFailure (staging kept)."""
     listener = listener or NullListener()
@@ -221,10 +262,11 @@ def run_pipeline(
         seed_everything(cfg.seed)
         inp = load_inputs(cfg, device)
         timer.detail = f"{inp.data.name}: {len(inp.data.train)} train / {len(inp.data.test)} test, device {inp.device}"
-    run = _Run(cfg, name, inp, create_staging(release_dir, name), listener)  # the run's first write
+    run = _Run(cfg, name, inp, create_staging(release_dir, name), listener,  # the run's first write
+               use_cache=use_cache and cfg.cache.enabled)
 
     with timer.stage("baseline"):
-        original_onnx, timer.detail = _baseline(run)
+        timer.detail = _baseline(run)
     with timer.stage("nhle"):
         model, nh, timer.detail = _nhle(run)
     with timer.stage("cwm"):
@@ -235,13 +277,14 @@ def run_pipeline(
         with timer.stage("reference"):
             timer.detail = _reference(run)
     with timer.stage("verify"):
-        metrics, gates, timer.detail = _verify(run, model, nh, original_onnx, model_onnx)
+        metrics, gates, timer.detail = _verify(run, model, nh, model_onnx)
 
     passed = all(g.passed for g in gates)
     manifest = build_manifest(
         cfg, name=name, passed=passed, weights_sha256=inp.weights_sha256, head_name=inp.head_name,
         metrics=metrics, gates=[g.to_dict() for g in gates], torch_device=str(inp.device),
         provider=run.measured["unlearned"].provider, external_data=external, timings=timer.timings,
+        baseline_cache=run.cache_note,
     )
     if not passed:
         write_release_files(run.staging, manifest, _features(run))

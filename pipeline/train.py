@@ -31,23 +31,20 @@ def train_classifier(
     else:
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    x_all = torch.from_numpy(data.x)
-    y_all = torch.from_numpy(data.y)
     n = len(data)
     for epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=gen)
+        order = torch.randperm(n, generator=gen).numpy()
         total, count = 0.0, 0
-        for i in range(0, n, cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            if idx.numel() < 2 and n > 1:  # a 1-sample batch breaks BatchNorm
+        for x, y in data.batches(order, cfg.batch_size):  # streamed: decoded per batch
+            if len(y) < 2 and n > 1:  # a 1-sample batch breaks BatchNorm
                 continue
-            xb, yb = x_all[idx].to(device), y_all[idx].to(device)
+            xb, yb = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
             loss = F.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * idx.numel()
-            count += idx.numel()
+            total += float(loss.detach()) * len(y)
+            count += len(y)
         if on_epoch is not None:
             on_epoch(epoch + 1, cfg.epochs, total / max(count, 1))
     model.eval()
@@ -56,8 +53,7 @@ def train_classifier(
 
 def retained_only(data: Split, forget_classes: list[int]) -> Split:
     """The split without the forgotten classes (the retrained reference's data)."""
-    keep = ~np.isin(data.y, forget_classes)
-    return Split(data.x[keep], data.y[keep])
+    return data.subset(np.flatnonzero(~np.isin(data.y, forget_classes)))
 
 
 def train_original(cfg, *, device: str | None = None, force: bool = False, on_epoch: EpochCallback | None = None):
@@ -74,7 +70,7 @@ def train_original(cfg, *, device: str | None = None, force: bool = False, on_ep
     )
     from nhle_pipeline.pipeline.device import resolve_device, seed_everything
     from nhle_pipeline.pipeline.errors import ModelError
-    from nhle_pipeline.pipeline.inference import torch_logits
+    from nhle_pipeline.pipeline.inference import torch_accuracy
     from nhle_pipeline.pipeline.loading import build_configured_model, load_data
 
     if cfg.model.weights is None:
@@ -92,7 +88,6 @@ def train_original(cfg, *, device: str | None = None, force: bool = False, on_ep
     seed_everything(cfg.seed)
     model, _ = build_configured_model(cfg, data)
     train_classifier(model, data.train, cfg.train, device=dev, seed=cfg.seed, on_epoch=on_epoch)
-    logits = torch_logits(model, data.test.x, cfg.data.batch_size, dev)
-    acc = float((logits.argmax(1) == data.test.y).mean())
+    acc = torch_accuracy(model, data.test, cfg.data.batch_size, dev)
     save_weights(model.to("cpu"), path)
     return path, acc

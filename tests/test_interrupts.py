@@ -53,7 +53,8 @@ class Run:
         self.out, self.err = logs / f"{n}.out", logs / f"{n}.err"
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "nhle_pipeline.pipeline", "run", str(cfg), *args],
+                # --no-cache: the baseline kill point waits for the original's export
+                [sys.executable, "-m", "nhle_pipeline.pipeline", "run", str(cfg), "--no-cache", *args],
                 stdout=out, stderr=err, env=env, cwd=logs,
             )
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pydantic import BaseModel, ConfigDict, Field
 
 from nhle_pipeline.verify.formatting import format_gate_value
+from nhle_pipeline.verify.measure import COPY_ATOL
 
 
 class GatesConfig(BaseModel):
@@ -79,6 +80,8 @@ def evaluate_gates(
         _check("acc_r_drop", metrics.get("delta_acc_r"), ">=", -gates.acc_r_drop_max,
                "ΔAcc_R vs the original ONNX model (verify.gates.acc_r_drop_max)"),
     ]
+    results.append(_check("evidence_copy", metrics.get("evidence_copy_max_abs"), "<=", COPY_ATOL,
+                          "logits of the evidence's verification copy vs the shipped file, first test batch"))
     ev = metrics.get("evidence", {})
     unl, orig = ev.get("unlearned", {}), ev.get("original", {})
     if gates.ratio_d_max_relative is not None:

@@ -10,9 +10,14 @@ import numpy as np
 from nhle_pipeline.export.onnx_file import head_rows, load_onnx, node_types
 
 
+def op_types(path: str | Path) -> list[str]:
+    """The file's top-level op types, in order (what ``graph_unchanged`` compares)."""
+    return node_types(load_onnx(path, weights=False))
+
+
 def same_nodes(a: str | Path, b: str | Path) -> bool:
     """Do two ONNX files have the same top-level op types in the same order?"""
-    return node_types(load_onnx(a, weights=False)) == node_types(load_onnx(b, weights=False))
+    return op_types(a) == op_types(b)
 
 
 def rows_masked(onnx_path: str | Path, head_name: str, classes: list[int], bias: float | None) -> bool:

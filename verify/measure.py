@@ -1,9 +1,23 @@
-"""Measure one exported model with onnxruntime: accuracy on the file itself,
-evidence from a feature-output copy of it. Used for the original, the
-unlearned model and the retrained reference alike."""
+"""Measure one exported model with onnxruntime, in one pass over each split.
+
+A verification copy of the graph (verify/features.py) outputs the logits and
+the head's input together, so one pass over the test split gives accuracy
+(streamed: per-class counts) and the evidence's features, and one pass over
+a seeded subset of the training split gives the probe's and the attack's
+inputs. That the copy's logits are the shipped file's is proved on every
+measurement: the shipped file is run on the first test batch and the two
+must agree to ``COPY_ATOL``. Used for the original, the unlearned model and
+the retrained reference alike.
+
+Memory does not grow with the data: the split streams through, and only the
+evidence subsets (at most ``EVIDENCE_MAX_TEST`` test and ``PROBE_MAX_TRAIN``
+training images, seeded; all of them for sets up to that size) keep their
+logits and features.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,32 +30,130 @@ from nhle_pipeline.verify.evidence import (
     evidence_from_outputs,
     subsample,
 )
-from nhle_pipeline.verify.features import ort_logits_and_features, with_feature_output
-from nhle_pipeline.verify.metrics import Accuracy, accuracy
-from nhle_pipeline.verify.ort import open_session, ort_logits
+from nhle_pipeline.verify.features import with_feature_output
+from nhle_pipeline.verify.metrics import Accuracy, accuracy_from_counts
+from nhle_pipeline.verify.ort import open_session
+
+EVIDENCE_MAX_TEST = 10_000  # test images whose features the evidence uses (seeded subset above this)
+COPY_ATOL = 1e-6  # the verification copy's logits vs the shipped file's, same provider
 
 
-class LabelledImages(Protocol):
-    """A split as arrays: images ``x`` (N, C, H, W) float32 and labels ``y`` (N,) int64."""
+class ImageSource(Protocol):
+    """A split streamed in batches: labels ``y`` (N,) in memory, images fetched on demand."""
 
-    x: np.ndarray
     y: np.ndarray
+
+    def image_batches(self, indices: np.ndarray | None, batch_size: int) -> Iterator[np.ndarray]:
+        """float32 (k, C, H, W) batches of ``indices`` (None: all), in that order."""
+        ...
+
+
+@dataclass
+class ModelOutputs:
+    """What one model said about the data: everything the metrics need, for any forget request."""
+
+    correct: np.ndarray  # (classes,) test samples of each class predicted right
+    total: np.ndarray  # (classes,) test samples of each class
+    test_idx: np.ndarray  # positions of the evidence's test subset
+    test_logits: np.ndarray  # (n, classes) on test_idx
+    test_features: np.ndarray  # (n, D) head input on test_idx
+    train_idx: np.ndarray  # positions of the training subset
+    train_logits: np.ndarray
+    train_features: np.ndarray
+    provider: str
+    copy_max_abs: float  # |verification copy - shipped file| logits on the first test batch
 
 
 @dataclass
 class Measurement:
     accuracy: Accuracy
     evidence: Evidence
-    test_logits: np.ndarray  # (N, classes), from the measured file itself
-    test_features: np.ndarray  # (N, D) penultimate features
+    test_idx: np.ndarray  # the test subset below (all of the test split up to EVIDENCE_MAX_TEST)
+    test_logits: np.ndarray  # (n, classes), from the measured file itself
+    test_features: np.ndarray  # (n, D) penultimate features
     provider: str
+    copy_max_abs: float
+
+
+def run_model(
+    onnx_path: Path,
+    head_name: str,
+    train: ImageSource,
+    test: ImageSource,
+    num_classes: int,
+    *,
+    seed: int,
+    device: str,
+    batch_size: int,
+    scratch: Path,
+) -> ModelOutputs:
+    """One pass over ``test`` and one over a seeded subset of ``train`` through ``onnx_path``."""
+    feat_path = with_feature_output(onnx_path, head_name, scratch / f"{Path(onnx_path).stem}.features.onnx")
+    fsess, provider = open_session(feat_path, device)
+    in_name = fsess.get_inputs()[0].name
+    y = np.asarray(test.y)
+    test_idx = subsample(len(y), EVIDENCE_MAX_TEST, seed)
+    keep = np.zeros(len(y), dtype=bool)
+    keep[test_idx] = True
+    correct = np.zeros(num_classes, dtype=np.int64)
+    total = np.bincount(y, minlength=num_classes)[:num_classes].astype(np.int64)
+    kept_logits, kept_feats = [], []
+    copy_max_abs = float("nan")
+    start = 0
+    for x in test.image_batches(None, batch_size):
+        logits, feats = fsess.run(None, {in_name: x})[:2]
+        yb, kb = y[start : start + len(x)], keep[start : start + len(x)]
+        if start == 0:
+            copy_max_abs = _copy_check(onnx_path, device, x, logits)
+        hit = logits.argmax(axis=1) == yb
+        np.add.at(correct, yb[hit], 1)
+        if kb.any():
+            kept_logits.append(logits[kb].astype(np.float32))
+            kept_feats.append(feats.reshape(len(feats), -1)[kb].astype(np.float32))
+        start += len(x)
+    train_idx = subsample(len(train.y), PROBE_MAX_TRAIN, seed)
+    tr_logits, tr_feats = [], []
+    for x in train.image_batches(train_idx, batch_size):
+        lg, ft = fsess.run(None, {in_name: x})[:2]
+        tr_logits.append(lg.astype(np.float32))
+        tr_feats.append(ft.reshape(len(ft), -1).astype(np.float32))
+    return ModelOutputs(
+        correct, total, test_idx, _cat(kept_logits), _cat(kept_feats), train_idx,
+        _cat(tr_logits), _cat(tr_feats), provider, copy_max_abs,
+    )
+
+
+def _copy_check(onnx_path: Path, device: str, x: np.ndarray, copy_logits: np.ndarray) -> float:
+    """Max |shipped - copy| logits on one batch (inf where their finiteness differs)."""
+    from nhle_pipeline.verify.metrics import parity_max_abs
+
+    sess, _ = open_session(onnx_path, device)
+    shipped = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    return parity_max_abs(shipped.astype(np.float32), copy_logits.astype(np.float32))
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+
+def measurement(
+    out: ModelOutputs, train_y: np.ndarray, test_y: np.ndarray, forget: list[int], num_classes: int, seed: int
+) -> Measurement:
+    """Accuracy and evidence for one forget request, from a model's outputs."""
+    ev = evidence_from_outputs(
+        (out.train_logits, out.train_features, np.asarray(train_y)[out.train_idx]),
+        (out.test_logits, out.test_features, np.asarray(test_y)[out.test_idx]),
+        forget, seed,
+    )
+    acc = accuracy_from_counts(out.correct, out.total, forget, num_classes)
+    return Measurement(acc, ev, out.test_idx, out.test_logits, out.test_features, out.provider, out.copy_max_abs)
 
 
 def measure_onnx(
     onnx_path: Path,
     head_name: str,
-    train: LabelledImages,
-    test: LabelledImages,
+    train: ImageSource,
+    test: ImageSource,
     forget: list[int],
     num_classes: int,
     *,
@@ -51,15 +163,6 @@ def measure_onnx(
     scratch: Path,
 ) -> Measurement:
     """Accuracy and evidence of ``onnx_path``: the full ``test`` split, a seeded subset of ``train``."""
-    sess, provider = open_session(onnx_path, device)
-    test_logits = ort_logits(sess, test.x, batch_size)
-    feat_path = with_feature_output(onnx_path, head_name, scratch / f"{onnx_path.stem}.features.onnx")
-    fsess, _ = open_session(feat_path, device)
-    _, test_feats = ort_logits_and_features(fsess, test.x, batch_size)
-    idx = subsample(len(train.y), PROBE_MAX_TRAIN, seed)
-    train_logits, train_feats = ort_logits_and_features(fsess, train.x[idx], batch_size)
-    ev = evidence_from_outputs(
-        (train_logits, train_feats, train.y[idx]), (test_logits, test_feats, test.y), forget, seed
-    )
-    acc = accuracy(test_logits, test.y, forget, num_classes)
-    return Measurement(acc, ev, test_logits, test_feats, provider)
+    out = run_model(onnx_path, head_name, train, test, num_classes, seed=seed, device=device,
+                    batch_size=batch_size, scratch=scratch)
+    return measurement(out, train.y, test.y, forget, num_classes, seed)

@@ -41,6 +41,25 @@ def accuracy(logits: np.ndarray, y: np.ndarray, forget_classes: list[int], num_c
     )
 
 
+def accuracy_from_counts(
+    correct: np.ndarray, total: np.ndarray, forget_classes: list[int], num_classes: int
+) -> Accuracy:
+    """The same as ``accuracy``, from per-class counts of right predictions and of samples
+    (what a streamed pass over a split accumulates)."""
+    correct = np.asarray(correct, dtype=np.int64)[:num_classes]
+    total = np.asarray(total, dtype=np.int64)[:num_classes]
+    is_forget = np.isin(np.arange(num_classes), forget_classes)
+    per_class = [float(correct[c] / total[c]) if total[c] else float("nan") for c in range(num_classes)]
+    n_f, n_r = int(total[is_forget].sum()), int(total[~is_forget].sum())
+    return Accuracy(
+        acc_f=float(correct[is_forget].sum() / n_f) if n_f else float("nan"),
+        acc_r=float(correct[~is_forget].sum() / n_r) if n_r else float("nan"),
+        per_class=per_class,
+        n_forget=n_f,
+        n_retain=n_r,
+    )
+
+
 def parity_max_abs(a: np.ndarray, b: np.ndarray) -> float:
     """Max |a - b| over entries finite in both; inf if their finiteness differs anywhere."""
     if a.shape != b.shape:

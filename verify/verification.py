@@ -9,6 +9,10 @@ from nhle_pipeline.verify.evidence import Evidence
 from nhle_pipeline.verify.measure import Measurement
 from nhle_pipeline.verify.metrics import parity_max_abs
 
+# ONNX-vs-PyTorch parity is checked on the first rows of the evidence's test
+# subset: enough to catch an export that computes something else, without a
+# second full pass over the test split in PyTorch eager.
+PARITY_MAX_SAMPLES = 1024
 GAP_KEYS = ("acc_f", "acc_r", "ratio_d", "probe_auc", "mia_efficacy")
 
 
@@ -44,14 +48,19 @@ def verification_metrics(
     cwm_in_graph: bool | None,
     nhle: dict,
 ) -> dict:
-    """Every number the gates and the reports use, as plain JSON-able values."""
+    """Every number the gates and the reports use, as plain JSON-able values.
+
+    ``torch_logits``: the PyTorch model's logits on the first rows of ``after.test_idx``
+    (at most ``PARITY_MAX_SAMPLES``)."""
     metrics = {
         "original": before.accuracy.to_dict(),
         "unlearned": after.accuracy.to_dict(),
         "reference": reference.accuracy.to_dict() if reference is not None else None,
         "acc_f": after.accuracy.acc_f,
         "delta_acc_r": after.accuracy.acc_r - before.accuracy.acc_r,
-        "parity_max_abs": parity_max_abs(after.test_logits, torch_logits),
+        "parity_max_abs": parity_max_abs(after.test_logits[: len(torch_logits)], torch_logits),
+        "parity_samples": int(len(torch_logits)),
+        "evidence_copy_max_abs": after.copy_max_abs,
         "graph_unchanged": graph_unchanged,
         "evidence": evidence_block(before.evidence, after.evidence, reference, after),
         "nhle": nhle,

@@ -106,9 +106,10 @@ def verify_release(release: str | Path, *, data_root: str | None = None, device:
     if data_root is not None:
         raw = {**raw, "data": {**raw["data"], "root": data_root}}
     cfg = parse_config(raw, f"{rel / MANIFEST} config")
-    data = load_data(cfg)
     forget = list(cfg.forget.classes)
+    # verify writes nothing that outlives it: npz extraction and the feature copy go to a temp folder
     with tempfile.TemporaryDirectory(prefix="pipeline-verify-") as scratch:
+        data = load_data(cfg, cache_dir=Path(scratch))
         got = measure_onnx(
             rel / "model.onnx", manifest.head, data.train, data.test, forget, cfg.model.num_classes,
             seed=cfg.seed, device=device, batch_size=cfg.data.batch_size, scratch=Path(scratch),
@@ -119,6 +120,7 @@ def verify_release(release: str | Path, *, data_root: str | None = None, device:
         "acc_f": after.acc_f,
         "delta_acc_r": after.acc_r - recorded.original.acc_r,
         "unlearned": after.to_dict(),
+        "evidence_copy_max_abs": got.copy_max_abs,
         "evidence": {"original": recorded.evidence.original.model_dump(), "unlearned": got.evidence.to_dict()},
     }
     gates = evaluate_gates(metrics, cfg.verify.gates, with_parity=False)

@@ -133,6 +133,8 @@ class Metrics(Record):
     acc_f: float
     delta_acc_r: float
     parity_max_abs: float
+    parity_samples: int | None = None  # test images the parity ran on (None: 0.2 manifests, all of them)
+    evidence_copy_max_abs: float | None = None  # verification copy vs shipped file (None: 0.2 manifests)
     graph_unchanged: bool
     cwm_in_graph: bool | None = None  # None: CWM mode 'none', nothing to look for
     evidence: EvidenceBlock
@@ -177,6 +179,9 @@ class Manifest(Record):
     runtime: Runtime
     external_data: list[str] = Field(default_factory=list)
     timings_s: dict[str, float]
+    # Whether the original's measurements came from the baseline cache: "hit", "miss"
+    # (measured, then cached) or "off" (--no-cache, cache.enabled: false; 0.2 manifests).
+    baseline_cache: Literal["hit", "miss", "off"] = "off"
     files: dict[str, FileDigest] = Field(default_factory=dict)  # every other file of the release
     manifest_sha256: str | None = None  # the seal (MANIFEST_SEAL), added at publication
 
@@ -205,6 +210,7 @@ def build_manifest(
     provider: str,
     external_data: list[str],
     timings: dict[str, float],
+    baseline_cache: str = "off",
 ) -> Manifest:
     return Manifest(
         name=name,
@@ -224,6 +230,7 @@ def build_manifest(
                         versions=library_versions(), platform=platform.platform()),
         external_data=external_data,
         timings_s=dict(timings),
+        baseline_cache=baseline_cache,
     )
 
 
