@@ -131,10 +131,42 @@ def cli() -> None:
               help="Measure the original model even if the baseline cache holds it (and do not cache it).")
 @handle_errors
 def run(config: Path, out: Path | None, device: str | None, force: bool, no_cache: bool) -> None:
-    """Unlearn, export, verify and release the model described by CONFIG."""
+    """Unlearn, export, verify and release the model described by CONFIG.
+
+    Under torchrun, rank 0 runs the chain and the other ranks measure their
+    shares of the onnxruntime passes; every rank exits with rank 0's code.
+    """
     from nhle_pipeline.pipeline.config import load_config
 
     cfg = load_config(config)
+    from nhle_pipeline.pipeline.distributed import (
+        join_group,
+        leave_group,
+        raise_verdict,
+        verdict_of,
+    )
+
+    group = join_group()  # before torch is imported: it quiets c10d's connection logs
+    try:
+        if not group.is_main:
+            from nhle_pipeline.pipeline.run import serve_shards
+
+            raise_verdict(*serve_shards(cfg, group, device))
+            return
+        error = None
+        try:
+            _run_main(cfg, config, out, device, force, no_cache, group)
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            if group.sharded:
+                group.broadcast(("done", *verdict_of(error)))
+    finally:
+        leave_group(group)
+
+
+def _run_main(cfg, config: Path, out: Path | None, device: str | None, force: bool, no_cache: bool, group) -> None:
     from nhle_pipeline.pipeline.console import RichListener, print_run_summary
     from nhle_pipeline.pipeline.release.manifest import load_manifest
     from nhle_pipeline.pipeline.run import run_pipeline
@@ -142,7 +174,7 @@ def run(config: Path, out: Path | None, device: str | None, force: bool, no_cach
     listener = RichListener()
     try:
         result = run_pipeline(cfg, config, out_dir=out, device=device, force=force, listener=listener,
-                              use_cache=not no_cache)
+                              use_cache=not no_cache, group=group)
     except GateFailure as e:
         listener.close()
         if e.report_dir:

@@ -35,6 +35,7 @@ from nhle_pipeline.pipeline.baseline_cache import (
 from nhle_pipeline.pipeline.config import Config, release_name
 from nhle_pipeline.pipeline.cwm import apply_cwm
 from nhle_pipeline.pipeline.device import seed_everything
+from nhle_pipeline.pipeline.distributed import Group
 from nhle_pipeline.pipeline.errors import GateFailure
 from nhle_pipeline.pipeline.inference import torch_logits
 from nhle_pipeline.pipeline.loading import Loaded, cache_dir_for, load_inputs
@@ -50,10 +51,16 @@ from nhle_pipeline.pipeline.release.manifest import (
 from nhle_pipeline.pipeline.release.package import write_release_files
 from nhle_pipeline.pipeline.release.staging import check_target, create_staging, publish
 from nhle_pipeline.pipeline.release.triton import write_triton_repository
-from nhle_pipeline.pipeline.testhooks import pause_at
+from nhle_pipeline.pipeline.testhooks import die_if_rank, pause_at
 from nhle_pipeline.verify.gates import GateResult, evaluate_gates
 from nhle_pipeline.verify.graph import op_types, rows_masked
-from nhle_pipeline.verify.measure import Measurement, ModelOutputs, measurement, run_model
+from nhle_pipeline.verify.measure import (
+    Measurement,
+    ModelOutputs,
+    measurement,
+    merge_outputs,
+    run_model,
+)
 from nhle_pipeline.verify.verification import PARITY_MAX_SAMPLES, verification_metrics
 
 
@@ -106,6 +113,7 @@ class _Run:
     staging: Path
     listener: Listener
     use_cache: bool = True
+    group: Group = field(default_factory=Group)
     measured: dict[str, Measurement] = field(default_factory=dict)
     original_ops: list[str] = field(default_factory=list)  # the original export's op types
     cache_note: str = "off"  # "hit" | "miss" | "off"
@@ -123,10 +131,11 @@ class _Run:
         return "cpu" if self.inp.device.type == "cpu" else "auto"
 
     def outputs(self, onnx_path: Path) -> ModelOutputs:
-        """One exported model's pass over the data, by onnxruntime."""
-        data, cfg = self.inp.data, self.cfg
-        return run_model(onnx_path, self.inp.head_name, data.train, data.test, cfg.model.num_classes,
-                         seed=cfg.seed, device=self.ort_device, batch_size=cfg.data.batch_size, scratch=self.scratch)
+        """One exported model's pass over the data, by onnxruntime (sharded over the group's ranks)."""
+        if self.group.sharded:
+            self.group.broadcast(("measure", onnx_path.name, onnx_path.read_bytes()))
+        part = _shard_outputs(self.cfg, self.inp, onnx_path, self.scratch, self.group)
+        return merge_outputs(self.group.gather(part))
 
     def measure(self, onnx_path: Path) -> Measurement:
         """Accuracy and evidence of one exported model for this forget request."""
@@ -148,6 +157,36 @@ class _Run:
             "opset": cfg.export.opset, "ort_device": self.ort_device, "torch_device": inp.device.type,
             "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
         })
+
+
+def _shard_outputs(cfg: Config, inp: Loaded, onnx_path: Path, scratch: Path, group: Group) -> ModelOutputs:
+    data = inp.data
+    return run_model(onnx_path, inp.head_name, data.train, data.test, cfg.model.num_classes, seed=cfg.seed,
+                     device="cpu" if inp.device.type == "cpu" else "auto", batch_size=cfg.data.batch_size,
+                     scratch=scratch, shard=(group.rank, group.world))
+
+
+def serve_shards(cfg: Config, group: Group, device: str | None = None) -> tuple[int, str]:
+    """A rank other than 0: load the same inputs, measure its shard of every pass rank 0
+    asks for, and return rank 0's verdict (exit code, message). Writes only a temp folder."""
+    import shutil
+    import tempfile
+
+    seed_everything(cfg.seed)
+    inp = load_inputs(cfg, device)
+    scratch = Path(tempfile.mkdtemp(prefix=f"pipeline-rank{group.rank}-"))
+    try:
+        while True:
+            command = group.broadcast(None)
+            if command[0] == "done":
+                return command[1], command[2]
+            die_if_rank(group.rank)  # inert unless a test asks (pipeline/testhooks.py)
+            _, name, blob = command
+            path = scratch / Path(name).name
+            path.write_bytes(blob)
+            group.gather(_shard_outputs(cfg, inp, path, scratch, group))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _baseline(run: _Run) -> str:
@@ -250,6 +289,7 @@ def run_pipeline(
     force: bool = False,
     listener: Listener | None = None,
     use_cache: bool = True,
+    group: Group | None = None,
 ) -> RunResult:
     """Run every stage; return the released folder, or raise GateFailure (staging kept)."""
     listener = listener or NullListener()
@@ -263,7 +303,7 @@ def run_pipeline(
         inp = load_inputs(cfg, device)
         timer.detail = f"{inp.data.name}: {len(inp.data.train)} train / {len(inp.data.test)} test, device {inp.device}"
     run = _Run(cfg, name, inp, create_staging(release_dir, name), listener,  # the run's first write
-               use_cache=use_cache and cfg.cache.enabled)
+               use_cache=use_cache and cfg.cache.enabled, group=group or Group())
 
     with timer.stage("baseline"):
         timer.detail = _baseline(run)

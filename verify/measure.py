@@ -86,8 +86,13 @@ def run_model(
     device: str,
     batch_size: int,
     scratch: Path,
+    shard: tuple[int, int] = (0, 1),
 ) -> ModelOutputs:
-    """One pass over ``test`` and one over a seeded subset of ``train`` through ``onnx_path``."""
+    """One pass over ``test`` and one over a seeded subset of ``train`` through ``onnx_path``.
+
+    ``shard=(rank, world)``: only every world-th batch, starting at batch ``rank``
+    (the batches are those of the whole pass); ``merge_outputs`` joins the shards.
+    """
     feat_path = with_feature_output(onnx_path, head_name, scratch / f"{Path(onnx_path).stem}.features.onnx")
     fsess, provider = open_session(feat_path, device)
     in_name = fsess.get_inputs()[0].name
@@ -97,29 +102,65 @@ def run_model(
     keep[test_idx] = True
     correct = np.zeros(num_classes, dtype=np.int64)
     total = np.bincount(y, minlength=num_classes)[:num_classes].astype(np.int64)
-    kept_logits, kept_feats = [], []
+    kept_idx, kept_logits, kept_feats = [], [], []
     copy_max_abs = float("nan")
+    mine = shard_rows(np.arange(len(y)), batch_size, *shard)
     start = 0
-    for x in test.image_batches(None, batch_size):
+    for x in test.image_batches(mine, batch_size):
         logits, feats = fsess.run(None, {in_name: x})[:2]
-        yb, kb = y[start : start + len(x)], keep[start : start + len(x)]
+        pos = mine[start : start + len(x)]
+        yb, kb = y[pos], keep[pos]
         if start == 0:
             copy_max_abs = _copy_check(onnx_path, device, x, logits)
         hit = logits.argmax(axis=1) == yb
         np.add.at(correct, yb[hit], 1)
         if kb.any():
+            kept_idx.append(pos[kb])
             kept_logits.append(logits[kb].astype(np.float32))
             kept_feats.append(feats.reshape(len(feats), -1)[kb].astype(np.float32))
         start += len(x)
-    train_idx = subsample(len(train.y), PROBE_MAX_TRAIN, seed)
+    train_idx = shard_rows(subsample(len(train.y), PROBE_MAX_TRAIN, seed), batch_size, *shard)
     tr_logits, tr_feats = [], []
     for x in train.image_batches(train_idx, batch_size):
         lg, ft = fsess.run(None, {in_name: x})[:2]
         tr_logits.append(lg.astype(np.float32))
         tr_feats.append(ft.reshape(len(ft), -1).astype(np.float32))
     return ModelOutputs(
-        correct, total, test_idx, _cat(kept_logits), _cat(kept_feats), train_idx,
+        correct, total, _cat(kept_idx, np.int64), _cat(kept_logits), _cat(kept_feats), train_idx,
         _cat(tr_logits), _cat(tr_feats), provider, copy_max_abs,
+    )
+
+
+def shard_rows(rows: np.ndarray, batch_size: int, rank: int, world: int) -> np.ndarray:
+    """The rows of every world-th batch of ``rows``, starting at batch ``rank``."""
+    if world == 1:
+        return np.asarray(rows, dtype=np.int64)
+    chunks = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)][rank::world]
+    return np.concatenate(chunks).astype(np.int64) if chunks else np.zeros(0, np.int64)
+
+
+def merge_outputs(parts: list[ModelOutputs]) -> ModelOutputs:
+    """The shards of one pass (``run_model(shard=...)``) as the single-process result."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def joined(idx_name: str, *names: str) -> list[np.ndarray]:
+        idx = np.concatenate([getattr(p, idx_name) for p in parts])
+        order = np.argsort(idx, kind="stable")
+        full = [idx[order]]
+        for n in names:
+            arrays = [getattr(p, n) for p in parts if len(getattr(p, idx_name))]
+            full.append(np.concatenate(arrays)[order] if arrays else parts[0].__dict__[n])
+        return full
+
+    test_idx, test_logits, test_feats = joined("test_idx", "test_logits", "test_features")
+    train_idx, train_logits, train_feats = joined("train_idx", "train_logits", "train_features")
+    checks = [p.copy_max_abs for p in parts if not np.isnan(p.copy_max_abs)]
+    return ModelOutputs(
+        correct=np.sum([p.correct for p in parts], axis=0), total=parts[0].total,
+        test_idx=test_idx, test_logits=test_logits, test_features=test_feats,
+        train_idx=train_idx, train_logits=train_logits, train_features=train_feats,
+        provider=parts[0].provider, copy_max_abs=max(checks) if checks else float("nan"),
     )
 
 
@@ -132,8 +173,8 @@ def _copy_check(onnx_path: Path, device: str, x: np.ndarray, copy_logits: np.nda
     return parity_max_abs(shipped.astype(np.float32), copy_logits.astype(np.float32))
 
 
-def _cat(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+def _cat(parts: list[np.ndarray], dtype=np.float32) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros((0, 0) if dtype == np.float32 else 0, dtype)
 
 
 def measurement(
