@@ -14,6 +14,8 @@ def folder_problem(path: str | Path) -> str | None:
     """
     existing = Path(path)
     while not existing.exists():
+        if existing.is_symlink():  # a dangling link: mkdir would fail on it
+            return f"'{existing}' is a symbolic link to nothing"
         existing = existing.parent
     if not existing.is_dir():
         return f"'{existing}' is a file, not a folder"

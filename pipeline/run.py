@@ -163,7 +163,7 @@ def _shard_outputs(cfg: Config, inp: Loaded, onnx_path: Path, scratch: Path, gro
     data = inp.data
     return run_model(onnx_path, inp.head_name, data.train, data.test, cfg.model.num_classes, seed=cfg.seed,
                      device="cpu" if inp.device.type == "cpu" else "auto", batch_size=cfg.data.batch_size,
-                     scratch=scratch, shard=(group.rank, group.world))
+                     scratch=scratch, shard=(group.rank, group.world), device_id=group.local_rank)
 
 
 def serve_shards(cfg: Config, group: Group, device: str | None = None) -> tuple[int, str]:

@@ -87,14 +87,16 @@ def run_model(
     batch_size: int,
     scratch: Path,
     shard: tuple[int, int] = (0, 1),
+    device_id: int = 0,
 ) -> ModelOutputs:
     """One pass over ``test`` and one over a seeded subset of ``train`` through ``onnx_path``.
 
     ``shard=(rank, world)``: only every world-th batch, starting at batch ``rank``
     (the batches are those of the whole pass); ``merge_outputs`` joins the shards.
+    ``device_id``: the GPU onnxruntime's CUDA provider uses (this process's local rank).
     """
     feat_path = with_feature_output(onnx_path, head_name, scratch / f"{Path(onnx_path).stem}.features.onnx")
-    fsess, provider = open_session(feat_path, device)
+    fsess, provider = open_session(feat_path, device, device_id)
     in_name = fsess.get_inputs()[0].name
     y = np.asarray(test.y)
     test_idx = subsample(len(y), EVIDENCE_MAX_TEST, seed)
@@ -111,7 +113,7 @@ def run_model(
         pos = mine[start : start + len(x)]
         yb, kb = y[pos], keep[pos]
         if start == 0:
-            copy_max_abs = _copy_check(onnx_path, device, x, logits)
+            copy_max_abs = _copy_check(onnx_path, device, device_id, x, logits)
         hit = logits.argmax(axis=1) == yb
         np.add.at(correct, yb[hit], 1)
         if kb.any():
@@ -164,11 +166,11 @@ def merge_outputs(parts: list[ModelOutputs]) -> ModelOutputs:
     )
 
 
-def _copy_check(onnx_path: Path, device: str, x: np.ndarray, copy_logits: np.ndarray) -> float:
+def _copy_check(onnx_path: Path, device: str, device_id: int, x: np.ndarray, copy_logits: np.ndarray) -> float:
     """Max |shipped - copy| logits on one batch (inf where their finiteness differs)."""
     from nhle_pipeline.verify.metrics import parity_max_abs
 
-    sess, _ = open_session(onnx_path, device)
+    sess, _ = open_session(onnx_path, device, device_id)
     shipped = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     return parity_max_abs(shipped.astype(np.float32), copy_logits.astype(np.float32))
 

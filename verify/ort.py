@@ -31,7 +31,7 @@ def cuda_driver_present() -> bool:
     return True
 
 
-def open_session(path: str | Path, device: str = "auto"):
+def open_session(path: str | Path, device: str = "auto", device_id: int = 0):
     """An InferenceSession on CUDA when ``device`` allows and it really runs there, else CPU.
 
     Returns ``(session, provider)``; ``device: cuda`` without a working CUDA
@@ -48,7 +48,8 @@ def open_session(path: str | Path, device: str = "auto"):
     want_cuda = (
         device in ("auto", "cuda") and CUDA in ort.get_available_providers() and cuda_driver_present()
     )
-    providers = [CUDA, CPU] if want_cuda else [CPU]
+    # device_id: the GPU of this process (torchrun: LOCAL_RANK), so ranks do not share GPU 0
+    providers = [(CUDA, {"device_id": device_id}), CPU] if want_cuda else [CPU]
     if want_cuda and hasattr(ort, "preload_dlls"):
         try:  # use the CUDA/cuDNN libraries that PyTorch's wheels installed
             ort.preload_dlls()

@@ -43,7 +43,6 @@ def test_read_only_folder_for_real(tmp_path):
         locked.chmod(0o700)
 
 
-@pytest.mark.xfail(strict=True, reason="source bug: a dangling symlink on the way is taken for a creatable folder")
 def test_a_dangling_symlink_on_the_way_is_a_problem(tmp_path):
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "nowhere")
