@@ -91,6 +91,9 @@ def load_weights(model: nn.Module, path: str | Path, *, trust_pickle: bool = Fal
                 f"model.weights: '{p}' does not fit the model: '{k}' has shape {tuple(state[k].shape)}, "
                 f"expected {tuple(v.shape)} (check model.arch and model.num_classes)"
             )
+        t = state[k]
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelError(f"model.weights: '{p}': tensor '{k}' holds NaN or inf values")
     model.load_state_dict(state)
 
 

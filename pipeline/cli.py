@@ -23,6 +23,7 @@ from nhle_pipeline.pipeline.errors import BAD_INPUT, KNOWN_FAILURES, GateFailure
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # SIGTERM (docker stop, Kubernetes, a cancelled CI job): 128 + 15
 EXIT_CRASH = 3  # an unexpected failure: never 1, so a CI gate can tell a bug from a failed gate
 
 CONFIG_ARG = click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
@@ -34,6 +35,15 @@ FORCE_OPTION = click.option("--force", is_flag=True, help="Replace an existing o
 
 
 INTERRUPTED = "interrupted; nothing was released (any staging folder is kept for diagnosis)"
+TERMINATED = "terminated (SIGTERM); nothing was released (any staging folder is kept for diagnosis)"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so it unwinds like Ctrl-C (an existing release intact)."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def _err(msg: str) -> None:
@@ -56,6 +66,9 @@ def handle_errors(fn):
             if e.report_dir:
                 click.echo(f"report kept in {e.report_dir}", err=True)
             sys.exit(EXIT_GATE_FAILED)
+        except Terminated:
+            _err(TERMINATED)
+            sys.exit(EXIT_TERMINATED)
         except KeyboardInterrupt:
             _err(INTERRUPTED)
             sys.exit(EXIT_INTERRUPTED)
@@ -63,9 +76,11 @@ def handle_errors(fn):
             _err(str(e))
             sys.exit(EXIT_CRASH)
         except Exception as e:
-            if _caused_by_interrupt(e):  # Ctrl-C re-raised as a library's own error
-                _err(INTERRUPTED)  # (onnxruntime's import turns it into ImportError)
-                sys.exit(EXIT_INTERRUPTED)
+            cause = _interrupt_cause(e)
+            if cause is not None:  # Ctrl-C re-raised as a library's own error
+                terminated = isinstance(cause, Terminated)  # (onnxruntime's import turns it into ImportError)
+                _err(TERMINATED if terminated else INTERRUPTED)
+                sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
             # A real crash (a bug): keep the traceback for the report, and an
             # exit code CI can tell apart from "a gate failed" (1).
             traceback.print_exc()
@@ -75,14 +90,14 @@ def handle_errors(fn):
     return wrapper
 
 
-def _caused_by_interrupt(e: BaseException | None) -> bool:
+def _interrupt_cause(e: BaseException | None) -> KeyboardInterrupt | None:
     seen = set()
     while e is not None and id(e) not in seen:
         if isinstance(e, KeyboardInterrupt):
-            return True
+            return e
         seen.add(id(e))
         e = e.__cause__ or e.__context__
-    return False
+    return None
 
 
 class _UsageLine(click.ClickException):
@@ -118,7 +133,7 @@ def cli() -> None:
     """Class unlearning to a verified ONNX release (NHLE + CWM).
 
     Exit codes: 0 released/passed, 1 a gate failed, 2 bad input,
-    3 internal error, 130 interrupted.
+    3 internal error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
     """
 
 
@@ -129,8 +144,11 @@ def cli() -> None:
 @FORCE_OPTION
 @click.option("--no-cache", "no_cache", is_flag=True,
               help="Measure the original model even if the baseline cache holds it (and do not cache it).")
+@click.option("--sign-key", "sign_key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PEM elliptic-curve private key: sign the release (release.sig; overrides release.sign_key).")
 @handle_errors
-def run(config: Path, out: Path | None, device: str | None, force: bool, no_cache: bool) -> None:
+def run(config: Path, out: Path | None, device: str | None, force: bool, no_cache: bool,
+        sign_key: Path | None) -> None:
     """Unlearn, export, verify and release the model described by CONFIG.
 
     Under torchrun, rank 0 runs the chain and the other ranks measure their
@@ -155,7 +173,7 @@ def run(config: Path, out: Path | None, device: str | None, force: bool, no_cach
             return
         error = None
         try:
-            _run_main(cfg, config, out, device, force, no_cache, group)
+            _run_main(cfg, config, out, device, force, no_cache, group, sign_key)
         except BaseException as e:
             error = e
             raise
@@ -166,7 +184,8 @@ def run(config: Path, out: Path | None, device: str | None, force: bool, no_cach
         leave_group(group)
 
 
-def _run_main(cfg, config: Path, out: Path | None, device: str | None, force: bool, no_cache: bool, group) -> None:
+def _run_main(cfg, config: Path, out: Path | None, device: str | None, force: bool, no_cache: bool, group,
+              sign_key: Path | None = None) -> None:
     from nhle_pipeline.pipeline.console import RichListener, print_run_summary
     from nhle_pipeline.pipeline.release.manifest import load_manifest
     from nhle_pipeline.pipeline.run import run_pipeline
@@ -174,7 +193,7 @@ def _run_main(cfg, config: Path, out: Path | None, device: str | None, force: bo
     listener = RichListener()
     try:
         result = run_pipeline(cfg, config, out_dir=out, device=device, force=force, listener=listener,
-                              use_cache=not no_cache, group=group)
+                              use_cache=not no_cache, group=group, sign_key=sign_key)
     except GateFailure as e:
         listener.close()
         if e.report_dir:
@@ -201,18 +220,58 @@ def train(config: Path, device: str | None, force: bool) -> None:
     console.print(f"saved {path}")
 
 
+def _threshold(flag: str, help_text: str):
+    return click.option(flag, type=float, default=None, help=help_text)
+
+
 @cli.command()
 @click.argument("release_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The deployer's policy (YAML): gates, require_signature, public_key, require_source_weights, "
+                   "require_cwm. Default: the documented default gates.")
+@_threshold("--acc-f-max", "Override the policy's gates.acc_f_max.")
+@_threshold("--acc-r-drop-max", "Override the policy's gates.acc_r_drop_max.")
+@_threshold("--ratio-d-max-relative", "Override the policy's gates.ratio_d_max_relative.")
+@_threshold("--probe-auc-max", "Override the policy's gates.probe_auc_max.")
+@_threshold("--mia-efficacy-min", "Override the policy's gates.mia_efficacy_min.")
+@click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The producer's PEM public key: release.sig must verify with it.")
+@click.option("--source-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The original model's weights (sha256 must match the manifest): measure the original here.")
 @click.option("--data-root", default=None, help="Where the evaluation data lives on this machine (overrides data.root).")
 @DEVICE_OPTION
 @handle_errors
-def verify(release_dir: Path, data_root: str | None, device: str | None) -> None:
-    """Re-check a release: checksums, provenance, then the gates on its model.onnx."""
+def verify(release_dir: Path, policy_file: Path | None, acc_f_max: float | None, acc_r_drop_max: float | None,
+           ratio_d_max_relative: float | None, probe_auc_max: float | None, mia_efficacy_min: float | None,
+           public_key: Path | None, source_weights: Path | None, data_root: str | None, device: str | None) -> None:
+    """Re-check a release under the deployer's policy: hygiene, signature, checksums,
+    provenance, then the gates recomputed on its model.onnx. Never writes, never downloads."""
     from nhle_pipeline.pipeline.console import console
     from nhle_pipeline.pipeline.release.check import verify_release
+    from nhle_pipeline.pipeline.release.policy import load_policy
 
-    check = verify_release(release_dir, data_root=data_root, device=device or "auto")
-    console.print(f"checksums and provenance of {release_dir}: [green]ok[/]  (onnxruntime: {check.provider})")
+    policy, source = load_policy(policy_file, {
+        "acc_f_max": acc_f_max, "acc_r_drop_max": acc_r_drop_max, "ratio_d_max_relative": ratio_d_max_relative,
+        "probe_auc_max": probe_auc_max, "mia_efficacy_min": mia_efficacy_min,
+    })
+    check = verify_release(release_dir, data_root=data_root, device=device or "auto", policy=policy,
+                           policy_source=source, public_key=public_key, source_weights=source_weights)
+    if check.signature:
+        sig = f"signature: [green]ok[/] (key sha256 {check.signature[:16]}…)"
+    else:
+        sig = "signature: present, [yellow]not checked[/] (no --public-key)" if check.signed else "signature: none"
+    console.print(f"files, checksums, config and provenance of {release_dir}: [green]ok[/]  "
+                  f"(onnxruntime: {check.provider}); {sig}")
+    applied = check.policy.gates.model_dump()
+    console.print(f"policy ({check.policy_source}): " + ", ".join(
+        f"{k} {applied[k]}" for k in ("acc_f_max", "acc_r_drop_max", "ratio_d_max_relative", "probe_auc_max",
+                                      "mia_efficacy_min") if applied[k] is not None), markup=False)
+    own = {k: v for k, v in check.manifest_gates.items() if v is not None}
+    if own:
+        console.print("the release's own gates (shown, not applied): " + ", ".join(
+            f"{k} {v}{' (≠ policy)' if applied.get(k, v) != v else ''}" for k, v in own.items()), markup=False)
+    for note in check.notes:
+        console.print(f"note: {note}", markup=False)
     ev = check.metrics["evidence"]["unlearned"]
     console.print(
         f"evidence (recomputed): Ratio_D {ev['ratio_d']:.4f}, probe AUC {ev['probe_auc']:.4f}, "
@@ -262,6 +321,9 @@ def inspect(model: Path, as_json: bool) -> None:
 
 
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     cli()
 
 

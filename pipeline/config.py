@@ -62,7 +62,8 @@ def _not_plain_data(value: Any) -> str | None:
 class _Section(BaseModel):
     """Strict base: unknown keys and lax type coercion are both errors."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: every number in a config is finite (a NaN mean or an inf lr is an error)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -80,6 +81,9 @@ class ModelConfig(_Section):
     # Allow full unpickling of a checkpoint (can run arbitrary code). Only for
     # files you trust.
     trust_pickle: bool = False
+    # Allow a "package.module:factory" arch (importing it runs the module's
+    # code). Off: such a config is refused before anything is imported.
+    trust_code: bool = False
 
     @field_validator("kwargs")
     @classmethod
@@ -287,6 +291,11 @@ class ReleaseConfig(_Section):
     dir: str = "releases"
     # Release folder name; default: the config file's stem.
     name: str | None = None
+    # PEM elliptic-curve private key: sign the release (release.sig, OpenSSF
+    # model signing) so `pipeline verify --public-key` can tell who wrote it.
+    # `pipeline run --sign-key` overrides. Not part of the config's sha256 nor
+    # of the manifest: which key signs is not part of the unlearning request.
+    sign_key: str | None = Field(default=None, min_length=1, exclude=True)
 
     @field_validator("name")
     @classmethod

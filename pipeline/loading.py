@@ -55,8 +55,9 @@ def cache_dir_for(cfg: Config) -> Path:
 
 def build_configured_model(cfg: Config, data: Dataset) -> tuple[nn.Module, str]:
     """The architecture for this config and data, untrained, and its head's name."""
-    model = build_model(
-        cfg.model.arch, num_classes=cfg.model.num_classes, input_shape=data.input_shape, kwargs=cfg.model.kwargs
+    model = build_model(  # a module:factory arch is imported only with model.trust_code
+        cfg.model.arch, num_classes=cfg.model.num_classes, input_shape=data.input_shape, kwargs=cfg.model.kwargs,
+        trust_code=cfg.model.trust_code,
     )
     head_name, _ = find_head(model, cfg.model.num_classes, cfg.model.head)
     return model, head_name

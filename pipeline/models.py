@@ -203,12 +203,26 @@ def _import_factory(path: str) -> Builder:
 
 
 def build_model(
-    arch: str, *, num_classes: int, input_shape: tuple[int, int, int], kwargs: dict[str, Any] | None = None
+    arch: str,
+    *,
+    num_classes: int,
+    input_shape: tuple[int, int, int],
+    kwargs: dict[str, Any] | None = None,
+    trust_code: bool = False,
 ) -> nn.Module:
-    """Build ``arch`` for ``num_classes`` outputs and ``(C, H, W)`` inputs; check the output width."""
+    """Build ``arch`` for ``num_classes`` outputs and ``(C, H, W)`` inputs; check the output width.
+
+    A ``module:factory`` architecture imports and runs code: only with ``trust_code``
+    (``model.trust_code: true`` or ``--trust-code``); otherwise nothing is imported.
+    """
     c, h, w = input_shape
     kwargs = dict(kwargs or {})
     if ":" in arch:
+        if not trust_code:
+            raise ModelError(
+                f"model.arch: '{arch}' imports and runs code; set model.trust_code: true "
+                "(or pass --trust-code) only for a module you trust"
+            )
         fn = _import_factory(arch)
         call = lambda: fn(num_classes=num_classes, **kwargs)  # noqa: E731
     elif arch in _REGISTRY:

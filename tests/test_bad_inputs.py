@@ -191,6 +191,18 @@ def _malicious(c: Ctx, zipped: bool) -> Path:
     return p
 
 
+def _nan_weights(c: Ctx) -> Path:
+    """The digits MLP's weights with one NaN in a hidden layer."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(c.weights))
+    name = sorted(k for k in state if k.endswith("weight"))[0]
+    state[name][0, 0] = float("nan")
+    out = c.tmp / "nan.safetensors"
+    save_file(state, str(out))
+    return out
+
+
 def _weights(path_fn: Callable[[Ctx], Path | str | None], **model) -> Callable[[Ctx], list]:
     def make(c: Ctx) -> list:
         w = path_fn(c)
@@ -349,6 +361,7 @@ CASES: list[tuple[str, str, Callable[[Ctx], list]]] = [
     ("num-classes-vs-checkpoint", "model.weights", _run(model={"num_classes": 12})),
     ("num-classes-below-data-labels", "model.num_classes", _run(model={"num_classes": 8})),
     ("weights-missing-file", "model.weights", _weights(lambda c: c.tmp / "absent.safetensors")),
+    ("weights-nan", "holds NaN or inf values", _weights(_nan_weights)),
     ("weights-null-for-run", "model.weights", _weights(lambda c: None)),
     ("weights-is-a-folder", "model.weights", _weights(lambda c: c.tmp)),
     ("weights-empty-safetensors", "model.weights", _weights(lambda c: c.text("e.safetensors", b""))),
@@ -365,8 +378,14 @@ CASES: list[tuple[str, str, Callable[[Ctx], list]]] = [
     ("arch-unknown", "model.arch", _run(model={"arch": "resnet1000"})),
     ("arch-lenet-on-8x8", "model.arch", _run(model={"arch": "lenet"})),
     ("arch-import-missing", "model.arch", _run(model={"arch": "no_such_module_xyz:build"})),
-    ("arch-import-not-callable", "model.arch", _run(model={"arch": "tests.factories:nothing"})),
-    ("arch-wrong-output-width", "model.num_classes", _run(model={"arch": "tests.factories:wrong_width"})),
+    ("arch-import-not-callable", "model.arch", _run(model={"arch": "tests.factories:nothing", "trust_code": True})),
+    ("arch-wrong-output-width", "model.num_classes",
+     _run(model={"arch": "tests.factories:wrong_width", "trust_code": True})),
+    ("arch-import-untrusted", "model.trust_code: true", _run(model={"arch": "tests.factories:tiny_net"})),
+    ("nhle-lr-inf", "unlearn.nhle.lr", _mutated(lambda c: c.setdefault("unlearn", {}).__setitem__("nhle", {"lr": float("inf")}))),
+    ("normalize-mean-nan", "data.normalize.mean",
+     _mutated(lambda c: c["data"].__setitem__("normalize", {"mean": [float("nan")], "std": [1.0]}))),
+    ("arch-torch-hub-untrusted", "imports and runs code", _run(model={"arch": "torch.hub:load"})),
     ("kwargs-unknown", "model.kwargs", _run(model={"kwargs": {"depth": 3}})),
     ("kwargs-negative-width", "model.kwargs", _run(model={"kwargs": {"hidden": [-5]}})),
     ("kwargs-width-string", "model.kwargs", _run(model={"kwargs": {"hidden": "wide"}})),

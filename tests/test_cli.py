@@ -27,7 +27,7 @@ def test_run_releases_verified_artifact_and_verify_inspect_agree(make_config, tm
     un, orig = m["metrics"]["unlearned"], m["metrics"]["original"]
     assert orig["acc_f"] > 0.9 and un["acc_f"] <= 0.01
     assert m["metrics"]["delta_acc_r"] >= -0.02
-    assert {g["name"] for g in m["gates"]} == {"acc_f", "acc_r_drop", "evidence_copy", "parity", "graph_unchanged", "cwm_in_graph"}
+    assert {g["name"] for g in m["gates"]} == {"acc_f", "acc_r_drop", "evidence_copy", "nhle_completed", "parity", "graph_unchanged", "cwm_in_graph"}
     assert m["runtime"]["onnxruntime_provider"] == "CPUExecutionProvider"
     assert set(m["timings_s"]) >= {"load", "baseline", "nhle", "cwm", "export", "verify"}
     assert "Acc_F" in r.output and "released" in r.output
@@ -78,7 +78,7 @@ def test_failed_gate_exits_1_keeps_report_releases_nothing(make_config, tmp_path
     cfg = make_config(unlearn={"nhle": {"enabled": False}, "cwm": {"mode": "none"}})
     r = invoke("run", cfg)
     assert r.exit_code == 1, r.output
-    assert "gate(s) failed: acc_f;" in r.output
+    assert "gate(s) failed: acc_f, nhle_completed;" in r.output  # and CWM alone would not do either
     assert not (tmp_path / "releases" / "digits-test").exists()
     staging = list((tmp_path / "releases" / ".staging").iterdir())
     assert len(staging) == 1

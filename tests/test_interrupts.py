@@ -238,3 +238,16 @@ def test_ctrl_c_that_a_library_turns_into_its_own_error_still_exits_130(tmp_path
     model.write_bytes(b"x")
     r = CliRunner().invoke(cli, ["inspect", str(model)])
     assert r.exit_code == 130 and r.stderr.startswith("error: interrupted; nothing was released"), r.output
+
+
+def test_sigterm_unwinds_like_ctrl_c_with_exit_143(setup):
+    """docker stop / Kubernetes / a cancelled CI job send SIGTERM: one line, exit 143, nothing released."""
+    cfg, rel, logs = setup
+    before = rerun_succeeds(cfg, logs, rel, force=False)
+    r = Run(cfg, logs, "--force", pause_at="release")  # inside --force's swap stage
+    r.wait_until(_printed(r, "✓ verify"), "the release stage")
+    r.proc.send_signal(signal.SIGTERM)
+    assert r.finish() == 143, r.stdout() + r.stderr()
+    err = [ln for ln in r.stderr().splitlines() if ln.strip()]
+    assert err == ["error: terminated (SIGTERM); nothing was released (any staging folder is kept for diagnosis)"]
+    assert_no_partial_release(rel, before)

@@ -19,7 +19,7 @@ from nhle_pipeline.verify.measure import COPY_ATOL
 class GatesConfig(BaseModel):
     """The thresholds (``verify.gates`` in a config); strict like every config section."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
     # Highest accepted top-1 accuracy on the forgotten classes' test samples.
     acc_f_max: float = Field(default=0.01, ge=0, le=1)
@@ -27,6 +27,9 @@ class GatesConfig(BaseModel):
     acc_r_drop_max: float = Field(default=0.035, ge=0, le=1)
     # Max |ONNX logits - PyTorch logits| on finite logits.
     parity_atol: float = Field(default=1.0e-3, gt=0)
+    # NHLE ran and met its stop rule (not diverged, not out of steps, not
+    # disabled): CWM alone is output masking, not unlearning. false: allow it.
+    nhle_completed: bool = True
     # Optional evidence gates (null = off; see README "Evidence of forgetting").
     # Ratio_D(unlearned) / Ratio_D(original) must be <= this.
     ratio_d_max_relative: float | None = Field(default=None, gt=0)
@@ -96,6 +99,10 @@ def evaluate_gates(
     if gates.mia_efficacy_min is not None:
         results.append(_check("mia_efficacy", unl.get("mia_efficacy"), ">=", gates.mia_efficacy_min,
                               "forget samples judged non-members (verify.gates.mia_efficacy_min)"))
+    if with_parity and gates.nhle_completed:  # a producer-side fact: the release check cannot redo it
+        stopped = (metrics.get("nhle") or {}).get("stopped")
+        results.append(_check("nhle_completed", None if stopped is None else stopped == "forgotten", "==", True,
+                              f"NHLE ran and met its stop rule; stopped: {stopped} (verify.gates.nhle_completed)"))
     if with_parity:
         results += [
             _check("parity", metrics.get("parity_max_abs"), "<=", gates.parity_atol,

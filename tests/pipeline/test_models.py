@@ -34,12 +34,12 @@ def test_unknown_arch_and_bad_kwargs():
 
 
 def test_import_path_factory_and_output_width_check():
-    m = build_model("tests.factories:tiny_net", num_classes=4, input_shape=(1, 8, 8), kwargs={"hidden": 5})
+    m = build_model("tests.factories:tiny_net", num_classes=4, input_shape=(1, 8, 8), kwargs={"hidden": 5}, trust_code=True)
     assert m(torch.zeros(1, 1, 8, 8)).shape == (1, 4)
     with pytest.raises(ModelError, match="model.num_classes: 4, but 'tests.factories:wrong_width' outputs shape"):
-        build_model("tests.factories:wrong_width", num_classes=4, input_shape=(1, 8, 8))
+        build_model("tests.factories:wrong_width", num_classes=4, input_shape=(1, 8, 8), trust_code=True)
     with pytest.raises(ModelError, match="has no callable"):
-        build_model("tests.factories:nothing", num_classes=4, input_shape=(1, 8, 8))
+        build_model("tests.factories:nothing", num_classes=4, input_shape=(1, 8, 8), trust_code=True)
 
 
 def test_find_head_picks_last_matching_linear_or_named_one():
@@ -50,3 +50,15 @@ def test_find_head_picks_last_matching_linear_or_named_one():
         find_head(m, 10, "2")
     with pytest.raises(ModelError, match="no nn.Linear with 5 outputs"):
         find_head(m, 5)
+
+
+def test_an_import_path_arch_runs_no_code_unless_trusted(tmp_path, monkeypatch):
+    (tmp_path / "side_effect_mod.py").write_text(
+        "import pathlib\npathlib.Path(__file__).with_name('ran').write_text('x')\n"
+        "def net(num_classes):\n    import torch\n    return torch.nn.Linear(64, num_classes)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModelError, match="imports and runs code; set model.trust_code: true"):
+        build_model("side_effect_mod:net", num_classes=4, input_shape=(1, 8, 8))
+    assert not (tmp_path / "ran").exists()
+    with pytest.raises(ModelError, match="torch.hub:load"):
+        build_model("torch.hub:load", num_classes=4, input_shape=(1, 8, 8))

@@ -4,8 +4,8 @@ from pydantic import ValidationError
 from nhle_pipeline.verify.gates import GateResult, GatesConfig, evaluate_gates
 
 OK = {"acc_f": 0.0, "delta_acc_r": -0.01, "parity_max_abs": 1e-5, "graph_unchanged": True, "cwm_in_graph": True,
-      "evidence_copy_max_abs": 0.0}
-PARITY_GATES = {"parity", "graph_unchanged", "cwm_in_graph"}
+      "evidence_copy_max_abs": 0.0, "nhle": {"stopped": "forgotten"}}
+PARITY_GATES = {"parity", "graph_unchanged", "cwm_in_graph", "nhle_completed"}
 EVIDENCE_GATES = {"ratio_d_relative", "probe_auc", "mia_efficacy"}
 
 
@@ -87,3 +87,13 @@ def test_gates_config_is_strict(field, value):
         GatesConfig(**{field: value})
     with pytest.raises(ValidationError, match="extra"):
         GatesConfig(acc_f=0.1)
+
+
+@pytest.mark.parametrize("stopped", ["diverged", "max_steps", "disabled", None])
+def test_masking_alone_is_not_unlearning(stopped):
+    """NHLE that diverged, ran out of steps or did not run leaves CWM alone: the gate fails."""
+    metrics = {**OK, "nhle": {"stopped": stopped}} if stopped else {k: v for k, v in OK.items() if k != "nhle"}
+    gate = by_name(metrics)["nhle_completed"]
+    assert not gate.passed and gate.threshold is True
+    assert "nhle_completed" not in by_name(metrics, GatesConfig(nhle_completed=False))
+    assert by_name(OK)["nhle_completed"].passed
