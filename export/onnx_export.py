@@ -55,6 +55,11 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str |
             )
     except Exception as e:  # the exporter raises many types; keep the first line
         raise ExportError(f"export: torch.onnx failed for {type(model).__name__}: {str(e).splitlines()[0]}") from e
+    from nhle_pipeline.export.onnx_file import default_opset, load_onnx
+
+    got = default_opset(load_onnx(path, weights=False))
+    if got != opset:  # the manifest records the opset asked for: it must be the file's
+        raise ExportError(f"export: asked for opset {opset}, the exporter wrote opset {got}")
     return [f"{path.name}.data"] if external else []
 
 

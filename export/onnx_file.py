@@ -41,6 +41,11 @@ def check_onnx(path: str | Path) -> None:
         raise OnnxFileError(f"{path}: ONNX checker failed ({str(e).splitlines()[0][:200]})") from e
 
 
+def default_opset(model) -> int | None:
+    """The version of the default ("ai.onnx") operator set the file imports."""
+    return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 def node_types(model) -> list[str]:
     """Op types of the top-level graph, in order."""
     return [n.op_type for n in model.graph.node]

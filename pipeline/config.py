@@ -266,8 +266,13 @@ class UnlearnConfig(_Section):
     cwm: CWMConfig = Field(default_factory=CWMConfig)
 
 
+# The opsets torch.onnx's exporter emits (torch.onnx._constants: 18 .. ONNX_MAX_OPSET 23
+# in torch 2.14); the export stage also checks the file's opset is the one asked for.
+OPSET_MIN, OPSET_MAX = 18, 23
+
+
 class ExportConfig(_Section):
-    opset: int = Field(default=18, ge=18)
+    opset: int = Field(default=18, ge=OPSET_MIN, le=OPSET_MAX)
 
 
 class VerifyConfig(_Section):

@@ -25,7 +25,7 @@ from nhle_pipeline.pipeline.data import (
     select_retained_indices,
 )
 from nhle_pipeline.pipeline.device import resolve_device
-from nhle_pipeline.pipeline.errors import ModelError
+from nhle_pipeline.pipeline.errors import DataError, ModelError
 from nhle_pipeline.pipeline.models import build_model, find_head
 
 
@@ -46,6 +46,18 @@ def load_data(cfg: Config, cache_dir: Path | None = None) -> Dataset:
     data = load_dataset(cfg.data, cache_dir or cache_dir_for(cfg))
     check_labels_fit(data, cfg.model.num_classes)
     return data
+
+
+def check_measurable(data: Dataset, forget: list[int]) -> None:
+    """The test split must hold each forgotten class and at least 2 retained samples, or
+    Acc_F, Acc_R and the evidence cannot be measured: say so before any work."""
+    counts = np.bincount(data.test.y, minlength=max(forget) + 1)
+    missing = [c for c in forget if counts[c] == 0]
+    if missing:
+        raise DataError(f"forget.classes: {missing} have no test sample; Acc_F cannot be measured on this data")
+    retained = int(len(data.test) - counts[forget].sum())
+    if retained < 2:
+        raise DataError(f"data.root: the test split has {retained} retained-class sample(s); at least 2 are needed")
 
 
 def cache_dir_for(cfg: Config) -> Path:
@@ -69,6 +81,7 @@ def load_inputs(cfg: Config, device_override: str | None = None) -> Loaded:
     if cfg.model.weights is None:
         raise ModelError("model.weights: required for 'pipeline run' (train one with 'pipeline train CONFIG')")
     data = load_data(cfg)
+    check_measurable(data, list(cfg.forget.classes))
     model, head_name = build_configured_model(cfg, data)
     load_weights(model, cfg.model.weights, trust_pickle=cfg.model.trust_pickle)
     forget_idx = select_forget_indices(

@@ -234,6 +234,17 @@ def _npz(train: dict | None = None, test: dict | None = None, cmd: str = "run", 
     return lambda c: [cmd, c.npz_cfg(train, test, **overrides)]
 
 
+def _corrupt_imagefolder(root: Path) -> Path:
+    """train/ and test/ with one class folder each; the first training image is not a JPEG."""
+    from PIL import Image
+
+    for part in ("train", "test"):
+        (root / part / "zero").mkdir(parents=True)
+        Image.new("L", (8, 8)).save(root / part / "zero" / "ok.png")
+    (root / "train" / "zero" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return root
+
+
 def _u8(*shape: int) -> np.ndarray:
     return np.zeros(shape, dtype=np.uint8)
 
@@ -382,6 +393,7 @@ CASES: list[tuple[str, str, Callable[[Ctx], list]]] = [
     ("arch-wrong-output-width", "model.num_classes",
      _run(model={"arch": "tests.factories:wrong_width", "trust_code": True})),
     ("arch-import-untrusted", "model.trust_code: true", _run(model={"arch": "tests.factories:tiny_net"})),
+    ("opset-beyond-the-exporter", "export.opset", _mutated(lambda c: c.__setitem__("export", {"opset": 99}))),
     ("nhle-lr-inf", "unlearn.nhle.lr", _mutated(lambda c: c.setdefault("unlearn", {}).__setitem__("nhle", {"lr": float("inf")}))),
     ("normalize-mean-nan", "data.normalize.mean",
      _mutated(lambda c: c["data"].__setitem__("normalize", {"mean": [float("nan")], "std": [1.0]}))),
@@ -411,6 +423,11 @@ CASES: list[tuple[str, str, Callable[[Ctx], list]]] = [
      lambda c: (c.npz_root(), c.text("npz/test.npz", b"PK\x03\x04 garbage"), ["run", c.cfg(data={"dataset": "npz", "root": str(c.tmp / "npz")})])[-1]),
     ("normalize-channel-mismatch", "data.normalize",
      _run(data={"dataset": "digits", "normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.2, 0.2, 0.2]}})),
+    ("npz-no-test-sample-of-the-forgotten-class", "forget.classes: [0] have no test sample",
+     _npz(test={"x": _u8(20, 8, 8), "y": np.ones(20, dtype=np.int64)})),
+    ("npz-one-image-test-split", "at least 2 are needed", _npz(test={"x": _u8(1, 8, 8), "y": np.zeros(1, np.int64)})),
+    ("imagefolder-corrupt-jpeg", "broken.jpg: cannot decode the image", lambda c: ["run", c.cfg(data={
+        "dataset": "imagefolder", "root": str(_corrupt_imagefolder(c.tmp / "imgs"))})]),
     ("imagefolder-no-split-folders", "data.root", lambda c: ["run", c.cfg(data={"dataset": "imagefolder", "root": str(c.tmp)})]),
     ("mnist-absent-no-download", "data.root", lambda c: ["run", c.cfg(data={"dataset": "mnist", "root": str(c.tmp)})]),
     # --- output paths and release names ---------------------------------------------------------
