@@ -70,8 +70,11 @@ Result = tuple[nn.Module, dict]
 
 
 def _cwm(model: nn.Module, task: Task, mode: str | None = None) -> None:
-    cfg = CWMConfig()  # mode None: the pipeline's default ("suppress"; the paper's is "zero")
-    apply_cwm(find_head(model, task.num_classes)[1], task.forget_classes, mode or cfg.mode, cfg.suppress_bias)
+    # mode None: "suppress" (a fixed -1e4 bias). The pipeline's default, "calibrated", sets
+    # the bias from the model's own logits: the same top-1 on these fp32 measurements
+    # (a forgotten class is never top-1 either way); it differs once a server quantizes.
+    cfg = CWMConfig()
+    apply_cwm(find_head(model, task.num_classes)[1], task.forget_classes, mode or "suppress", cfg.suppress_bias)
 
 
 def _step(opt: torch.optim.Optimizer, model: nn.Module, loss: torch.Tensor, clip: float | None) -> None:

@@ -33,7 +33,13 @@ from nhle_pipeline.pipeline.baseline_cache import (
     data_fingerprint,
 )
 from nhle_pipeline.pipeline.config import Config, release_name
-from nhle_pipeline.pipeline.cwm import apply_cwm
+from nhle_pipeline.pipeline.cwm import (
+    CALIBRATION_SAMPLES,
+    Calibration,
+    apply_cwm,
+    calibrated_bias,
+    masked_bias,
+)
 from nhle_pipeline.pipeline.device import seed_everything
 from nhle_pipeline.pipeline.distributed import Group
 from nhle_pipeline.pipeline.errors import GateFailure
@@ -49,9 +55,11 @@ from nhle_pipeline.pipeline.release.manifest import (
     onnx_provenance,
 )
 from nhle_pipeline.pipeline.release.package import write_release_files
+from nhle_pipeline.pipeline.release.signing import load_signing_key
 from nhle_pipeline.pipeline.release.staging import check_target, create_staging, publish
 from nhle_pipeline.pipeline.release.triton import write_triton_repository
 from nhle_pipeline.pipeline.testhooks import die_if_rank, pause_at
+from nhle_pipeline.verify.evidence import subsample
 from nhle_pipeline.verify.gates import GateResult, evaluate_gates
 from nhle_pipeline.verify.graph import op_types, rows_masked
 from nhle_pipeline.verify.measure import (
@@ -116,6 +124,7 @@ class _Run:
     group: Group = field(default_factory=Group)
     measured: dict[str, Measurement] = field(default_factory=dict)
     original_ops: list[str] = field(default_factory=list)  # the original export's op types
+    calibration: Calibration | None = None  # how the calibrated CWM bias was chosen
     cache_note: str = "off"  # "hit" | "miss" | "off"
 
     @property
@@ -227,8 +236,24 @@ def _cwm(run: _Run, model: nn.Module) -> str:
     """Fold Class Weight Masking into the head's weight rows and bias."""
     cwm = run.cfg.unlearn.cwm
     _, head = find_head(model, run.cfg.model.num_classes, run.inp.head_name)
-    apply_cwm(head, run.forget, cwm.mode, cwm.suppress_bias)
-    return f"mode {cwm.mode} on '{run.inp.head_name}' rows {run.forget}"
+    if cwm.mode == "calibrated":
+        run.calibration = _calibrate(run, model)
+    bias = masked_bias(cwm.mode, cwm.suppress_bias, run.calibration)
+    apply_cwm(head, run.forget, cwm.mode, cwm.suppress_bias if bias is None else bias)
+    shown = "" if bias is None else f", bias {bias:.4g}"
+    return f"mode {cwm.mode} on '{run.inp.head_name}' rows {run.forget}{shown}"
+
+
+def _calibrate(run: _Run, model: nn.Module) -> Calibration:
+    """The unlearned model's retained logits on a seeded sample of training images."""
+    train = run.inp.data.train
+    idx = subsample(len(train), CALIBRATION_SAMPLES, run.cfg.seed)
+    retained = [c for c in range(run.cfg.model.num_classes) if c not in run.forget]
+    logits = np.concatenate([
+        torch_logits(model, x, run.cfg.data.batch_size, run.inp.device)
+        for x in train.image_batches(idx, run.cfg.data.batch_size)
+    ])
+    return calibrated_bias(logits[:, retained])
 
 
 def _export(run: _Run, model: nn.Module) -> tuple[Path, list[str], str]:
@@ -256,13 +281,15 @@ def _verify(run: _Run, model: nn.Module, nh: NHLEResult, model_onnx: Path) -> tu
     """Measure the shipped file, assemble every metric, apply the gates."""
     after = run.measured["unlearned"] = run.measure(model_onnx)
     cwm = run.cfg.unlearn.cwm
-    masked_bias = 0.0 if cwm.mode == "zero" else cwm.suppress_bias
+    bias = masked_bias(cwm.mode, cwm.suppress_bias, run.calibration)
     parity_x = run.inp.data.test.get(after.test_idx[:PARITY_MAX_SAMPLES])
     metrics = verification_metrics(
         run.measured["original"], after, run.measured.get("reference"),
         torch_logits=torch_logits(model.to("cpu"), parity_x, run.cfg.data.batch_size, torch.device("cpu")),
         graph_unchanged=op_types(model_onnx) == run.original_ops,
-        cwm_in_graph=None if cwm.mode == "none" else rows_masked(model_onnx, run.inp.head_name, run.forget, masked_bias),
+        cwm_in_graph=None if bias is None else rows_masked(model_onnx, run.inp.head_name, run.forget, bias),
+        cwm={"mode": cwm.mode, "bias": bias,
+             "calibration": run.calibration.to_dict() if run.calibration else None},
         nhle={"steps": nh.steps, "stopped": nh.stopped, "forget_acc_start": nh.forget_acc_start,
               "forget_acc_end": nh.forget_acc_end, "n_samples": int(len(run.inp.forget_idx)),
               "n_retained_samples": int(len(run.inp.retained_idx)), "settings": nh.settings},
@@ -290,8 +317,11 @@ def run_pipeline(
     listener: Listener | None = None,
     use_cache: bool = True,
     group: Group | None = None,
+    sign_key: str | Path | None = None,
 ) -> RunResult:
-    """Run every stage; return the released folder, or raise GateFailure (staging kept)."""
+    """Run every stage; return the released folder, or raise GateFailure (staging kept).
+
+    ``sign_key`` (else ``release.sign_key``): a PEM EC private key that signs the release."""
     listener = listener or NullListener()
     timer = _Timer(listener)
     release_dir = Path(out_dir or cfg.release.dir)
@@ -299,6 +329,8 @@ def run_pipeline(
 
     with timer.stage("load"):
         target = check_target(release_dir, name, force)
+        key_path = sign_key or cfg.release.sign_key  # checked before any work, used at publication
+        signer = load_signing_key(key_path, "--sign-key" if sign_key else "release.sign_key") if key_path else None
         seed_everything(cfg.seed)
         inp = load_inputs(cfg, device)
         timer.detail = f"{inp.data.name}: {len(inp.data.train)} train / {len(inp.data.test)} test, device {inp.device}"
@@ -335,7 +367,7 @@ def run_pipeline(
         # The files record every stage up to verify; the release step's own
         # time is known only after the rename, so it is returned, not stored.
         write_release_files(run.staging, manifest, _features(run))
-        path = publish(run.staging, target, force)
-        timer.detail = str(path)
+        path = publish(run.staging, target, force, sign_key=signer)
+        timer.detail = f"{path}, signed" if signer else str(path)
     manifest.timings_s = dict(timer.timings)
     return RunResult(manifest, path)

@@ -47,6 +47,7 @@ def verification_metrics(
     graph_unchanged: bool,
     cwm_in_graph: bool | None,
     nhle: dict,
+    cwm: dict | None = None,
 ) -> dict:
     """Every number the gates and the reports use, as plain JSON-able values.
 
@@ -64,6 +65,7 @@ def verification_metrics(
         "graph_unchanged": graph_unchanged,
         "evidence": evidence_block(before.evidence, after.evidence, reference, after),
         "nhle": nhle,
+        "cwm": cwm,
     }
     if cwm_in_graph is not None:
         metrics["cwm_in_graph"] = cwm_in_graph

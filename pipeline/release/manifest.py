@@ -124,6 +124,22 @@ class NHLERecord(Record):
     settings: dict[str, Any] | None = None  # the resolved NHLE settings (absent in 0.1 manifests)
 
 
+class CalibrationRecord(Record):
+    """pipeline.cwm.Calibration as recorded."""
+
+    bias: float
+    lowest_retained_logit: float
+    highest_retained_logit: float
+    margin: float
+    samples: int
+
+
+class CWMRecord(Record):
+    mode: str
+    bias: float | None  # the forgotten rows' bias in model.onnx (None: CWM off)
+    calibration: CalibrationRecord | None = None
+
+
 class Metrics(Record):
     """Every number the gates and the reports use (verify.verification.verification_metrics)."""
 
@@ -139,6 +155,7 @@ class Metrics(Record):
     cwm_in_graph: bool | None = None  # None: CWM mode 'none', nothing to look for
     evidence: EvidenceBlock
     nhle: NHLERecord
+    cwm: CWMRecord | None = None  # None: 0.2 manifests
 
 
 class GateRecord(Record):

@@ -25,6 +25,16 @@ def nhle_settings_line(nh: NHLERecord) -> str:
     return f"{line}; data: {data}"
 
 
+def _cwm_bias(m: Manifest) -> str:
+    cwm = m.metrics.cwm
+    if cwm is None or cwm.bias is None:
+        return ""
+    cal = cwm.calibration
+    how = (f" ({_f(cal.margin, 2)} below the lowest retained logit {_f(cal.lowest_retained_logit, 2)} "
+           f"on {cal.samples} training images)") if cal else ""
+    return f", forgotten rows' bias {cwm.bias:.6g}{how}"
+
+
 def render_report(m: Manifest) -> str:
     """Markdown report of a run or release manifest."""
     met = m.metrics
@@ -85,7 +95,7 @@ def render_report(m: Manifest) -> str:
         "",
         f"- NHLE: {nh.steps} steps, stopped: {nh.stopped}; forget-sample accuracy {_f(nh.forget_acc_start)} → {_f(nh.forget_acc_end)}",
         f"- NHLE settings: {nhle_settings_line(nh)}",
-        f"- CWM mode: {m.cwm_mode}",
+        f"- CWM mode: {m.cwm_mode}" + _cwm_bias(m),
         f"- ONNX vs PyTorch max |Δlogit|: {_f(met.parity_max_abs, 6)}",
         "",
         "## Stage timings (s)",

@@ -21,7 +21,7 @@ def test_minimal_config_gets_documented_defaults():
     assert cfg.data.dataset == "digits"
     assert cfg.forget.samples_per_class == 16
     assert cfg.forget.selection == "first"
-    assert cfg.unlearn.cwm.mode == "suppress"
+    assert cfg.unlearn.cwm.mode == "calibrated"
     assert cfg.export.opset == 18
     assert cfg.verify.gates.acc_f_max == 0.01
     assert cfg.verify.gates.acc_r_drop_max == 0.035
