@@ -149,7 +149,10 @@ class DataConfig(_Section):
     normalize: Normalize | None = None
     # Resize / center crop per batch (uint8 images: npz, imagefolder, torchvision sets).
     transform: TransformConfig | None = None
-    batch_size: int = Field(default=256, ge=1)
+    # Images per onnxruntime / evaluation batch; null: 256 up to 64x64-pixel images,
+    # fewer for larger ones (16 at 224 px), so the passes' memory does not grow with
+    # the image size (pipeline.data.eval_batch_size).
+    batch_size: int | None = Field(default=None, ge=1)
     # DataLoader worker processes that decode image files (imagefolder); 0: decode in-process.
     workers: int = Field(default=0, ge=0, le=64)
 

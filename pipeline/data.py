@@ -285,6 +285,21 @@ def _load_torchvision(name: str, root: Path, download: bool, pre: Preprocess) ->
     return splits[0], splits[1]
 
 
+AUTO_BATCH_MAX = 256
+AUTO_BATCH_MIN = 16
+AUTO_BATCH_PIXELS = 256 * 64 * 64  # the automatic batch holds about this many pixels per channel
+
+
+def eval_batch_size(cfg: DataConfig, input_shape: tuple[int, int, int]) -> int:
+    """``data.batch_size``, or automatic: a power of two with about ``AUTO_BATCH_PIXELS``
+    pixels per channel, between 16 and 256 (256 at 64 px and below, 16 at 224 px)."""
+    if cfg.batch_size is not None:
+        return cfg.batch_size
+    _, h, w = input_shape
+    fit = max(1, AUTO_BATCH_PIXELS // max(1, h * w))
+    return int(min(AUTO_BATCH_MAX, max(AUTO_BATCH_MIN, 2 ** (fit.bit_length() - 1))))
+
+
 def preprocess_for(cfg: DataConfig) -> Preprocess:
     """The configured preprocessing: ``data.transform`` (preset or explicit) and ``data.normalize``."""
     t = cfg.transform

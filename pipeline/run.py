@@ -40,6 +40,7 @@ from nhle_pipeline.pipeline.cwm import (
     calibrated_bias,
     masked_bias,
 )
+from nhle_pipeline.pipeline.data import eval_batch_size
 from nhle_pipeline.pipeline.device import seed_everything
 from nhle_pipeline.pipeline.distributed import Group
 from nhle_pipeline.pipeline.errors import GateFailure
@@ -136,6 +137,10 @@ class _Run:
         return self.staging / SCRATCH
 
     @property
+    def batch_size(self) -> int:
+        return eval_batch_size(self.cfg.data, self.inp.data.input_shape)
+
+    @property
     def ort_device(self) -> str:
         return "cpu" if self.inp.device.type == "cpu" else "auto"
 
@@ -171,7 +176,7 @@ class _Run:
 def _shard_outputs(cfg: Config, inp: Loaded, onnx_path: Path, scratch: Path, group: Group) -> ModelOutputs:
     data = inp.data
     return run_model(onnx_path, inp.head_name, data.train, data.test, cfg.model.num_classes, seed=cfg.seed,
-                     device="cpu" if inp.device.type == "cpu" else "auto", batch_size=cfg.data.batch_size,
+                     device="cpu" if inp.device.type == "cpu" else "auto", batch_size=eval_batch_size(cfg.data, data.input_shape),
                      scratch=scratch, shard=(group.rank, group.world), device_id=group.local_rank)
 
 
@@ -250,8 +255,8 @@ def _calibrate(run: _Run, model: nn.Module) -> Calibration:
     idx = subsample(len(train), CALIBRATION_SAMPLES, run.cfg.seed)
     retained = [c for c in range(run.cfg.model.num_classes) if c not in run.forget]
     logits = np.concatenate([
-        torch_logits(model, x, run.cfg.data.batch_size, run.inp.device)
-        for x in train.image_batches(idx, run.cfg.data.batch_size)
+        torch_logits(model, x, run.batch_size, run.inp.device)
+        for x in train.image_batches(idx, run.batch_size)
     ])
     return calibrated_bias(logits[:, retained])
 
@@ -285,7 +290,7 @@ def _verify(run: _Run, model: nn.Module, nh: NHLEResult, model_onnx: Path) -> tu
     parity_x = run.inp.data.test.get(after.test_idx[:PARITY_MAX_SAMPLES])
     metrics = verification_metrics(
         run.measured["original"], after, run.measured.get("reference"),
-        torch_logits=torch_logits(model.to("cpu"), parity_x, run.cfg.data.batch_size, torch.device("cpu")),
+        torch_logits=torch_logits(model.to("cpu"), parity_x, run.batch_size, torch.device("cpu")),
         graph_unchanged=op_types(model_onnx) == run.original_ops,
         cwm_in_graph=None if bias is None else rows_masked(model_onnx, run.inp.head_name, run.forget, bias),
         cwm={"mode": cwm.mode, "bias": bias,

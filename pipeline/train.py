@@ -68,6 +68,7 @@ def train_original(cfg, *, device: str | None = None, force: bool = False, on_ep
         check_weights_target,
         save_weights,
     )
+    from nhle_pipeline.pipeline.data import eval_batch_size
     from nhle_pipeline.pipeline.device import resolve_device, seed_everything
     from nhle_pipeline.pipeline.errors import ModelError
     from nhle_pipeline.pipeline.inference import torch_accuracy
@@ -88,6 +89,6 @@ def train_original(cfg, *, device: str | None = None, force: bool = False, on_ep
     seed_everything(cfg.seed)
     model, _ = build_configured_model(cfg, data)
     train_classifier(model, data.train, cfg.train, device=dev, seed=cfg.seed, on_epoch=on_epoch)
-    acc = torch_accuracy(model, data.test, cfg.data.batch_size, dev)
+    acc = torch_accuracy(model, data.test, eval_batch_size(cfg.data, data.input_shape), dev)
     save_weights(model.to("cpu"), path)
     return path, acc

@@ -102,3 +102,16 @@ def test_imagefolder_reads_class_folders_in_sorted_order(tmp_path):
     np.testing.assert_allclose(ds.train.x[0], first.transpose(2, 0, 1) / 255.0, rtol=1e-6)
     with pytest.raises(DataError, match="no folder"):
         load_dataset(DataConfig(dataset="imagefolder", root=str(tmp_path / "train")))
+
+
+def test_automatic_batch_size_shrinks_with_the_image_not_below_16():
+    from nhle_pipeline.pipeline.data import eval_batch_size
+
+    auto = DataConfig()
+    assert eval_batch_size(auto, (1, 8, 8)) == 256
+    assert eval_batch_size(auto, (3, 32, 32)) == 256
+    assert eval_batch_size(auto, (3, 64, 64)) == 256
+    assert eval_batch_size(auto, (3, 96, 96)) == 64
+    assert eval_batch_size(auto, (3, 224, 224)) == 16
+    assert eval_batch_size(auto, (3, 512, 512)) == 16
+    assert eval_batch_size(DataConfig(batch_size=100), (3, 224, 224)) == 100
