@@ -1,35 +1,60 @@
 """Re-check a release the way a deploy step would before swapping a model in.
 
-1. Every file listed in ``manifest.json`` exists with its recorded sha256, and
-   no unlisted file was added.
-2. The provenance in ``model.onnx`` (read by onnxruntime) matches the manifest.
-3. Accuracy and the evidence metrics (Ratio_D, probe AUC, MIA-efficacy),
-   recomputed with onnxruntime on ``model.onnx`` and the data named in the
-   manifest's config; the gates are applied against the original's recorded
-   values, and the recomputed numbers must reproduce the recorded ones.
+The release is untrusted input; the deployer's policy (policy.py) decides
+what it must show. In order, each step failing with one line (exit 2) or, for
+the gates, a verdict (exit 1):
+
+1. Hygiene: the folder holds only plain files and folders (no symbolic link,
+   no device or pipe, anywhere, ``triton/`` included). Nothing is read
+   outside it, nothing is written into it.
+2. The signature (``release.sig``), when a public key is given or the policy
+   requires one: the producer's key signed exactly these files.
+3. The manifest: valid, sealed (``manifest_sha256``: catches accidental edits,
+   not forgers) and of the manifest's shape.
+4. Files: every listed file has its recorded sha256; no file or folder that
+   is not listed (empty folders included; only ``release.sig`` may be
+   unlisted); only a release's own files (model, reports, external data, the
+   Triton repository, whose model is byte-identical to ``model.onnx`` and
+   whose ``config.pbtxt`` is the one written from it).
+5. Provenance and config: ``model.onnx``'s metadata matches the manifest; the
+   manifest's ``config_sha256`` is the sha256 of its config.
+6. Recomputed with onnxruntime on ``model.onnx`` and the data named in the
+   manifest's config (``data.download`` forced off): per-class accuracy,
+   Acc_F, Acc_R, the evidence metrics, ``cwm_in_graph``; with the original's
+   weights (``--source-weights``) also the original's numbers, ΔAcc_R against
+   them and ``graph_unchanged``. The policy's gates are applied (the
+   manifest's own gate settings are shown, never obeyed), and the recomputed
+   numbers must reproduce the recorded ones (a NaN on one side only fails).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from dataclasses import dataclass
-from pathlib import Path
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
 
-from nhle_pipeline.pipeline.errors import ReleaseError, TamperedReleaseError
+from nhle_pipeline.pipeline.errors import DataError, ModelError, ReleaseError, TamperedReleaseError
 from nhle_pipeline.pipeline.release.manifest import (
     MANIFEST,
     MANIFEST_SEAL,
     Manifest,
-    file_digests,
     manifest_seal,
     parse_manifest,
 )
+from nhle_pipeline.pipeline.release.policy import Policy
+from nhle_pipeline.pipeline.release.signing import SIGNATURE, verify_signature
 from nhle_pipeline.verify.gates import GateResult, evaluate_gates
 
 # Recomputed metrics may differ from the recorded ones only by float noise
 # (probe and attack fits are seeded); one test sample's worth is far above this.
 REPRODUCE_ATOL = 1e-4
+MODEL = "model.onnx"
+REPORTS = ("report.md", "report.html")
 
 
 @dataclass
@@ -37,10 +62,62 @@ class ReleaseCheck:
     gates: list[GateResult]
     metrics: dict
     provider: str
+    policy: Policy = field(default_factory=Policy)
+    policy_source: str = "default gates"
+    manifest_gates: dict[str, Any] = field(default_factory=dict)  # the producer's verify.gates: shown, not applied
+    signature: str | None = None  # the verified key's fingerprint; None: not checked
+    signed: bool = False  # release.sig is present
+    original_from: str = "manifest"  # "source weights": the original was measured here
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return all(g.passed for g in self.gates)
+
+
+# --- 1. hygiene -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Tree:
+    """What a release folder holds: relative POSIX paths of its plain files and folders."""
+
+    files: set[str]
+    dirs: set[str]
+
+
+def scan_release(release: Path) -> Tree:
+    """Walk ``release`` without following links; a symlink or a special file anywhere is tampering."""
+    if not release.is_dir():
+        raise ReleaseError(f"{release}: no such release folder")
+    files: set[str] = set()
+    dirs: set[str] = set()
+    todo = [release]
+    while todo:
+        folder = todo.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as e:
+            raise ReleaseError(f"{folder}: cannot list it ({e.strerror})") from e
+        for entry in entries:
+            path = Path(entry.path)
+            rel = path.relative_to(release).as_posix()
+            if entry.is_symlink():
+                raise TamperedReleaseError(
+                    f"{path}: a symbolic link; a release holds only plain files and folders (refused, not followed)"
+                )
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISDIR(mode):
+                dirs.add(rel)
+                todo.append(path)
+            elif stat.S_ISREG(mode):
+                files.add(rel)
+            else:
+                raise TamperedReleaseError(f"{path}: not a plain file (a device, pipe or socket); refused")
+    return Tree(files, dirs)
+
+
+# --- 3. the manifest ------------------------------------------------------------------------------
 
 
 def read_manifest(release: Path) -> Manifest:
@@ -48,6 +125,8 @@ def read_manifest(release: Path) -> Manifest:
     path = release / MANIFEST
     if not release.is_dir():
         raise ReleaseError(f"{release}: no such release folder")
+    if path.is_symlink():
+        raise TamperedReleaseError(f"{path}: a symbolic link; a release holds only plain files and folders")
     if not path.is_file():
         raise ReleaseError(f"{path}: missing; not a release folder")
     try:
@@ -63,75 +142,364 @@ def read_manifest(release: Path) -> Manifest:
     return parse_manifest(m, str(path))
 
 
-def check_files(release: Path, manifest: Manifest) -> None:
-    """Checksums of every listed file; extra or missing files are tampering too."""
-    actual = file_digests(release)
-    listed = {k: v.model_dump() for k, v in manifest.files.items()}
-    for name in sorted(set(listed) | set(actual)):
+# --- 4. files -------------------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    from nhle_pipeline.pipeline.checkpoint import sha256_file
+
+    return sha256_file(path)
+
+
+def check_files(release: Path, manifest: Manifest, tree: Tree | None = None) -> None:
+    """Checksums of every listed file; a missing, unlisted or extra file or folder is tampering.
+
+    Only ``manifest.json`` and ``release.sig`` are not listed (the manifest cannot list itself,
+    and the signature is made after it)."""
+    tree = tree or scan_release(release)
+    actual = tree.files - {MANIFEST, SIGNATURE}
+    listed = manifest.files
+    for name in sorted(set(listed) | actual):
         if name not in actual:
             raise TamperedReleaseError(f"{release / name}: listed in the manifest but missing")
         if name not in listed:
             raise TamperedReleaseError(f"{release / name}: not listed in the manifest")
-        if actual[name]["sha256"] != listed[name]["sha256"]:
+        if _sha256(release / name) != listed[name].sha256:
             raise TamperedReleaseError(f"{release / name}: sha256 differs from the manifest; the release was modified")
+    needed = {str(p) for name in listed for p in PurePosixPath(name).parents if str(p) != "."}
+    for d in sorted(tree.dirs - needed):
+        raise TamperedReleaseError(f"{release / d}: a folder no listed file is in (not part of the release)")
+
+
+def _external_locations(model_path: Path) -> list[str]:
+    """The external data files ``model_path`` refers to, each a plain name inside the release."""
+    from nhle_pipeline.export.onnx_file import load_onnx
+
+    model = load_onnx(model_path, weights=False)
+    try:
+        from onnx.external_data_helper import _get_all_tensors
+
+        tensors = list(_get_all_tensors(model))
+    except ImportError:  # pragma: no cover - onnx moved the helper: initializers only
+        tensors = list(model.graph.initializer)
+    found: list[str] = []
+    for t in tensors:
+        if t.data_location != 1:  # onnx.TensorProto.EXTERNAL
+            continue
+        loc = {e.key: e.value for e in t.external_data}.get("location", "")
+        p = PurePosixPath(loc.replace("\\", "/"))
+        if not loc or p.is_absolute() or ".." in p.parts or len(p.parts) != 1 or ":" in loc:
+            raise TamperedReleaseError(
+                f"{model_path}: external data location {loc!r} is not a file beside the model (refused, not read)"
+            )
+        if loc not in found:
+            found.append(loc)
+    return found
+
+
+def check_layout(release: Path, manifest: Manifest) -> None:
+    """Only a release's own files, and a Triton repository that serves exactly ``model.onnx``."""
+    from nhle_pipeline.pipeline.release.triton import (
+        CONFIG_FILE,
+        INSTANCE_KINDS,
+        MODEL_FILE,
+        MODEL_VERSION,
+        TRITON_DIR,
+        config_pbtxt,
+        graph_signature,
+    )
+
+    listed = set(manifest.files)
+    if MODEL not in listed:
+        raise TamperedReleaseError(f"{release / MODEL}: not listed in the manifest; a release ships its model")
+    external = _external_locations(release / MODEL)
+    for name in external:
+        if name not in listed:
+            raise TamperedReleaseError(f"{release / MODEL}: external data file '{name}' is not a listed file")
+    if sorted(external) != sorted(manifest.external_data):
+        raise TamperedReleaseError(
+            f"{release / MANIFEST}: external_data {manifest.external_data} differs from what model.onnx refers to {external}"
+        )
+    model_dir = f"{TRITON_DIR}/{manifest.name}"
+    triton = {f"{model_dir}/{CONFIG_FILE}", f"{model_dir}/{MODEL_VERSION}/{MODEL_FILE}"}
+    triton |= {f"{model_dir}/{MODEL_VERSION}/{name}" for name in external}
+    allowed = {MODEL, *REPORTS, *external} | triton
+    for name in sorted(listed - allowed):
+        raise TamperedReleaseError(
+            f"{release / name}: not a file of a release (model.onnx, reports, external data, "
+            f"{model_dir}/{{{CONFIG_FILE},{MODEL_VERSION}/{MODEL_FILE}}})"
+        )
+    present = listed & triton
+    if not present:
+        return  # a release written before the Triton repository existed
+    for name in sorted(triton - present):
+        raise TamperedReleaseError(f"{release / name}: missing from the Triton repository")
+    for name in [MODEL_FILE, *external]:
+        copy = f"{model_dir}/{MODEL_VERSION}/{name}"
+        if manifest.files[copy].sha256 != manifest.files[name].sha256:
+            raise TamperedReleaseError(f"{release / copy}: not a byte-identical copy of {name}; Triton would serve another model")
+    inputs, outputs = graph_signature(release / MODEL)
+    text = (release / model_dir / CONFIG_FILE).read_text(encoding="utf-8", errors="replace")
+    if text not in {config_pbtxt(manifest.name, inputs, outputs, instance_kind=k) for k in INSTANCE_KINDS}:
+        raise TamperedReleaseError(
+            f"{release / model_dir / CONFIG_FILE}: not the config written from model.onnx (name, tensors, batching)"
+        )
+
+
+# --- 5. provenance and config ---------------------------------------------------------------------
 
 
 def check_provenance(release: Path, manifest: Manifest) -> None:
     from nhle_pipeline.verify.ort import read_metadata
 
-    meta = read_metadata(release / "model.onnx")
+    meta = read_metadata(release / MODEL)
     expect = {
+        "method": manifest.method,
         "config_sha256": manifest.config_sha256,
         "forget_classes": ",".join(map(str, manifest.forget_classes)),
+        "num_classes": str(manifest.num_classes),
+        "source_model_sha256": manifest.source_model.sha256 or "",
+        "cwm_mode": manifest.cwm_mode,
     }
     for k, v in expect.items():
         if meta.get(k) != v:
-            raise TamperedReleaseError(f"{release / 'model.onnx'}: metadata '{k}' is {meta.get(k)!r}, manifest says {v!r}")
+            raise TamperedReleaseError(f"{release / MODEL}: metadata '{k}' is {meta.get(k)!r}, manifest says {v!r}")
 
 
-def verify_release(release: str | Path, *, data_root: str | None = None, device: str = "auto") -> ReleaseCheck:
-    """Checksums, provenance, then the accuracy gates on the shipped model.onnx."""
+def check_config(release: Path, manifest: Manifest):
+    """The manifest's config, validated, and its sha256 recomputed against ``config_sha256``.
+
+    The hash is that of the config as recorded (canonical JSON) or as this version
+    re-validates it (defaults of fields added since filled in): either proves that
+    the recorded config is the one the release was made with."""
+    from nhle_pipeline.pipeline.config import parse_config
+
+    where = f"{release / MANIFEST}"
+    cfg = parse_config(manifest.config, f"{where} config")
+    recorded = hashlib.sha256(json.dumps(manifest.config, sort_keys=True).encode()).hexdigest()
+    if manifest.config_sha256 not in (recorded, cfg.sha256()):
+        raise TamperedReleaseError(
+            f"{where}: config_sha256 {manifest.config_sha256[:12]}… is not the sha256 of its config ({cfg.sha256()[:12]}…)"
+        )
+    for key, value in (("forget_classes", list(cfg.forget.classes)), ("num_classes", cfg.model.num_classes),
+                       ("seed", cfg.seed)):
+        if getattr(manifest, key) != value:
+            raise TamperedReleaseError(f"{where}: {key} {getattr(manifest, key)!r} differs from its config's {value!r}")
+    return cfg
+
+
+# --- 6. recomputed metrics ------------------------------------------------------------------------
+
+
+def _drift(pairs: list[tuple[float, float]]) -> float:
+    """Largest |recomputed - recorded|; NaN on both sides agrees, NaN or inf on one side is inf."""
+    worst = 0.0
+    for a, b in pairs:
+        a, b = float(a), float(b)
+        if (math.isnan(a) and math.isnan(b)) or a == b:
+            continue
+        if not (math.isfinite(a) and math.isfinite(b)):
+            return math.inf
+        worst = max(worst, abs(a - b))
+    return worst
+
+
+def _accuracy_pairs(got, recorded) -> list[tuple[float, float]]:
+    pairs = [(got.acc_f, recorded.acc_f), (got.acc_r, recorded.acc_r)]
+    if len(got.per_class) != len(recorded.per_class):
+        return [*pairs, (math.inf, 0.0)]
+    return pairs + list(zip(got.per_class, recorded.per_class, strict=True))
+
+
+def _evidence_pairs(got: dict, recorded) -> list[tuple[float, float]]:
+    rec = recorded.model_dump()
+    return [(got[k], rec[k]) for k in ("ratio_d", "probe_auc", "mia_efficacy")]
+
+
+def _gate(name: str, value, threshold, op: str, description: str) -> GateResult:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        ok = False
+    else:
+        ok = {"<=": lambda: value <= threshold, ">=": lambda: value >= threshold}.get(op, lambda: value == threshold)()
+    return GateResult(name, value, threshold, op, bool(ok), description)
+
+
+def _masked_bias(cfg, manifest: Manifest) -> tuple[float | None, str]:
+    """The bias CWM gives the forgotten rows in ``cfg``'s mode, and where that number comes from.
+
+    ``zero`` and ``suppress`` fix it in the config; a mode that derives it from the
+    model (``calibrated``) records it in the manifest (``metrics.cwm.bias``), which
+    the rows are checked against (its Acc_F is recomputed regardless)."""
+    cwm = cfg.unlearn.cwm
+    if cwm.mode == "zero":
+        return 0.0, "0 (mode zero)"
+    if cwm.mode == "suppress":
+        return cwm.suppress_bias, f"{cwm.suppress_bias:g} (suppress_bias)"
+    recorded = getattr(getattr(manifest.metrics, "cwm", None), "bias", None)
+    if recorded is None:
+        return None, f"of mode {cwm.mode} (the manifest records none)"
+    return float(recorded), f"{recorded:.6g} (mode {cwm.mode}, the manifest's metrics.cwm.bias)"
+
+
+def _verify_config(raw: dict, data_root: str | None) -> tuple[dict, list[str]]:
+    """The manifest's config as verify uses it: never downloads, never unpickles, never imports code."""
+    notes = []
+    data = dict(raw.get("data") or {})
+    if data.get("download"):
+        notes.append("the release's config sets data.download: true; ignored (verify never downloads)")
+    data["download"] = False
+    if data_root is not None:
+        data["root"] = data_root
+    model = dict(raw.get("model") or {})
+    model["trust_pickle"] = False
+    if "trust_code" in model:
+        model["trust_code"] = False
+    return {**raw, "data": data, "model": model}, notes
+
+
+def check_source_weights(manifest: Manifest, cfg, weights: Path) -> None:
+    """The deployer's copy of the original weights is the one the release was made from."""
+    if manifest.source_model.sha256 is None:
+        raise TamperedReleaseError(f"{MANIFEST}: records no source_model.sha256 to check --source-weights against")
+    if not weights.is_file():
+        raise ModelError(f"--source-weights: no such file '{weights}'")
+    got = _sha256(weights)
+    if got != manifest.source_model.sha256:
+        raise ModelError(
+            f"--source-weights: '{weights}' has sha256 {got[:12]}…, the release was made from "
+            f"{manifest.source_model.sha256[:12]}… (source_model.sha256)"
+        )
+    if ":" in cfg.model.arch:
+        raise ModelError(
+            f"model.arch: the release's config names '{cfg.model.arch}', which imports code; "
+            "verify --source-weights builds registry architectures only"
+        )
+
+
+def _export_original(cfg, data, manifest: Manifest, weights: Path, scratch: Path) -> Path:
+    """Export the original model (the manifest's config, the deployer's weights) into ``scratch``."""
+    from nhle_pipeline.export.onnx_export import export_onnx
+    from nhle_pipeline.pipeline.checkpoint import load_weights
+    from nhle_pipeline.pipeline.loading import build_configured_model
+
+    model, head = build_configured_model(cfg, data)
+    if head != manifest.head:
+        raise TamperedReleaseError(f"{MANIFEST}: head '{manifest.head}' is not the config's model head '{head}'")
+    load_weights(model, weights, trust_pickle=False)
+    path = scratch / "original.onnx"
+    export_onnx(model.eval(), data.input_shape, path, opset=cfg.export.opset)
+    return path
+
+
+def verify_release(
+    release: str | Path,
+    *,
+    data_root: str | None = None,
+    device: str = "auto",
+    policy: Policy | None = None,
+    policy_source: str = "default gates",
+    public_key: str | Path | None = None,
+    source_weights: str | Path | None = None,
+) -> ReleaseCheck:
+    """Hygiene, signature, checksums, provenance, then the policy's gates on the shipped model.onnx."""
     import tempfile
 
     from nhle_pipeline.pipeline.config import parse_config
+    from nhle_pipeline.pipeline.data import eval_batch_size
+    from nhle_pipeline.pipeline.errors import InputError
     from nhle_pipeline.pipeline.loading import load_data
+    from nhle_pipeline.verify.graph import rows_masked, same_nodes
     from nhle_pipeline.verify.measure import measure_onnx
 
+    policy = policy or Policy()
     rel = Path(release)
-    manifest = read_manifest(rel)
-    check_files(rel, manifest)
-    check_provenance(rel, manifest)
+    public_key = public_key or policy.public_key
+    if policy.require_signature and public_key is None:
+        raise InputError("--public-key: the policy requires a signature; give the producer's public key")
+    if policy.require_source_weights and source_weights is None:
+        raise InputError("--source-weights: the policy requires the original model's weights to measure ΔAcc_R")
 
-    raw = manifest.config
-    if data_root is not None:
-        raw = {**raw, "data": {**raw["data"], "root": data_root}}
+    tree = scan_release(rel)
+    fingerprint = verify_signature(rel, public_key) if public_key is not None else None
+    manifest = read_manifest(rel)
+    check_files(rel, manifest, tree)
+    check_layout(rel, manifest)
+    check_provenance(rel, manifest)
+    check_config(rel, manifest)
+
+    raw, notes = _verify_config(manifest.config, data_root)
     cfg = parse_config(raw, f"{rel / MANIFEST} config")
+    if source_weights is not None:
+        check_source_weights(manifest, cfg, Path(source_weights))
     forget = list(cfg.forget.classes)
-    # verify writes nothing that outlives it: npz extraction and the feature copy go to a temp folder
-    with tempfile.TemporaryDirectory(prefix="pipeline-verify-") as scratch:
-        data = load_data(cfg, cache_dir=Path(scratch))
-        got = measure_onnx(
-            rel / "model.onnx", manifest.head, data.train, data.test, forget, cfg.model.num_classes,
-            seed=cfg.seed, device=device, batch_size=cfg.data.batch_size, scratch=Path(scratch),
-        )
-    after = got.accuracy
+    n = cfg.model.num_classes
+    # verify writes nothing that outlives it: npz extraction, the feature copy and the
+    # original's export go to a temp folder
+    with tempfile.TemporaryDirectory(prefix="pipeline-verify-") as tmp:
+        scratch = Path(tmp)
+        try:
+            data = load_data(cfg, cache_dir=scratch)
+        except DataError as e:
+            raise DataError(f"{e} (pipeline verify never downloads; point --data-root at a local copy)") from e
+        got = measure_onnx(rel / MODEL, manifest.head, data.train, data.test, forget, n,
+                           seed=cfg.seed, device=device, batch_size=eval_batch_size(cfg.data, data.input_shape), scratch=scratch)
+        original = graph_unchanged = None
+        if source_weights is not None:
+            original_onnx = _export_original(cfg, data, manifest, Path(source_weights), scratch)
+            original = measure_onnx(original_onnx, manifest.head, data.train, data.test, forget, n,
+                                    seed=cfg.seed, device=device, batch_size=eval_batch_size(cfg.data, data.input_shape), scratch=scratch)
+            graph_unchanged = same_nodes(original_onnx, rel / MODEL)
+
     recorded = manifest.metrics
+    after = got.accuracy
+    if original is not None:
+        acc_r_before, ev_before = original.accuracy.acc_r, original.evidence.to_dict()
+        original_from = "source weights"
+        notes.append(f"the original was measured here from --source-weights (sha256 matches source_model.sha256): "
+                     f"Acc_R {acc_r_before:.4f}")
+    else:
+        acc_r_before, ev_before = recorded.original.acc_r, recorded.evidence.original.model_dump()
+        original_from = "manifest"
+        notes.append(f"ΔAcc_R is against the manifest's recorded original Acc_R {acc_r_before:.4f}, not recomputed "
+                     "(pass --source-weights to measure the original here)")
     metrics = {
         "acc_f": after.acc_f,
-        "delta_acc_r": after.acc_r - recorded.original.acc_r,
+        "delta_acc_r": after.acc_r - acc_r_before,
         "unlearned": after.to_dict(),
+        "original": original.accuracy.to_dict() if original is not None else None,
         "evidence_copy_max_abs": got.copy_max_abs,
-        "evidence": {"original": recorded.evidence.original.model_dump(), "unlearned": got.evidence.to_dict()},
+        "evidence": {"original": ev_before, "unlearned": got.evidence.to_dict()},
+        "graph_unchanged": graph_unchanged,
     }
-    gates = evaluate_gates(metrics, cfg.verify.gates, with_parity=False)
-    pairs = [(after.acc_f, recorded.unlearned.acc_f), (after.acc_r, recorded.unlearned.acc_r)]
-    recorded_ev = recorded.evidence.unlearned.model_dump()
-    for key in ("ratio_d", "probe_auc", "mia_efficacy"):
-        pairs.append((metrics["evidence"]["unlearned"][key], recorded_ev[key]))
-    drift = max(abs(a - b) if not (math.isnan(a) and math.isnan(b)) else 0.0 for a, b in pairs)
-    gates.append(GateResult(
-        "reproduces_manifest", drift, REPRODUCE_ATOL, "<=", bool(math.isfinite(drift) and drift <= REPRODUCE_ATOL),
-        "recomputed Acc_F, Acc_R, Ratio_D, probe AUC, MIA-efficacy vs the manifest's",
-    ))
-    provider = got.provider
-    return ReleaseCheck(gates, metrics, provider)
+    gates = evaluate_gates(metrics, policy.gates, with_parity=False)
+
+    mode = cfg.unlearn.cwm.mode
+    if mode != "none":
+        bias, whence = _masked_bias(cfg, manifest)
+        masked = None
+        if bias is not None:
+            try:
+                masked = rows_masked(rel / MODEL, manifest.head, forget, bias)
+            except (IndexError, ValueError) as e:
+                raise TamperedReleaseError(f"{rel / MODEL}: the head '{manifest.head}' does not fit the manifest ({e})") from e
+        metrics["cwm_in_graph"] = masked
+        gates.append(_gate("cwm_in_graph", masked, True, "==",
+                           f"forgotten rows 0 and bias {whence} in the head's Gemm initializers (recomputed)"))
+    elif policy.require_cwm:
+        gates.append(_gate("cwm_in_graph", None, True, "==", "the release's config says cwm.mode none; the policy requires CWM"))
+    if graph_unchanged is not None:
+        gates.append(_gate("graph_unchanged", graph_unchanged, True, "==",
+                           "same ONNX nodes as an export of --source-weights"))
+
+    pairs = _accuracy_pairs(after, recorded.unlearned) + _evidence_pairs(got.evidence.to_dict(), recorded.evidence.unlearned)
+    what = "recomputed per-class accuracy, Acc_F, Acc_R, Ratio_D, probe AUC, MIA-efficacy vs the manifest's"
+    if original is not None:
+        pairs += _accuracy_pairs(original.accuracy, recorded.original)
+        pairs += _evidence_pairs(ev_before, recorded.evidence.original)
+        what += " (the original's too)"
+    drift = _drift(pairs)
+    gates.append(GateResult("reproduces_manifest", drift, REPRODUCE_ATOL, "<=",
+                            bool(math.isfinite(drift) and drift <= REPRODUCE_ATOL), what))
+    manifest_gates = dict((manifest.config.get("verify") or {}).get("gates") or {})
+    return ReleaseCheck(gates, metrics, got.provider, policy, policy_source, manifest_gates,
+                        signature=fingerprint, signed=SIGNATURE in tree.files, original_from=original_from, notes=notes)

@@ -18,6 +18,7 @@ from pathlib import Path
 from nhle_pipeline.pipeline.errors import ReleaseError
 from nhle_pipeline.pipeline.paths import folder_problem
 from nhle_pipeline.pipeline.release.manifest import MANIFEST, SCRATCH, seal_manifest_file
+from nhle_pipeline.pipeline.release.signing import SigningKey, sign_release
 
 STAGING = ".staging"
 
@@ -54,10 +55,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def publish(staging: Path, target: Path, force: bool) -> Path:
-    """Seal the manifest, then atomically move the complete staging folder to ``target``."""
+def publish(staging: Path, target: Path, force: bool, sign_key: SigningKey | None = None) -> Path:
+    """Seal the manifest, sign the folder (with ``sign_key``), then atomically move the
+    complete staging folder to ``target``."""
     shutil.rmtree(staging / SCRATCH, ignore_errors=True)
     seal_manifest_file(staging / MANIFEST)
+    if sign_key is not None:  # last write: the signature covers every other file, the sealed manifest too
+        sign_release(staging, sign_key)
     for p in staging.rglob("*"):
         if p.is_file():
             with open(p, "rb") as f:

@@ -1,0 +1,295 @@
+"""A release a deployer can trust: `pipeline verify` under the deployer's policy, against
+forgers who re-seal the manifest, swap the model, plant links and folders, or ask for a download.
+
+One signed release of the digits model per module (a whole `pipeline run`: slow); each case
+works on its own copy and must leave it exactly as it was (verify never writes).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from nhle_pipeline.pipeline.cli import cli
+from tests.conftest import digits_config, write_config
+from tests.test_bad_inputs import snapshot
+
+pytestmark = pytest.mark.slow
+NAME = "digits-test"
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def _keypair(folder: Path, name: str) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = folder / f"{name}.pem", folder / f"{name}.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("keys")
+    key, pub = _keypair(root, "producer")
+    _, other = _keypair(root, "someone-else")
+    return {"key": key, "pub": pub, "other": other}
+
+
+@pytest.fixture(scope="module")
+def signed_release(digits_weights, keys, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("signed")
+    cfg = write_config(root / "run.yaml", digits_config(digits_weights, root / "releases"))
+    r = invoke("run", cfg, "--sign-key", keys["key"])
+    assert r.exit_code == 0, r.output
+    rel = root / "releases" / NAME
+    assert (rel / "release.sig").is_file() and "release.sig" not in json.loads((rel / "manifest.json").read_text())["files"]
+    return rel
+
+
+@pytest.fixture()
+def rel(signed_release, tmp_path) -> Path:
+    dst = tmp_path / "shipped" / NAME
+    shutil.copytree(signed_release, dst)
+    return dst
+
+
+def _verify(rel: Path, *args, code: int, expect: str = ""):
+    """Run `pipeline verify`; check its exit code, its one error line (exit 2) and that nothing changed."""
+    before = snapshot(rel.parent.parent)
+    r = invoke("verify", rel, *args)
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output
+    if code == 2:
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+    assert expect in r.output, r.output
+    assert snapshot(rel.parent.parent) == before, "verify changed files"
+    return r
+
+
+# --- a forger's tools ---------------------------------------------------------------------------
+
+
+def _digest(p: Path) -> dict:
+    from nhle_pipeline.pipeline.checkpoint import sha256_file
+
+    return {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+
+
+def _forge(rel: Path, edit=None, model: Path | None = None, rehash_config: bool = True) -> dict:
+    """Edit the manifest (``edit``), optionally ship ``model`` (as model.onnx and its Triton copy),
+    recompute config_sha256 (stamped into the model too), every digest, and the seal."""
+    from nhle_pipeline.export.metadata import stamp_metadata
+    from nhle_pipeline.pipeline.config import parse_config
+    from nhle_pipeline.pipeline.release.manifest import MANIFEST_SEAL, manifest_seal
+    from nhle_pipeline.verify.ort import read_metadata
+
+    m = json.loads((rel / "manifest.json").read_text())
+    meta = read_metadata(rel / "model.onnx")
+    meta.pop("producer", None)
+    if model is not None:
+        shutil.copyfile(model, rel / "model.onnx")
+    if edit:
+        edit(m)
+    if rehash_config:
+        m["config_sha256"] = meta["config_sha256"] = parse_config(m["config"]).sha256()
+    stamp_metadata(rel / "model.onnx", meta)  # the provenance copied over
+    shutil.copyfile(rel / "model.onnx", rel / "triton" / NAME / "1" / "model.onnx")
+    for name in m["files"]:
+        m["files"][name] = _digest(rel / name)
+    m[MANIFEST_SEAL] = manifest_seal(m)
+    (rel / "manifest.json").write_text(json.dumps(m, indent=2))
+    return m
+
+
+def _loosen_and_match_original(m: dict) -> None:
+    """The gate raised to 1.0, the unlearned model's metrics replaced by the original's."""
+    m["config"]["verify"]["gates"]["acc_f_max"] = 1.0
+    met = m["metrics"]
+    met["unlearned"] = dict(met["original"])
+    met["evidence"]["unlearned"] = dict(met["evidence"]["original"])
+    met["acc_f"], met["delta_acc_r"] = met["original"]["acc_f"], 0.0
+    for g in m["gates"]:
+        if g["name"] == "acc_f":
+            g["value"], g["threshold"] = met["acc_f"], 1.0
+
+
+@pytest.fixture(scope="module")
+def original_onnx(digits_weights, tmp_path_factory) -> Path:
+    """An export of the original (not unlearned) digits model."""
+    from nhle_pipeline.export.onnx_export import export_onnx
+    from nhle_pipeline.pipeline.checkpoint import load_weights
+    from nhle_pipeline.pipeline.models import build_model
+
+    model = build_model("mlp", num_classes=10, input_shape=(1, 8, 8))
+    load_weights(model, digits_weights)
+    path = tmp_path_factory.mktemp("original") / "model.onnx"
+    export_onnx(model, (1, 8, 8), path, opset=18)
+    return path
+
+
+# --- the release as shipped ---------------------------------------------------------------------
+
+
+def test_the_signed_release_passes_with_key_and_source_weights(rel, keys, digits_weights):
+    r = _verify(rel, "--public-key", keys["pub"], "--source-weights", digits_weights, code=0, expect="verdict: pass")
+    assert "signature: ok" in r.output and "[✓] graph_unchanged" in r.output and "[✓] cwm_in_graph" in r.output
+    assert "measured here from --source-weights" in r.output
+
+
+def test_without_a_key_the_signature_is_not_checked_and_says_so(rel):
+    r = _verify(rel, code=0, expect="signature: present, not checked")
+    assert "ΔAcc_R is against the manifest's recorded original Acc_R" in r.output
+
+
+# --- the forgery of the issue -------------------------------------------------------------------
+
+
+def test_forged_release_original_model_gate_raised_resealed_fails(rel, original_onnx, keys, digits_weights):
+    """model.onnx replaced by an export of the original (provenance copied), acc_f_max raised to
+    1.0, metrics edited to match, config_sha256 and the seal recomputed: the deployer's default
+    gates and the recomputed cwm_in_graph fail it; the signature fails it outright."""
+    _forge(rel, _loosen_and_match_original, model=original_onnx)
+    r = _verify(rel, code=1, expect="gate(s) failed: acc_f, cwm_in_graph")
+    assert "acc_f_max 1.0 (≠ policy)" in r.output  # shown, not obeyed
+    _verify(rel, "--source-weights", digits_weights, code=1, expect="gate(s) failed: acc_f, cwm_in_graph")
+    _verify(rel, "--public-key", keys["pub"], code=2, expect="release.sig: the release's files differ from the signed ones")
+
+
+def test_forged_release_without_a_new_config_hash_is_refused(rel, original_onnx):
+    _forge(rel, _loosen_and_match_original, model=original_onnx, rehash_config=False)
+    _verify(rel, code=2, expect="config_sha256")
+
+
+def test_forged_nan_metric_does_not_reproduce(rel):
+    _forge(rel, lambda m: m["metrics"]["evidence"]["unlearned"].__setitem__("mia_efficacy", float("nan")))
+    _verify(rel, code=1, expect="gate(s) failed: reproduces_manifest")
+
+
+# --- hygiene: links, unlisted folders, downloads ------------------------------------------------
+
+
+def test_triton_version_2_symlinked_to_the_original_is_refused(rel, original_onnx):
+    (rel / "triton" / NAME / "2").symlink_to(original_onnx.parent, target_is_directory=True)
+    _verify(rel, code=2, expect="2: a symbolic link")
+
+
+def test_model_symlinked_outside_the_release_is_refused(rel, tmp_path):
+    outside = tmp_path / "elsewhere.onnx"
+    shutil.copyfile(rel / "model.onnx", outside)  # same bytes: checksums alone would pass
+    (rel / "model.onnx").unlink()
+    (rel / "model.onnx").symlink_to(outside)
+    _verify(rel, code=2, expect="model.onnx: a symbolic link")
+
+
+def test_unlisted_symlinked_folder_is_refused(rel, tmp_path):
+    (tmp_path / "x").mkdir()
+    (rel / "extras").symlink_to(tmp_path / "x", target_is_directory=True)
+    _verify(rel, code=2, expect="extras: a symbolic link")
+
+
+def test_unlisted_empty_folder_is_refused(rel):
+    (rel / "triton" / NAME / "3").mkdir()
+    _verify(rel, code=2, expect="3: a folder no listed file is in")
+
+
+def test_a_listed_triton_version_2_is_refused(rel, original_onnx):
+    (rel / "triton" / NAME / "2").mkdir()
+    shutil.copyfile(original_onnx, rel / "triton" / NAME / "2" / "model.onnx")
+
+    def add(m):
+        m["files"]["triton/digits-test/2/model.onnx"] = {}
+
+    _forge(rel, add)
+    _verify(rel, code=2, expect="triton/digits-test/2/model.onnx: not a file of a release")
+
+
+def test_a_different_triton_model_is_refused(rel, original_onnx):
+    m = _forge(rel)
+    shutil.copyfile(original_onnx, rel / "triton" / NAME / "1" / "model.onnx")
+    from nhle_pipeline.pipeline.release.manifest import MANIFEST_SEAL, manifest_seal
+
+    m["files"]["triton/digits-test/1/model.onnx"] = _digest(rel / "triton" / NAME / "1" / "model.onnx")
+    m[MANIFEST_SEAL] = manifest_seal(m)
+    (rel / "manifest.json").write_text(json.dumps(m))
+    _verify(rel, code=2, expect="not a byte-identical copy of model.onnx")
+
+
+def test_a_download_request_is_never_followed(rel, tmp_path):
+    nowhere = tmp_path / "nowhere"
+    _forge(rel, lambda m: m["config"]["data"].update({"dataset": "mnist", "root": str(nowhere), "download": True}))
+    _verify(rel, code=2, expect="pipeline verify never downloads")
+    assert not nowhere.exists()
+
+
+def test_a_download_flag_on_embedded_data_is_ignored_and_said(rel):
+    _forge(rel, lambda m: m["config"]["data"].update({"download": True}))
+    _verify(rel, code=0, expect="data.download: true; ignored")
+
+
+# --- the deployer's policy ----------------------------------------------------------------------
+
+
+def test_policy_file_and_flags_decide_the_thresholds(rel, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("gates:\n  acc_f_max: 0.0\n  acc_r_drop_max: 0.05\n")
+    _verify(rel, "--policy", policy, code=0, expect="acc_r_drop_max 0.05")
+    _verify(rel, "--policy", policy, "--acc-r-drop-max", "0", code=1, expect="gate(s) failed: acc_r_drop")
+
+
+@pytest.mark.parametrize("policy, args, expect", [
+    ("require_signature: true\n", [], "--public-key: the policy requires a signature"),
+    ("require_source_weights: true\n", [], "--source-weights: the policy requires"),
+    ("gates:\n  acc_f_maxx: 0.1\n", [], "gates.acc_f_maxx: unknown key"),
+    ("", ["--acc-f-max", "2"], "--acc-f-max"),
+    ("", ["--source-weights", "{other_weights}"], "--source-weights"),
+    ("", ["--public-key", "{other}"], "release.sig: signed with another key"),
+    ("", ["--public-key", "{key}"], "--public-key"),  # a private key is not a public key
+    ("require_signature: true\npublic_key: {other}\n", [], "release.sig: signed with another key"),
+])
+def test_bad_policy_keys_and_weights_are_bad_input(rel, tmp_path, keys, policy, args, expect):
+    other_weights = tmp_path / "other.safetensors"
+    other_weights.write_bytes(b"not the original")
+    fill = {"other_weights": other_weights, "other": keys["other"], "key": keys["key"]}
+    p = tmp_path / "policy.yaml"
+    p.write_text(policy.format(**fill))
+    _verify(rel, "--policy", p, *[a.format(**fill) for a in args], code=2, expect=expect)
+
+
+def test_missing_or_damaged_signature_with_a_key_is_bad_input(rel, keys):
+    import base64
+
+    sig = rel / "release.sig"
+    good = sig.read_text()
+    data = json.loads(good)
+    raw = bytearray(base64.b64decode(data["dsseEnvelope"]["signatures"][0]["sig"]))
+    raw[len(raw) // 2] ^= 0xFF
+    data["dsseEnvelope"]["signatures"][0]["sig"] = base64.b64encode(bytes(raw)).decode()
+    sig.write_text(json.dumps(data))
+    _verify(rel, "--public-key", keys["pub"], code=2, expect="release.sig: does not verify")
+    sig.write_text(good[: len(good) // 2])
+    _verify(rel, "--public-key", keys["pub"], code=2, expect="release.sig: not a valid signature")
+    sig.unlink()
+    _verify(rel, "--public-key", keys["pub"], code=2, expect="release.sig: missing")
+
+
+def test_a_bad_sign_key_fails_before_any_work(make_config, tmp_path):
+    key = tmp_path / "not-a-key.pem"
+    key.write_text("hello")
+    before = snapshot(tmp_path)
+    r = invoke("run", make_config(release={"sign_key": str(key)}))
+    assert r.exit_code == 2 and "release.sign_key" in r.output and "not a PEM private key" in r.output, r.output
+    new = set(snapshot(tmp_path)) - set(before)
+    assert not any(p.startswith("releases") for p in new), new
