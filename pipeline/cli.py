@@ -32,6 +32,17 @@ DEVICE_OPTION = click.option(
     help="Override the config's device.",
 )
 FORCE_OPTION = click.option("--force", is_flag=True, help="Replace an existing output.")
+TRUST_CODE_OPTION = click.option(
+    "--trust-code", "trust_code", is_flag=True,
+    help="Allow a 'package.module:factory' model.arch (importing it runs that module's code).",
+)
+
+
+def _trusting_code(cfg, trust_code: bool):
+    """The config with model.trust_code set when --trust-code was given (recorded as such)."""
+    if not trust_code:
+        return cfg
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"trust_code": True})})
 
 
 INTERRUPTED = "interrupted; nothing was released (any staging folder is kept for diagnosis)"
@@ -144,11 +155,12 @@ def cli() -> None:
 @FORCE_OPTION
 @click.option("--no-cache", "no_cache", is_flag=True,
               help="Measure the original model even if the baseline cache holds it (and do not cache it).")
+@TRUST_CODE_OPTION
 @click.option("--sign-key", "sign_key", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PEM elliptic-curve private key: sign the release (release.sig; overrides release.sign_key).")
 @handle_errors
 def run(config: Path, out: Path | None, device: str | None, force: bool, no_cache: bool,
-        sign_key: Path | None) -> None:
+        trust_code: bool, sign_key: Path | None) -> None:
     """Unlearn, export, verify and release the model described by CONFIG.
 
     Under torchrun, rank 0 runs the chain and the other ranks measure their
@@ -156,7 +168,7 @@ def run(config: Path, out: Path | None, device: str | None, force: bool, no_cach
     """
     from nhle_pipeline.pipeline.config import load_config
 
-    cfg = load_config(config)
+    cfg = _trusting_code(load_config(config), trust_code)
     from nhle_pipeline.pipeline.distributed import (
         join_group,
         leave_group,
@@ -208,12 +220,13 @@ def _run_main(cfg, config: Path, out: Path | None, device: str | None, force: bo
 @CONFIG_ARG
 @DEVICE_OPTION
 @FORCE_OPTION
+@TRUST_CODE_OPTION
 @handle_errors
-def train(config: Path, device: str | None, force: bool) -> None:
+def train(config: Path, device: str | None, force: bool, trust_code: bool) -> None:
     """Train the original model CONFIG points to (writes model.weights as safetensors)."""
     from nhle_pipeline.pipeline.config import load_config
 
-    cfg = load_config(config)
+    cfg = _trusting_code(load_config(config), trust_code)
     from nhle_pipeline.pipeline.console import console, train_original
 
     path = train_original(cfg, device=device, force=force)

@@ -171,3 +171,19 @@ def test_unexpected_crash_exits_3_not_1(make_config, monkeypatch):
     r = CliRunner().invoke(cli, ["run", str(make_config())])
     assert r.exit_code == 3
     assert "internal error (RuntimeError)" in r.output and "simulated bug" in r.output
+
+
+def test_an_import_path_arch_needs_trust_code(tmp_path):
+    """`tests.factories:tiny_net` runs code on import: refused (exit 2, nothing written) unless trusted."""
+    from tests.conftest import digits_config, write_config
+
+    cfg = digits_config(tmp_path / "tiny.safetensors", tmp_path / "releases",
+                        model={"arch": "tests.factories:tiny_net", "kwargs": {"hidden": 16}},
+                        train={"epochs": 3})
+    path = write_config(tmp_path / "tiny.yaml", cfg)
+    r = invoke("train", path)
+    assert r.exit_code == 2 and "model.trust_code: true" in r.output, r.output
+    assert not (tmp_path / "tiny.safetensors").exists()
+    r = invoke("train", path, "--trust-code")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "tiny.safetensors").is_file()
