@@ -118,6 +118,17 @@ def _forgotten(logits: torch.Tensor, y: torch.Tensor, retained: torch.Tensor, ma
     return bool(rules) and all(rules)
 
 
+MICRO_BATCH_PIXELS = 64 * 64 * 64  # a micro-batch holds about this many pixels per channel
+
+
+def micro_batch_for(input_shape: tuple[int, int, int]) -> int:
+    """NHLE's micro-batch for images of ``(C, H, W)``: a power of two with about
+    ``MICRO_BATCH_PIXELS`` pixels (64 at 32 px: 16 forget samples in one go; 4 at 224 px)."""
+    _, h, w = input_shape
+    fit = max(1, MICRO_BATCH_PIXELS // max(1, h * w))
+    return 2 ** (fit.bit_length() - 1)
+
+
 def make_optimizer(params: list[nn.Parameter], s: dict[str, Any]) -> torch.optim.Optimizer:
     if s["optimizer"] == "relative":
         return RelativeStep(params, lr=s["lr"])
@@ -135,6 +146,7 @@ def nhle_finetune(
     loss_fn: LossFn | None = None,
     optimizer: torch.optim.Optimizer | None = None,
     retained_x: torch.Tensor | None = None,
+    micro_batch: int | None = None,
 ) -> NHLEResult:
     """Fine-tune ``model`` in place on forget samples ``x`` (N,C,H,W), labels ``y`` (N,).
 
@@ -145,6 +157,11 @@ def nhle_finetune(
     ``loss_fn`` and ``optimizer`` replace NHLE's loss and optimiser while keeping
     the loop (step cap, clipping, stopping rules, divergence guard): the
     benchmarks' simple-label ablation and gradient ascent run through here.
+
+    ``micro_batch``: run each step's forward and backward over the forget
+    samples this many at a time, summing the gradients (NHLE's loss is a mean
+    over samples and BatchNorm is frozen, so the step is the same): memory
+    then grows with the micro-batch, not with the samples (224-px models).
     """
     s = cfg.resolved()
     if not cfg.enabled:
@@ -154,6 +171,7 @@ def nhle_finetune(
     with torch.no_grad():
         original = model(x)
     margin = required_margin(s, original_lead(original, y, retained))
+    chunked = loss_fn is None and micro_batch is not None and 0 < micro_batch < len(x)
     if loss_fn is None:
         targets = nhle_targets(y, num_classes)
         with torch.no_grad():
@@ -168,6 +186,24 @@ def nhle_finetune(
                     loss = loss + anchor * anchor_loss(model(retained_x), original_r, retained)
             return loss
 
+        def forward_backward() -> tuple[torch.Tensor, torch.Tensor]:
+            """Logits (detached) and the loss of one step, its gradient accumulated micro-batch by micro-batch."""
+            total, outs = torch.zeros((), device=x.device), []
+            for i in range(0, len(x), micro_batch):
+                part = slice(i, i + micro_batch)
+                z = model(x[part])
+                share = len(z) / len(x)
+                loss = nhle_loss(z, targets[part], cfg.variant) * share
+                if anchor > 0:
+                    loss = loss + anchor * anchor_loss(z, original[part], retained) * share
+                loss.backward()
+                total, outs = total + loss.detach(), [*outs, z.detach()]
+            if anchor > 0 and original_r is not None:
+                loss = anchor * anchor_loss(model(retained_x), original_r, retained)
+                loss.backward()
+                total = total + loss.detach()
+            return torch.cat(outs), total
+
     params = list(model.parameters())
     opt = optimizer or make_optimizer(params, s)
     clip = s["grad_clip"] if s["optimizer"] == "sgd" else None
@@ -177,7 +213,11 @@ def nhle_finetune(
     step = 0
     stopped = "max_steps"
     while True:
-        logits = model(x)  # (N, C)
+        if chunked:
+            opt.zero_grad(set_to_none=True)
+            logits, loss = forward_backward()  # (N, C) detached; gradients already in .grad
+        else:
+            logits = model(x)  # (N, C)
         acc = float((logits.argmax(dim=1) == y).float().mean())
         if step == 0:
             start_acc = acc
@@ -193,12 +233,14 @@ def nhle_finetune(
             break
         if step >= s["max_steps"]:
             break
-        loss = loss_fn(logits)
+        if not chunked:
+            loss = loss_fn(logits)
         if not torch.isfinite(loss):
             stopped = "diverged"
             break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if not chunked:
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         if clip is not None:
             nn.utils.clip_grad_norm_(params, clip)
         opt.step()

@@ -47,7 +47,7 @@ from nhle_pipeline.pipeline.errors import GateFailure
 from nhle_pipeline.pipeline.inference import torch_logits
 from nhle_pipeline.pipeline.loading import Loaded, cache_dir_for, load_inputs
 from nhle_pipeline.pipeline.models import find_head
-from nhle_pipeline.pipeline.nhle import NHLEResult, nhle_finetune
+from nhle_pipeline.pipeline.nhle import NHLEResult, micro_batch_for, nhle_finetune
 from nhle_pipeline.pipeline.reference import retrain_reference
 from nhle_pipeline.pipeline.release.manifest import (
     SCRATCH,
@@ -231,6 +231,7 @@ def _nhle(run: _Run) -> tuple[nn.Module, NHLEResult, str]:
     xr = torch.from_numpy(inp.data.train.get(inp.retained_idx)).to(inp.device) if len(inp.retained_idx) else None
     nh = nhle_finetune(
         model, xf, yf, run.cfg.model.num_classes, run.cfg.unlearn.nhle, retained_x=xr,
+        micro_batch=micro_batch_for(inp.data.input_shape),
         on_step=lambda s, t, loss, acc: run.listener.step("nhle", s, t, f"loss {loss:.3f}, forget acc {acc:.2f}"),
     )
     retained_note = f" + {len(inp.retained_idx)} retained samples" if len(inp.retained_idx) else ""

@@ -225,3 +225,30 @@ def test_relative_margin_is_measured_in_the_original_lead(digits_model):
     # the same push measured in absolute logits: identical to stop_margin = lead
     same = nhle_finetune(copy.deepcopy(m0), x, y, 10, NHLEConfig(stop_margin=lead, max_steps=300))
     assert same.steps == r.steps
+
+
+@pytest.mark.parametrize("variant", ["anchored", "paper"])
+def test_micro_batches_take_the_same_steps_as_the_full_batch(variant):
+    """Gradients summed over micro-batches of the forget samples: same stop, same weights."""
+    import copy
+
+    from nhle_pipeline.pipeline.config import NHLEConfig
+    from nhle_pipeline.pipeline.nhle import micro_batch_for, nhle_finetune
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+    x = torch.rand(16, 1, 8, 8)
+    y = torch.zeros(16, dtype=torch.long)
+    cfg = NHLEConfig(variant=variant, max_steps=30)
+    runs = []
+    for micro in (None, 4, 5):
+        model = copy.deepcopy(base)
+        result = nhle_finetune(model, x, y, 4, cfg, micro_batch=micro)
+        runs.append((result, torch.cat([p.detach().flatten() for p in model.parameters()])))
+    (full, w_full), *chunked = runs
+    for result, weights in chunked:
+        assert (result.steps, result.stopped) == (full.steps, full.stopped)
+        torch.testing.assert_close(weights, w_full, rtol=1e-5, atol=1e-6)
+    assert full.steps > (1 if variant == "anchored" else 0)
+    assert micro_batch_for((3, 224, 224)) == 4 and micro_batch_for((3, 32, 32)) == 256
+    assert micro_batch_for((1, 8, 8)) >= 16
