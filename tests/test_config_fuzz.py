@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from hypothesis import strategies as st
 from nhle_pipeline.pipeline.config import Config, load_config, parse_config
 from nhle_pipeline.pipeline.errors import ConfigError
 
-EXAMPLES = 500  # per test (the YAML-oddity test: EXAMPLES // 4); about 15 s for the file on one core
+# Per test (the YAML-oddity test: EXAMPLES // 4); 500: about 15 s for the file on one core.
+# `make test-fast` sets CONFIG_FUZZ_EXAMPLES=100; `make test` runs the full 500.
+EXAMPLES = int(os.environ.get("CONFIG_FUZZ_EXAMPLES", "500"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
