@@ -288,10 +288,15 @@ def _verify(run: _Run, model: nn.Module, nh: NHLEResult, model_onnx: Path) -> tu
     after = run.measured["unlearned"] = run.measure(model_onnx)
     cwm = run.cfg.unlearn.cwm
     bias = masked_bias(cwm.mode, cwm.suppress_bias, run.calibration)
-    parity_x = run.inp.data.test.get(after.test_idx[:PARITY_MAX_SAMPLES])
+    cpu = torch.device("cpu")
+    model = model.to(cpu)
+    parity_logits = np.concatenate([  # streamed: 1,024 images at 224 px are 600 MB as one array
+        torch_logits(model, x, run.batch_size, cpu)
+        for x in run.inp.data.test.image_batches(after.test_idx[:PARITY_MAX_SAMPLES], run.batch_size)
+    ])
     metrics = verification_metrics(
         run.measured["original"], after, run.measured.get("reference"),
-        torch_logits=torch_logits(model.to("cpu"), parity_x, run.batch_size, torch.device("cpu")),
+        torch_logits=parity_logits,
         graph_unchanged=op_types(model_onnx) == run.original_ops,
         cwm_in_graph=None if bias is None else rows_masked(model_onnx, run.inp.head_name, run.forget, bias),
         cwm={"mode": cwm.mode, "bias": bias,
