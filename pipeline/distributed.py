@@ -116,6 +116,10 @@ def leave_group(group: Group) -> None:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            try:  # every rank is past its last collective before any tears the group down
+                dist.barrier()  # (gloo can abort a rank whose peer disconnects first)
+            except RuntimeError:
+                pass  # a peer is gone: tearing down is all that is left
             dist.destroy_process_group()
 
 
