@@ -57,10 +57,28 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str |
         raise ExportError(f"export: torch.onnx failed for {type(model).__name__}: {str(e).splitlines()[0]}") from e
     from nhle_pipeline.export.onnx_file import default_opset, load_onnx
 
+    if not external:
+        _drop_initializer_value_info(path)
     got = default_opset(load_onnx(path, weights=False))
     if got != opset:  # the manifest records the opset asked for: it must be the file's
         raise ExportError(f"export: asked for opset {opset}, the exporter wrote opset {got}")
     return [f"{path.name}.data"] if external else []
+
+
+def _drop_initializer_value_info(path: Path) -> None:
+    """Remove the exporter's value_info entries for initializers (the weights carry their own
+    shapes): onnxruntime's quantize_dynamic re-infers shapes and fails on them
+    ("Inferred shape and existing shape differ")."""
+    import onnx
+
+    model = onnx.load(str(path))
+    weights = {t.name for t in model.graph.initializer}
+    keep = [v for v in model.graph.value_info if v.name not in weights]
+    if len(keep) == len(model.graph.value_info):
+        return
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(keep)
+    onnx.save(model, str(path))
 
 
 def _forward_params(model: nn.Module) -> list[str]:
