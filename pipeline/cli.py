@@ -307,11 +307,16 @@ def init(path: Path, force: bool) -> None:
 
     from nhle_pipeline.pipeline.errors import ConfigError
 
+    if path.is_symlink() and not path.exists():
+        raise ConfigError(f"{path}: a symbolic link to nothing; give a real file name")
     if path.exists() and not force:
         raise ConfigError(f"{path}: already exists; use --force to overwrite")
     if not path.parent.is_dir():
         raise ConfigError(f"{path}: folder '{path.parent}' does not exist")
-    path.write_text(files("nhle_pipeline.pipeline").joinpath("templates/starter.yaml").read_text(encoding="utf-8"))
+    try:
+        path.write_text(files("nhle_pipeline.pipeline").joinpath("templates/starter.yaml").read_text(encoding="utf-8"))
+    except OSError as e:  # a read-only folder, a full disk
+        raise ConfigError(f"{path}: cannot write it ({e.strerror})") from e
     click.echo(f"wrote {path}")
 
 

@@ -492,6 +492,8 @@ CASES: list[tuple[str, str, Callable[[Ctx], list]]] = [
      _tamper(lambda r: (r / "manifest.json").write_text((r / "manifest.json").read_text()[:200]))),
     ("tamper-manifest-empty", "manifest.json", _tamper(lambda r: (r / "manifest.json").write_text(""))),
     ("tamper-manifest-list", "manifest.json", _tamper(lambda r: (r / "manifest.json").write_text("[]"))),
+    ("tamper-manifest-nested-deep", "nested too deeply",
+     _tamper(lambda r: (r / "manifest.json").write_text("[" * 200_000 + "]" * 200_000))),
     ("tamper-manifest-gate-loosened", "manifest.json",
      _tamper(lambda r: _edit_manifest(r, lambda m: m["config"]["verify"]["gates"].__setitem__("acc_f_max", 1.0)))),
     ("tamper-manifest-metric-edited", "manifest.json",

@@ -1,6 +1,7 @@
 """The CLI end to end on digits: exit codes, messages, what is (not) written."""
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -187,3 +188,18 @@ def test_an_import_path_arch_needs_trust_code(tmp_path):
     r = invoke("train", path, "--trust-code")
     assert r.exit_code == 0, r.output
     assert (tmp_path / "tiny.safetensors").is_file()
+
+
+def test_init_refuses_a_dangling_symlink_and_an_unwritable_folder(tmp_path, monkeypatch):
+    link = tmp_path / "p.yaml"
+    link.symlink_to(tmp_path / "nowhere.yaml")
+    r = invoke("init", link)
+    assert r.exit_code == 2 and "a symbolic link to nothing" in r.output
+    assert not (tmp_path / "nowhere.yaml").exists()
+
+    def read_only(self, *args, **kwargs):  # root writes anywhere: simulate the read-only folder
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    r = invoke("init", tmp_path / "q.yaml")
+    assert r.exit_code == 2 and r.output.strip() == f"error: {tmp_path / 'q.yaml'}: cannot write it (Permission denied)"

@@ -133,6 +133,8 @@ def read_manifest(release: Path) -> Manifest:
         m = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise TamperedReleaseError(f"{path}: not valid JSON ({e})") from e
+    except RecursionError as e:  # nested deeper than the parser's stack
+        raise TamperedReleaseError(f"{path}: nested too deeply to be a manifest") from e
     for key in ("files", "config", "metrics", "forget_classes", "config_sha256"):
         if not isinstance(m, dict) or key not in m:
             raise TamperedReleaseError(f"{path}: missing field '{key}'")
