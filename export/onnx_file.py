@@ -41,6 +41,26 @@ def check_onnx(path: str | Path) -> None:
         raise OnnxFileError(f"{path}: ONNX checker failed ({str(e).splitlines()[0][:200]})") from e
 
 
+def external_data_locations(model) -> list[str]:
+    """The ``location`` of every tensor the model keeps outside the file (models over 2 GB),
+    each once, in order; "" for a tensor marked external without one."""
+    import onnx
+
+    try:
+        from onnx.external_data_helper import _get_all_tensors
+
+        tensors = list(_get_all_tensors(model))  # initializers and tensors inside attributes
+    except ImportError:  # pragma: no cover - onnx moved the helper: initializers only
+        tensors = list(model.graph.initializer)
+    found: list[str] = []
+    for t in tensors:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = {e.key: e.value for e in t.external_data}.get("location", "")
+            if loc not in found:
+                found.append(loc)
+    return found
+
+
 def default_opset(model) -> int | None:
     """The version of the default ("ai.onnx") operator set the file imports."""
     return next((int(o.version) for o in model.opset_import if o.domain in ("", "ai.onnx")), None)

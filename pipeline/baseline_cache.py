@@ -64,9 +64,8 @@ def data_fingerprint(train, test) -> str:
     for split in (train, test):
         h.update(np.ascontiguousarray(split.y).tobytes())
         h.update(source_identity(split.source).encode())
-        rows = getattr(split, "_rows", None)
-        if rows is not None:
-            h.update(np.ascontiguousarray(rows).tobytes())
+        if split.rows is not None:  # a subset view of its source
+            h.update(np.ascontiguousarray(split.rows).tobytes())
     return h.hexdigest()
 
 

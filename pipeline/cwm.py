@@ -57,16 +57,15 @@ def calibrated_bias(retained_logits: np.ndarray) -> Calibration:
     return Calibration(float(np.float32(low - margin)), low, high, margin, int(retained_logits.shape[0]))
 
 
-def masked_bias(mode: str, suppress_bias: float, calibration: Calibration | None) -> float | None:
-    """The bias the forgotten rows get in ``mode`` (None: CWM off)."""
+def masked_bias(mode: str, suppress_bias: float, calibration) -> float | None:
+    """The bias the forgotten rows get in ``mode`` (None: CWM off, or ``calibrated`` without a
+    calibration). ``calibration``: a Calibration, or a manifest's record of one (anything with ``bias``)."""
     if mode == "none":
         return None
     if mode == "zero":
         return 0.0
     if mode == "calibrated":
-        if calibration is None:
-            raise ValueError("calibrated CWM needs a calibration")
-        return calibration.bias
+        return None if calibration is None else float(calibration.bias)
     return suppress_bias
 
 

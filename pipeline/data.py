@@ -75,14 +75,14 @@ class Split:
         self.source = source
         self.image_shape = image_shape
         self.workers = workers
-        self._rows = rows  # positions in the source (a subset view), or None: all of it
+        self.rows = rows  # positions in the source (a subset view), or None: all of it
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
     def _source_rows(self, indices: np.ndarray) -> np.ndarray:
         idx = np.asarray(indices, dtype=np.int64)
-        return idx if self._rows is None else self._rows[idx]
+        return idx if self.rows is None else self.rows[idx]
 
     def get(self, indices: np.ndarray) -> np.ndarray:
         """Float32 (k, C, H, W) images of ``indices`` (positions in this split), fetched here."""

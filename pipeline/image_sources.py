@@ -46,14 +46,17 @@ class Preprocess:
 
     def to_float(self, batch: np.ndarray) -> np.ndarray:
         """(k, C, H, W) uint8 -> float32 in [0, 1], normalised per channel when set."""
-        x = batch.astype(np.float32) / 255.0
-        if self.mean is not None and self.std is not None:
-            c = x.shape[1]
-            if len(self.mean) != c:
-                raise DataError(f"data.normalize: {len(self.mean)} channel values given, images have {c} channels")
-            x -= np.asarray(self.mean, np.float32).reshape(1, c, 1, 1)
-            x /= np.asarray(self.std, np.float32).reshape(1, c, 1, 1)
-        return x
+        return self.normalize(batch.astype(np.float32) / 255.0)
+
+    def normalize(self, x: np.ndarray) -> np.ndarray:
+        """Float32 (k, C, H, W) in [0, 1] -> per-channel ``(x - mean) / std`` when set (a new array)."""
+        if self.mean is None or self.std is None:
+            return np.ascontiguousarray(x, dtype=np.float32)
+        c = x.shape[1]
+        if len(self.mean) != c:
+            raise DataError(f"data.normalize: {len(self.mean)} channel values given, images have {c} channels")
+        return ((x - np.asarray(self.mean, np.float32).reshape(1, c, 1, 1))
+                / np.asarray(self.std, np.float32).reshape(1, c, 1, 1)).astype(np.float32, copy=False)
 
     def apply(self, batch_u8: np.ndarray) -> np.ndarray:
         """uint8 (k, C, H, W) -> preprocessed float32 (k, C', H', W')."""
@@ -91,20 +94,9 @@ class ArraySource:
 
     def fetch(self, indices: np.ndarray) -> np.ndarray:
         rows = to_nchw_u8(np.asarray(self.images[np.asarray(indices, dtype=np.int64)]), self.source)
-        if rows.dtype == np.float32:  # already in [0, 1] (the embedded digits)
-            return _float_rows(rows, self.preprocess)
+        if rows.dtype == np.float32:  # already in [0, 1] (the embedded digits): normalisation only
+            return self.preprocess.normalize(rows)
         return self.preprocess.apply(rows)
-
-
-def _float_rows(rows: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """Float [0, 1] rows: only normalisation applies (no spatial transforms on float data)."""
-    x = np.ascontiguousarray(rows, dtype=np.float32)
-    if pre.mean is not None and pre.std is not None:
-        c = x.shape[1]
-        if len(pre.mean) != c:
-            raise DataError(f"data.normalize: {len(pre.mean)} channel values given, images have {c} channels")
-        x = (x - np.asarray(pre.mean, np.float32).reshape(1, c, 1, 1)) / np.asarray(pre.std, np.float32).reshape(1, c, 1, 1)
-    return x
 
 
 class NpzMember:

@@ -142,7 +142,7 @@ class _Run:
 
     @property
     def ort_device(self) -> str:
-        return "cpu" if self.inp.device.type == "cpu" else "auto"
+        return _ort_device(self.inp)
 
     def outputs(self, onnx_path: Path) -> ModelOutputs:
         """One exported model's pass over the data, by onnxruntime (sharded over the group's ranks)."""
@@ -173,10 +173,15 @@ class _Run:
         })
 
 
+def _ort_device(inp: Loaded) -> str:
+    """onnxruntime follows PyTorch: CPU when the run is on the CPU, else CUDA where it really runs."""
+    return "cpu" if inp.device.type == "cpu" else "auto"
+
+
 def _shard_outputs(cfg: Config, inp: Loaded, onnx_path: Path, scratch: Path, group: Group) -> ModelOutputs:
     data = inp.data
     return run_model(onnx_path, inp.head_name, data.train, data.test, cfg.model.num_classes, seed=cfg.seed,
-                     device="cpu" if inp.device.type == "cpu" else "auto", batch_size=eval_batch_size(cfg.data, data.input_shape),
+                     device=_ort_device(inp), batch_size=eval_batch_size(cfg.data, data.input_shape),
                      scratch=scratch, shard=(group.rank, group.world), device_id=group.local_rank)
 
 

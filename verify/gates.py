@@ -57,7 +57,8 @@ class GateResult:
                 f"{format_gate_value(self.threshold)}  ({self.description})")
 
 
-def _check(name: str, value, op: str, threshold, description: str) -> GateResult:
+def gate_result(name: str, value, op: str, threshold, description: str) -> GateResult:
+    """One gate's verdict: a missing or non-finite value fails (fail closed)."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         ok = False
     elif op == "<=":
@@ -78,12 +79,12 @@ def evaluate_gates(
     ``with_parity``: the PyTorch model was at hand (a run, not a re-check of a release);
     ``cwm_applied``: CWM ran (``unlearn.cwm.mode`` is not ``none``), so its rows must be in the graph."""
     results = [
-        _check("acc_f", metrics.get("acc_f"), "<=", gates.acc_f_max,
+        gate_result("acc_f", metrics.get("acc_f"), "<=", gates.acc_f_max,
                "forgotten classes' test accuracy, unlearned ONNX model"),
-        _check("acc_r_drop", metrics.get("delta_acc_r"), ">=", -gates.acc_r_drop_max,
+        gate_result("acc_r_drop", metrics.get("delta_acc_r"), ">=", -gates.acc_r_drop_max,
                "ΔAcc_R vs the original ONNX model (verify.gates.acc_r_drop_max)"),
     ]
-    results.append(_check("evidence_copy", metrics.get("evidence_copy_max_abs"), "<=", COPY_ATOL,
+    results.append(gate_result("evidence_copy", metrics.get("evidence_copy_max_abs"), "<=", COPY_ATOL,
                           "logits of the evidence's verification copy vs the shipped file, first test batch"))
     ev = metrics.get("evidence", {})
     unl, orig = ev.get("unlearned", {}), ev.get("original", {})
@@ -91,26 +92,26 @@ def evaluate_gates(
         rel = None
         if unl.get("ratio_d") is not None and orig.get("ratio_d"):
             rel = unl["ratio_d"] / orig["ratio_d"]
-        results.append(_check("ratio_d_relative", rel, "<=", gates.ratio_d_max_relative,
+        results.append(gate_result("ratio_d_relative", rel, "<=", gates.ratio_d_max_relative,
                               "Ratio_D of the unlearned model / the original's (verify.gates.ratio_d_max_relative)"))
     if gates.probe_auc_max is not None:
-        results.append(_check("probe_auc", unl.get("probe_auc"), "<=", gates.probe_auc_max,
+        results.append(gate_result("probe_auc", unl.get("probe_auc"), "<=", gates.probe_auc_max,
                               "forgotten-vs-retained feature probe ROC AUC (verify.gates.probe_auc_max)"))
     if gates.mia_efficacy_min is not None:
-        results.append(_check("mia_efficacy", unl.get("mia_efficacy"), ">=", gates.mia_efficacy_min,
+        results.append(gate_result("mia_efficacy", unl.get("mia_efficacy"), ">=", gates.mia_efficacy_min,
                               "forget samples judged non-members (verify.gates.mia_efficacy_min)"))
     if with_parity and gates.nhle_completed:  # a producer-side fact: the release check cannot redo it
         stopped = (metrics.get("nhle") or {}).get("stopped")
-        results.append(_check("nhle_completed", None if stopped is None else stopped == "forgotten", "==", True,
+        results.append(gate_result("nhle_completed", None if stopped is None else stopped == "forgotten", "==", True,
                               f"NHLE ran and met its stop rule; stopped: {stopped} (verify.gates.nhle_completed)"))
     if with_parity:
         results += [
-            _check("parity", metrics.get("parity_max_abs"), "<=", gates.parity_atol,
+            gate_result("parity", metrics.get("parity_max_abs"), "<=", gates.parity_atol,
                    "max |ONNX - PyTorch| logits, finite entries"),
-            _check("graph_unchanged", metrics.get("graph_unchanged"), "==", True,
+            gate_result("graph_unchanged", metrics.get("graph_unchanged"), "==", True,
                    "same ONNX nodes as an export of the original model"),
         ]
         if cwm_applied:
-            results.append(_check("cwm_in_graph", metrics.get("cwm_in_graph"), "==", True,
+            results.append(gate_result("cwm_in_graph", metrics.get("cwm_in_graph"), "==", True,
                                   "forgotten rows masked in the head's Gemm initializers"))
     return results

@@ -48,7 +48,7 @@ from nhle_pipeline.pipeline.release.manifest import (
 )
 from nhle_pipeline.pipeline.release.policy import Policy
 from nhle_pipeline.pipeline.release.signing import SIGNATURE, verify_signature
-from nhle_pipeline.verify.gates import GateResult, evaluate_gates
+from nhle_pipeline.verify.gates import GateResult, evaluate_gates, gate_result
 
 # Recomputed metrics may differ from the recorded ones only by float noise
 # (probe and attack fits are seeded); one test sample's worth is far above this.
@@ -175,27 +175,15 @@ def check_files(release: Path, manifest: Manifest, tree: Tree | None = None) -> 
 
 def _external_locations(model_path: Path) -> list[str]:
     """The external data files ``model_path`` refers to, each a plain name inside the release."""
-    from nhle_pipeline.export.onnx_file import load_onnx
+    from nhle_pipeline.export.onnx_file import external_data_locations, load_onnx
 
-    model = load_onnx(model_path, weights=False)
-    try:
-        from onnx.external_data_helper import _get_all_tensors
-
-        tensors = list(_get_all_tensors(model))
-    except ImportError:  # pragma: no cover - onnx moved the helper: initializers only
-        tensors = list(model.graph.initializer)
-    found: list[str] = []
-    for t in tensors:
-        if t.data_location != 1:  # onnx.TensorProto.EXTERNAL
-            continue
-        loc = {e.key: e.value for e in t.external_data}.get("location", "")
+    found = external_data_locations(load_onnx(model_path, weights=False))
+    for loc in found:
         p = PurePosixPath(loc.replace("\\", "/"))
         if not loc or p.is_absolute() or ".." in p.parts or len(p.parts) != 1 or ":" in loc:
             raise TamperedReleaseError(
                 f"{model_path}: external data location {loc!r} is not a file beside the model (refused, not read)"
             )
-        if loc not in found:
-            found.append(loc)
     return found
 
 
@@ -318,29 +306,23 @@ def _evidence_pairs(got: dict, recorded) -> list[tuple[float, float]]:
     return [(got[k], rec[k]) for k in ("ratio_d", "probe_auc", "mia_efficacy")]
 
 
-def _gate(name: str, value, threshold, op: str, description: str) -> GateResult:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        ok = False
-    else:
-        ok = {"<=": lambda: value <= threshold, ">=": lambda: value >= threshold}.get(op, lambda: value == threshold)()
-    return GateResult(name, value, threshold, op, bool(ok), description)
-
-
 def _masked_bias(cfg, manifest: Manifest) -> tuple[float | None, str]:
-    """The bias CWM gives the forgotten rows in ``cfg``'s mode, and where that number comes from.
+    """The bias CWM gives the forgotten rows in ``cfg``'s mode (pipeline.cwm.masked_bias), and where
+    that number comes from: ``zero`` and ``suppress`` fix it in the config; ``calibrated`` derives it
+    from the model and records it in the manifest, which the rows are checked against (its Acc_F is
+    recomputed regardless)."""
+    from nhle_pipeline.pipeline.cwm import masked_bias
 
-    ``zero`` and ``suppress`` fix it in the config; a mode that derives it from the
-    model (``calibrated``) records it in the manifest (``metrics.cwm.bias``), which
-    the rows are checked against (its Acc_F is recomputed regardless)."""
     cwm = cfg.unlearn.cwm
-    if cwm.mode == "zero":
-        return 0.0, "0 (mode zero)"
-    if cwm.mode == "suppress":
-        return cwm.suppress_bias, f"{cwm.suppress_bias:g} (suppress_bias)"
-    recorded = getattr(getattr(manifest.metrics, "cwm", None), "bias", None)
-    if recorded is None:
+    record = getattr(manifest.metrics, "cwm", None)
+    bias = masked_bias(cwm.mode, cwm.suppress_bias, record.calibration if record is not None else None)
+    if bias is None:
         return None, f"of mode {cwm.mode} (the manifest records none)"
-    return float(recorded), f"{recorded:.6g} (mode {cwm.mode}, the manifest's metrics.cwm.bias)"
+    if cwm.mode == "zero":
+        return bias, "0 (mode zero)"
+    if cwm.mode == "suppress":
+        return bias, f"{bias:g} (suppress_bias)"
+    return bias, f"{bias:.6g} (mode {cwm.mode}, the manifest's metrics.cwm.bias)"
 
 
 def _verify_config(raw: dict, data_root: str | None) -> tuple[dict, list[str]]:
@@ -485,12 +467,12 @@ def verify_release(
             except (IndexError, ValueError) as e:
                 raise TamperedReleaseError(f"{rel / MODEL}: the head '{manifest.head}' does not fit the manifest ({e})") from e
         metrics["cwm_in_graph"] = masked
-        gates.append(_gate("cwm_in_graph", masked, True, "==",
+        gates.append(gate_result("cwm_in_graph", masked, "==", True,
                            f"forgotten rows 0 and bias {whence} in the head's Gemm initializers (recomputed)"))
     elif policy.require_cwm:
-        gates.append(_gate("cwm_in_graph", None, True, "==", "the release's config says cwm.mode none; the policy requires CWM"))
+        gates.append(gate_result("cwm_in_graph", None, "==", True, "the release's config says cwm.mode none; the policy requires CWM"))
     if graph_unchanged is not None:
-        gates.append(_gate("graph_unchanged", graph_unchanged, True, "==",
+        gates.append(gate_result("graph_unchanged", graph_unchanged, "==", True,
                            "same ONNX nodes as an export of --source-weights"))
 
     pairs = _accuracy_pairs(after, recorded.unlearned) + _evidence_pairs(got.evidence.to_dict(), recorded.evidence.unlearned)
@@ -500,8 +482,7 @@ def verify_release(
         pairs += _evidence_pairs(ev_before, recorded.evidence.original)
         what += " (the original's too)"
     drift = _drift(pairs)
-    gates.append(GateResult("reproduces_manifest", drift, REPRODUCE_ATOL, "<=",
-                            bool(math.isfinite(drift) and drift <= REPRODUCE_ATOL), what))
+    gates.append(gate_result("reproduces_manifest", drift, "<=", REPRODUCE_ATOL, what))
     manifest_gates = dict((manifest.config.get("verify") or {}).get("gates") or {})
     return ReleaseCheck(gates, metrics, got.provider, policy, policy_source, manifest_gates,
                         signature=fingerprint, signed=SIGNATURE in tree.files, original_from=original_from, notes=notes)

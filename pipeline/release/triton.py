@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nhle_pipeline.export.errors import OnnxFileError
-from nhle_pipeline.export.onnx_file import load_onnx
+from nhle_pipeline.export.onnx_file import external_data_locations, load_onnx
 from nhle_pipeline.pipeline.config import RELEASE_NAME_PATTERN
 from nhle_pipeline.pipeline.errors import InputError, ReleaseError
 
@@ -174,19 +174,6 @@ def config_pbtxt(
     return "\n".join(lines) + "\n"
 
 
-def _external_files(model) -> list[str]:
-    """External data files the model refers to (models over 2 GB); they must sit beside it."""
-    import onnx
-
-    found = []
-    for t in model.graph.initializer:
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            loc = {e.key: e.value for e in t.external_data}.get("location")
-            if loc and loc not in found:
-                found.append(loc)
-    return found
-
-
 def write_triton_repository(
     release_dir: Path,
     model_name: str,
@@ -214,7 +201,7 @@ def write_triton_repository(
     version_dir = model_dir / MODEL_VERSION
     version_dir.mkdir(parents=True)
     shutil.copyfile(onnx_path, version_dir / MODEL_FILE)
-    for name in _external_files(model):
+    for name in [loc for loc in external_data_locations(model) if loc]:
         src = onnx_path.parent / name
         if not src.is_file():
             raise OnnxFileError(f"{onnx_path}: external data file '{name}' is missing")
