@@ -57,9 +57,14 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+_LAST_ERROR: list[str] = []  # the last error line, for the --json document
+
+
 def _err(msg: str) -> None:
     # One line whatever the message quotes (a YAML key or a file name may hold a newline).
-    click.echo("error: " + " ".join(str(msg).splitlines()), err=True)
+    line = " ".join(str(msg).splitlines())
+    _LAST_ERROR[:] = [line]
+    click.echo("error: " + line, err=True)
 
 
 def handle_errors(fn):
@@ -98,7 +103,22 @@ def handle_errors(fn):
             _err(f"internal error ({type(e).__name__}); nothing was released - please report it with the traceback above")
             sys.exit(EXIT_CRASH)
 
-    return wrapper
+    @functools.wraps(fn)
+    def documented(*args, **kwargs):
+        # --json: one document on stdout whatever the outcome (pipeline/output.py)
+        from nhle_pipeline.pipeline.output import emit, json_mode
+
+        with json_mode(fn.__name__, bool(kwargs.get("as_json"))) as doc:
+            _LAST_ERROR.clear()
+            try:
+                result = wrapper(*args, **kwargs)
+            except SystemExit as e:
+                emit(doc, e.code if isinstance(e.code, int) else EXIT_CRASH, _LAST_ERROR[0] if _LAST_ERROR else None)
+                raise
+            emit(doc, 0, None)
+            return result
+
+    return documented
 
 
 def _interrupt_cause(e: BaseException | None) -> KeyboardInterrupt | None:
@@ -341,6 +361,9 @@ def inspect(model: Path, as_json: bool) -> None:
 def main() -> None:
     import signal
 
+    from nhle_pipeline.pipeline.output import protect_streams
+
+    protect_streams()  # `pipeline … | head`, a closed stdout: never a BrokenPipeError
     signal.signal(signal.SIGTERM, _on_sigterm)
     cli()
 

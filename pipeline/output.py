@@ -1,0 +1,188 @@
+"""What the CLI writes: streams that survive a closed reader, and the ``--json`` document.
+
+Streams. ``pipeline inspect model.onnx | head -3`` closes the pipe while the
+command still writes; Python then raises ``BrokenPipeError`` from whatever
+``print`` happened to be running (and again when it flushes at exit).
+:func:`protect_streams` wraps ``sys.stdout`` and ``sys.stderr`` so that a
+write to a reader that went away (EPIPE) or to a closed descriptor (EBADF)
+points that descriptor at ``/dev/null`` and carries on: the command finishes
+its work (a ``pipeline run`` still releases) and exits with its own code.
+
+JSON. With ``--json`` a command writes exactly one JSON document on stdout
+and all human output on stderr. The document is built by the command
+(:func:`current_document`) and written once, by the CLI's error handler,
+whatever the outcome: ``exit_code`` is the process's exit code and ``error``
+the one-line message (``null`` on success). Values are typed (numbers,
+booleans, lists, ``null`` for a missing or NaN number). The schemas live in
+``pipeline/schemas/<command>.schema.json``.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import math
+import os
+import sys
+from contextlib import contextmanager
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+GONE = (errno.EPIPE, errno.EBADF)  # the reader went away; the descriptor was closed
+
+
+class SafeStream(io.TextIOBase):
+    """A text stream that never raises because its reader is gone (see the module doc)."""
+
+    def __init__(self, stream, fd: int) -> None:
+        super().__init__()
+        self._stream = stream
+        self._fd = fd
+        self.gone = stream is None
+
+    # The wrapped stream's attributes (encoding, errors, buffer, isatty, ...) for click and rich.
+    def __getattr__(self, name: str):
+        if self._stream is None:
+            raise AttributeError(name)
+        return getattr(self._stream, name)
+
+    @property
+    def encoding(self):  # io.TextIOBase defines it as None
+        return getattr(self._stream, "encoding", "utf-8") or "utf-8"
+
+    @property
+    def errors(self):
+        return getattr(self._stream, "errors", "strict")
+
+    def _drop(self) -> None:
+        """Point the descriptor at /dev/null: later writes (and the final flush) go nowhere."""
+        self.gone = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._fd)
+            os.close(devnull)
+        except OSError:
+            pass
+
+    def write(self, text: str) -> int:
+        if self.gone:
+            return len(text)
+        try:
+            return self._stream.write(text)
+        except OSError as e:
+            if e.errno not in GONE and not isinstance(e, BrokenPipeError):
+                raise
+            self._drop()
+            return len(text)
+
+    def flush(self) -> None:
+        if self.gone:
+            try:  # what is buffered now goes to /dev/null; keeps the exit-time flush quiet
+                self._stream is not None and self._stream.flush()
+            except (OSError, ValueError):
+                pass
+            return
+        try:
+            self._stream.flush()
+        except OSError as e:
+            if e.errno not in GONE and not isinstance(e, BrokenPipeError):
+                raise
+            self._drop()
+
+    def isatty(self) -> bool:
+        try:
+            return not self.gone and self._stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def writable(self) -> bool:
+        return True
+
+
+def protect_streams() -> None:
+    """Wrap sys.stdout and sys.stderr (idempotent); a missing stream becomes a silent one."""
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        stream = getattr(sys, name)
+        if not isinstance(stream, SafeStream):
+            setattr(sys, name, SafeStream(stream, fd))
+
+
+# --- the --json document -----------------------------------------------------------------------
+
+
+def plain(value: Any) -> Any:
+    """``value`` as strict JSON data: NaN and infinities become null, tuples lists, paths strings."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return plain(value.item())
+    return value
+
+
+class Document:
+    """The one JSON document a ``--json`` command writes; the command fills ``fields``."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self.fields: dict[str, Any] = {}
+        self.enabled = True  # off on torchrun's non-zero ranks: one document per job
+
+    def update(self, **fields: Any) -> None:
+        self.fields.update(fields)
+
+    def render(self, exit_code: int, error: str | None) -> str:
+        doc = {"schema_version": SCHEMA_VERSION, "command": self.command, "exit_code": exit_code,
+               "ok": exit_code == 0, "error": error, **self.fields}
+        return json.dumps(plain(doc), indent=2, allow_nan=False)
+
+
+_current: Document | None = None
+
+
+def current_document() -> Document | None:
+    """The document of the running ``--json`` command, or None (human output only)."""
+    return _current
+
+
+@contextmanager
+def json_mode(command: str, enabled: bool):
+    """While a command runs: with ``enabled``, a fresh Document, and rich's console on stderr."""
+    global _current
+    if not enabled:
+        yield None
+        return
+    from nhle_pipeline.pipeline.console import console
+
+    saved = console.file
+    console.file = sys.stderr
+    _current = Document(command)
+    try:
+        yield _current
+    finally:
+        console.file = saved
+        _current = None
+
+
+def emit(doc: Document | None, exit_code: int, error: str | None) -> None:
+    """Write ``doc`` on stdout (nothing without one)."""
+    if doc is not None and doc.enabled:
+        sys.stdout.write(doc.render(exit_code, error) + "\n")
+        sys.stdout.flush()
+
+
+def schema(command: str) -> dict:
+    """The JSON Schema of ``command``'s ``--json`` document (package data)."""
+    text = files("nhle_pipeline.pipeline").joinpath(f"schemas/{command}.schema.json").read_text(encoding="utf-8")
+    return json.loads(text)
