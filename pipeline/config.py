@@ -14,7 +14,7 @@ import json
 import re
 import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -155,6 +155,19 @@ class DataConfig(_Section):
     batch_size: int | None = Field(default=None, ge=1)
     # DataLoader worker processes that decode image files (imagefolder); 0: decode in-process.
     workers: int = Field(default=0, ge=0, le=64)
+    # The name of each class id, in id order (model.num_classes of them). Default: the
+    # data's own names (imagefolder: the class folders in sorted order; torchvision sets:
+    # their classes; npz: a 'class_names' array in train.npz; digits: '0'..'9'). When
+    # both are present they must agree.
+    class_names: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(default=None, min_length=2)
+
+    @field_validator("class_names")
+    @classmethod
+    def _unique_names(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            dup = sorted({n for n in v if v.count(n) > 1})
+            raise ValueError(f"duplicate class names {dup}")
+        return v
 
     @model_validator(mode="after")
     def _root_needed(self) -> DataConfig:
@@ -164,7 +177,9 @@ class DataConfig(_Section):
 
 
 class ForgetConfig(_Section):
-    classes: list[int] = Field(min_length=1)
+    # Class ids (integers) or class names (strings: data.class_names or the data's own
+    # names, resolved to ids when the data is loaded; the manifest records both).
+    classes: list[int | Annotated[str, Field(min_length=1)]] = Field(min_length=1)
     # Forget samples per class, from the training split (paper: 16 for one
     # class, 8 per class for several).
     samples_per_class: int = Field(default=16, ge=1)
@@ -173,10 +188,10 @@ class ForgetConfig(_Section):
 
     @field_validator("classes")
     @classmethod
-    def _unique(cls, v: list[int]) -> list[int]:
+    def _unique(cls, v: list[int | str]) -> list[int | str]:
         if len(set(v)) != len(v):
-            raise ValueError(f"duplicate class ids in {v}")
-        if any(c < 0 for c in v):
+            raise ValueError(f"duplicate classes in {v}")
+        if any(isinstance(c, int) and c < 0 for c in v):
             raise ValueError(f"class ids must be >= 0, got {v}")
         return v
 
@@ -327,6 +342,19 @@ class TrainConfig(_Section):
     batch_size: int = Field(default=64, ge=1)
     weight_decay: float = Field(default=0.0, ge=0)
     optimizer: Literal["adam", "sgd"] = "adam"
+    # constant: lr throughout; onecycle: torch's OneCycleLR with lr as the peak
+    # (warm-up over the first 30 % of the steps, then cosine decay to lr / 2.5e5).
+    schedule: Literal["constant", "onecycle"] = "constant"
+    # crop-flip: per training batch, a random crop after 4-px zero padding and a
+    # horizontal flip (half the images), seeded by the config's seed.
+    augment: Literal["none", "crop-flip"] = "none"
+    # bf16: the forward pass under torch.autocast(<device type>, bfloat16); weights
+    # and the optimizer stay float32. none: float32 throughout (exact, the default).
+    autocast: Literal["none", "bf16"] = "none"
+    # Images and 4-D weights in channels-last memory order while training (faster
+    # convolutions on CPU with bf16 and on CUDA); the saved weights are the same layout-free tensors.
+    channels_last: bool = False
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
 
 
 class Config(_Section):
@@ -348,14 +376,46 @@ class Config(_Section):
     @model_validator(mode="after")
     def _classes_fit(self) -> Config:
         n = self.model.num_classes
-        bad = [c for c in self.forget.classes if c >= n]
+        bad = [c for c in self.forget.classes if isinstance(c, int) and c >= n]
         if bad:
             raise ValueError(
                 f"forget.classes: {bad} out of range for model.num_classes={n} (ids are 0..{n - 1})"
             )
         if len(self.forget.classes) >= n:
             raise ValueError("forget.classes: forgetting every class leaves nothing to keep")
+        names = self.data.class_names
+        if names is not None:
+            if len(names) != n:
+                raise ValueError(f"data.class_names: {len(names)} names for model.num_classes={n}")
+            unknown = [c for c in self.forget.classes if isinstance(c, str) and c not in names]
+            if unknown:
+                raise ValueError(f"forget.classes: {unknown} are not in data.class_names")
         return self
+
+    @property
+    def forget_ids(self) -> list[int]:
+        """forget.classes as ids; names must have been resolved (``resolve_class_names``)."""
+        ids = self.forget.classes
+        if not all(isinstance(c, int) for c in ids):
+            raise TypeError(f"forget.classes {ids} holds names that were never resolved to ids")
+        return list(ids)  # type: ignore[arg-type]
+
+    def resolve_class_names(self, names: list[str] | None) -> Config:
+        """This config with every class name in forget.classes replaced by its id in ``names``."""
+        if all(isinstance(c, int) for c in self.forget.classes):
+            return self
+        if names is None:
+            raise ValueError(
+                "forget.classes: names need class names; this data names none (set data.class_names)"
+            )
+        unknown = [c for c in self.forget.classes if isinstance(c, str) and c not in names]
+        if unknown:
+            raise ValueError(f"forget.classes: {unknown} are not class names of this data; known: {names}")
+        ids = [names.index(c) if isinstance(c, str) else c for c in self.forget.classes]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"forget.classes: {self.forget.classes} name the same class twice")
+        return self.model_validate({**self.model_dump(mode="json"),
+                                    "forget": {**self.forget.model_dump(mode="json"), "classes": ids}})
 
     def sha256(self) -> str:
         """Hash of the validated config (canonical JSON), recorded in the manifest."""

@@ -144,6 +144,7 @@ class Dataset:
     name: str
     train: Split
     test: Split
+    class_names: tuple[str, ...] | None = None  # the data's own name of each label, in label order
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -175,7 +176,7 @@ def _array_split(images: np.ndarray, y, pre: Preprocess, source: str, workers: i
     return Split(labels, src, tuple(src.fetch(np.arange(1)).shape[1:]), workers)
 
 
-def _load_digits(pre: Preprocess) -> tuple[Split, Split]:
+def _load_digits(pre: Preprocess) -> tuple[Split, Split, tuple[str, ...]]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -187,21 +188,22 @@ def _load_digits(pre: Preprocess) -> tuple[Split, Split]:
     )
     idx_train, idx_test = np.sort(idx_train), np.sort(idx_test)  # keep the bundled order within each split
     return (_array_split(x[idx_train], y[idx_train], pre, "digits"),
-            _array_split(x[idx_test], y[idx_test], pre, "digits"))
+            _array_split(x[idx_test], y[idx_test], pre, "digits"), tuple(str(c) for c in range(10)))
 
 
-def _load_npz_file(path: Path, pre: Preprocess, cache_dir: Path) -> Split:
+def _load_npz_file(path: Path, pre: Preprocess, cache_dir: Path) -> tuple[Split, tuple[str, ...] | None]:
     import zipfile
 
     if not path.is_file():
         raise DataError(f"data.root: no such file '{path}' (expected train.npz and test.npz)")
     try:
         with zipfile.ZipFile(path) as z:
-            names = {n.removesuffix(".npy") for n in z.namelist()}
-        if "x" not in names or "y" not in names:
-            raise DataError(f"{path}: expected arrays 'x' and 'y', found {sorted(names)}")
+            members = {n.removesuffix(".npy") for n in z.namelist()}
+        if "x" not in members or "y" not in members:
+            raise DataError(f"{path}: expected arrays 'x' and 'y', found {sorted(members)}")
         with np.load(path, allow_pickle=False) as z:
             y_raw = z["y"]
+            names = _npz_class_names(z, path) if "class_names" in members else None
     except DataError:
         raise
     except Exception as e:  # zipfile/pickle/value errors from a bad archive
@@ -214,10 +216,18 @@ def _load_npz_file(path: Path, pre: Preprocess, cache_dir: Path) -> Split:
     if len(src) == 0:
         raise DataError(f"{path}: holds no images; expected at least one")
     labels = _labels(y_raw, len(src), str(path))
-    return Split(labels, src, tuple(src.fetch(np.arange(1)).shape[1:]), 0)
+    return Split(labels, src, tuple(src.fetch(np.arange(1)).shape[1:]), 0), names
 
 
-def _load_imagefolder(root: Path, pre: Preprocess, workers: int) -> tuple[Split, Split]:
+def _npz_class_names(z, path: Path) -> tuple[str, ...]:
+    """An npz archive's optional 'class_names': a 1-D array of strings, one per label."""
+    names = z["class_names"]
+    if names.ndim != 1 or names.dtype.kind != "U" or not all(names):
+        raise DataError(f"{path}: 'class_names' must be a 1-D array of non-empty strings, got {names.dtype} {names.shape}")
+    return tuple(str(n) for n in names)
+
+
+def _load_imagefolder(root: Path, pre: Preprocess, workers: int) -> tuple[Split, Split, tuple[str, ...]]:
     from torchvision.datasets import ImageFolder
 
     splits = []
@@ -239,7 +249,7 @@ def _load_imagefolder(root: Path, pre: Preprocess, workers: int) -> tuple[Split,
             raise DataError(f"data.root: '{folder}' holds no images")
         src = ImageFileSource(paths, "L" if _is_gray(paths[0]) else "RGB", pre)
         splits.append(Split(labels, src, tuple(src.fetch(np.arange(1)).shape[1:]), workers))
-    return splits[0], splits[1]
+    return splits[0], splits[1], tuple(classes or ())
 
 
 def _no_decode(path: str) -> str:
@@ -256,7 +266,7 @@ def _is_gray(path: str) -> bool:
         return False
 
 
-def _load_torchvision(name: str, root: Path, download: bool, pre: Preprocess) -> tuple[Split, Split]:
+def _load_torchvision(name: str, root: Path, download: bool, pre: Preprocess) -> tuple[Split, Split, tuple[str, ...] | None]:
     import torchvision.datasets as tvd
 
     cls = {
@@ -267,6 +277,7 @@ def _load_torchvision(name: str, root: Path, download: bool, pre: Preprocess) ->
         "cifar100": tvd.CIFAR100,
     }[name]
     splits = []
+    classes = None
     for train in (True, False):
         try:
             if name == "svhn":
@@ -278,11 +289,12 @@ def _load_torchvision(name: str, root: Path, download: bool, pre: Preprocess) ->
                 data = ds.data
                 x = data.numpy() if hasattr(data, "numpy") else np.asarray(data)
                 y = np.asarray(ds.targets)
+            classes = getattr(ds, "classes", None)
         except (RuntimeError, OSError) as e:
             hint = "" if download else " (download is off; set data.download: true to fetch it)"
             raise DataError(f"data.root: {name} not found under '{root}'{hint}") from e
         splits.append(_array_split(x, y, pre, f"{name}:{root}"))
-    return splits[0], splits[1]
+    return splits[0], splits[1], tuple(map(str, classes)) if classes else None
 
 
 AUTO_BATCH_MAX = 256
@@ -321,22 +333,23 @@ def load_dataset(cfg: DataConfig, cache_dir: Path | None = None) -> Dataset:
     if cfg.dataset == "digits":
         if cfg.transform is not None and (cfg.transform.resize or cfg.transform.center_crop or cfg.transform.preset):
             raise DataError("data.transform: resize and crop apply to uint8 images; digits are float (use normalize only)")
-        train, test = _load_digits(pre)
+        train, test, names = _load_digits(pre)
     else:
         root = Path(cfg.root or "")
         if not root.exists() and not (cfg.download and cfg.dataset not in ("npz", "imagefolder")):
             raise DataError(f"data.root: no such folder '{root}'")
         if cfg.dataset == "npz":
-            train, test = _load_npz_file(root / "train.npz", pre, cache), _load_npz_file(root / "test.npz", pre, cache)
+            (train, names), (test, _) = (_load_npz_file(root / "train.npz", pre, cache),
+                                         _load_npz_file(root / "test.npz", pre, cache))
         elif cfg.dataset == "imagefolder":
-            train, test = _load_imagefolder(root, pre, cfg.workers)
+            train, test, names = _load_imagefolder(root, pre, cfg.workers)
         else:
-            train, test = _load_torchvision(cfg.dataset, root, cfg.download, pre)
+            train, test, names = _load_torchvision(cfg.dataset, root, cfg.download, pre)
     if train.image_shape != test.image_shape:
         raise DataError(
             f"data.root: train images {train.image_shape} and test images {test.image_shape} differ in shape"
         )
-    return Dataset(cfg.dataset, train, test)
+    return Dataset(cfg.dataset, train, test, names)
 
 
 def check_labels_fit(ds: Dataset, num_classes: int) -> None:

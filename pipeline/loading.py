@@ -31,6 +31,8 @@ from nhle_pipeline.pipeline.models import build_model, find_head
 
 @dataclass
 class Loaded:
+    cfg: Config  # the request, its forget.classes resolved to ids (class names -> ids)
+    class_names: list[str] | None  # the name of each class id (None: the data names none)
     device: torch.device
     data: Dataset
     model: nn.Module
@@ -46,6 +48,27 @@ def load_data(cfg: Config, cache_dir: Path | None = None) -> Dataset:
     data = load_dataset(cfg.data, cache_dir or cache_dir_for(cfg))
     check_labels_fit(data, cfg.model.num_classes)
     return data
+
+
+def class_names_for(cfg: Config, data: Dataset) -> list[str] | None:
+    """The name of each class id: ``data.class_names``, else the data's own names when there
+    is one per model output. Both present and different is an error (the wrong class could
+    be forgotten without a sign)."""
+    own = list(data.class_names) if data.class_names else None
+    given = cfg.data.class_names
+    if given is not None and own is not None and list(given) != own:
+        raise DataError(f"data.class_names: {list(given)} differ from the data's own class names {own} (ids in order)")
+    names = list(given) if given is not None else own
+    return names if names is not None and len(names) == cfg.model.num_classes else None
+
+
+def resolve_request(cfg: Config, data: Dataset) -> tuple[Config, list[str] | None]:
+    """The config with forget.classes as ids, and the class names they were resolved with."""
+    names = class_names_for(cfg, data)
+    try:
+        return cfg.resolve_class_names(names), names
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
 def check_measurable(data: Dataset, forget: list[int]) -> None:
@@ -81,13 +104,14 @@ def load_inputs(cfg: Config, device_override: str | None = None) -> Loaded:
     if cfg.model.weights is None:
         raise ModelError("model.weights: required for 'pipeline run' (train one with 'pipeline train CONFIG')")
     data = load_data(cfg)
-    check_measurable(data, list(cfg.forget.classes))
+    cfg, class_names = resolve_request(cfg, data)
+    check_measurable(data, cfg.forget_ids)
     model, head_name = build_configured_model(cfg, data)
     load_weights(model, cfg.model.weights, trust_pickle=cfg.model.trust_pickle)
     forget_idx = select_forget_indices(
-        data.train.y, cfg.forget.classes, cfg.forget.samples_per_class, cfg.forget.selection, cfg.seed
+        data.train.y, cfg.forget_ids, cfg.forget.samples_per_class, cfg.forget.selection, cfg.seed
     )
     retained_idx = select_retained_indices(
-        data.train.y, cfg.forget.classes, cfg.model.num_classes, cfg.unlearn.nhle.retained_per_class, cfg.seed
+        data.train.y, cfg.forget_ids, cfg.model.num_classes, cfg.unlearn.nhle.retained_per_class, cfg.seed
     )
-    return Loaded(device, data, model.eval(), head_name, forget_idx, sha256_file(cfg.model.weights), retained_idx)
+    return Loaded(cfg, class_names, device, data, model.eval(), head_name, forget_idx, sha256_file(cfg.model.weights), retained_idx)

@@ -26,7 +26,7 @@ def retrain_reference(
     seed_everything(cfg.seed)
     model, _ = build_configured_model(cfg, data)
     train_classifier(
-        model, retained_only(data.train, list(cfg.forget.classes)), cfg.train,
+        model, retained_only(data.train, cfg.forget_ids), cfg.train,
         device=device, seed=cfg.seed, on_epoch=on_epoch,
     )
     export_onnx(model, data.input_shape, out_path, opset=cfg.export.opset)

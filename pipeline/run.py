@@ -130,7 +130,7 @@ class _Run:
 
     @property
     def forget(self) -> list[int]:
-        return list(self.cfg.forget.classes)
+        return self.cfg.forget_ids
 
     @property
     def scratch(self) -> Path:
@@ -193,6 +193,7 @@ def serve_shards(cfg: Config, group: Group, device: str | None = None) -> tuple[
 
     seed_everything(cfg.seed)
     inp = load_inputs(cfg, device)
+    cfg = inp.cfg
     scratch = Path(tempfile.mkdtemp(prefix=f"pipeline-rank{group.rank}-"))
     try:
         while True:
@@ -271,7 +272,7 @@ def _export(run: _Run, model: nn.Module) -> tuple[Path, list[str], str]:
     """model.onnx with its provenance, checked, and its Triton repository."""
     model_onnx = run.staging / "model.onnx"
     external = export_onnx(model, run.inp.data.input_shape, model_onnx, opset=run.cfg.export.opset)
-    stamp_metadata(model_onnx, onnx_provenance(run.cfg, run.inp.weights_sha256))
+    stamp_metadata(model_onnx, onnx_provenance(run.cfg, run.inp.weights_sha256, run.inp.class_names))
     check_onnx(model_onnx)
     write_triton_repository(run.staging, run.name, model_onnx)  # triton/<name>/{config.pbtxt,1/model.onnx}
     return model_onnx, external, f"opset {run.cfg.export.opset}, {model_onnx.stat().st_size / 1024:.0f} KiB"
@@ -349,6 +350,7 @@ def run_pipeline(
         signer = load_signing_key(key_path, "--sign-key" if sign_key else "release.sign_key") if key_path else None
         seed_everything(cfg.seed)
         inp = load_inputs(cfg, device)
+        cfg = inp.cfg  # forget.classes as ids (class names resolved)
         timer.detail = f"{inp.data.name}: {len(inp.data.train)} train / {len(inp.data.test)} test, device {inp.device}"
     run = _Run(cfg, name, inp, create_staging(release_dir, name), listener,  # the run's first write
                use_cache=use_cache and cfg.cache.enabled, group=group or Group())
@@ -372,7 +374,7 @@ def run_pipeline(
         cfg, name=name, passed=passed, weights_sha256=inp.weights_sha256, head_name=inp.head_name,
         metrics=metrics, gates=[g.to_dict() for g in gates], torch_device=str(inp.device),
         provider=run.measured["unlearned"].provider, external_data=external, timings=timer.timings,
-        baseline_cache=run.cache_note,
+        baseline_cache=run.cache_note, class_names=inp.class_names,
     )
     if not passed:
         write_release_files(run.staging, manifest, _features(run))

@@ -251,6 +251,8 @@ def check_provenance(release: Path, manifest: Manifest) -> None:
         "source_model_sha256": manifest.source_model.sha256 or "",
         "cwm_mode": manifest.cwm_mode,
     }
+    if manifest.class_names is not None or "class_names" in meta:
+        expect["class_names"] = json.dumps(manifest.class_names)
     for k, v in expect.items():
         if meta.get(k) != v:
             raise TamperedReleaseError(f"{release / MODEL}: metadata '{k}' is {meta.get(k)!r}, manifest says {v!r}")
@@ -271,7 +273,11 @@ def check_config(release: Path, manifest: Manifest):
         raise TamperedReleaseError(
             f"{where}: config_sha256 {manifest.config_sha256[:12]}… is not the sha256 of its config ({cfg.sha256()[:12]}…)"
         )
-    for key, value in (("forget_classes", list(cfg.forget.classes)), ("num_classes", cfg.model.num_classes),
+    if not all(isinstance(c, int) for c in cfg.forget.classes):
+        raise TamperedReleaseError(f"{where}: config forget.classes {cfg.forget.classes} are not resolved class ids")
+    if cfg.data.class_names is not None and manifest.class_names != list(cfg.data.class_names):
+        raise TamperedReleaseError(f"{where}: class_names {manifest.class_names!r} differ from its config's data.class_names")
+    for key, value in (("forget_classes", cfg.forget_ids), ("num_classes", cfg.model.num_classes),
                        ("seed", cfg.seed)):
         if getattr(manifest, key) != value:
             raise TamperedReleaseError(f"{where}: {key} {getattr(manifest, key)!r} differs from its config's {value!r}")
@@ -391,7 +397,7 @@ def verify_release(
     from nhle_pipeline.pipeline.config import parse_config
     from nhle_pipeline.pipeline.data import eval_batch_size
     from nhle_pipeline.pipeline.errors import InputError
-    from nhle_pipeline.pipeline.loading import load_data
+    from nhle_pipeline.pipeline.loading import class_names_for, load_data
     from nhle_pipeline.verify.graph import rows_masked, same_nodes
     from nhle_pipeline.verify.measure import measure_onnx
 
@@ -415,7 +421,7 @@ def verify_release(
     cfg = parse_config(raw, f"{rel / MANIFEST} config")
     if source_weights is not None:
         check_source_weights(manifest, cfg, Path(source_weights))
-    forget = list(cfg.forget.classes)
+    forget = cfg.forget_ids
     n = cfg.model.num_classes
     # verify writes nothing that outlives it: npz extraction, the feature copy and the
     # original's export go to a temp folder
@@ -425,6 +431,10 @@ def verify_release(
             data = load_data(cfg, cache_dir=scratch)
         except DataError as e:
             raise DataError(f"{e} (pipeline verify never downloads; point --data-root at a local copy)") from e
+        names = class_names_for(cfg, data)
+        if manifest.class_names is not None and names is not None and names != manifest.class_names:
+            raise DataError(f"the evaluation data's class names {names} differ from the release's "
+                            f"{manifest.class_names}: class ids would not mean the same classes")
         got = measure_onnx(rel / MODEL, manifest.head, data.train, data.test, forget, n,
                            seed=cfg.seed, device=device, batch_size=eval_batch_size(cfg.data, data.input_shape), scratch=scratch)
         original = graph_unchanged = None

@@ -45,11 +45,12 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def onnx_provenance(cfg: Config, weights_sha256: str | None) -> dict[str, str]:
+def onnx_provenance(cfg: Config, weights_sha256: str | None, class_names: list[str] | None = None) -> dict[str, str]:
     """What is stamped into model.onnx's metadata_props (no timestamps: builds stay reproducible)."""
-    return {
+    names = {"class_names": json.dumps(class_names)} if class_names else {}
+    return {**names,
         "method": METHOD,
-        "forget_classes": ",".join(map(str, cfg.forget.classes)),
+        "forget_classes": ",".join(map(str, cfg.forget_ids)),
         "num_classes": str(cfg.model.num_classes),
         "source_model_sha256": weights_sha256 or "",
         "config_sha256": cfg.sha256(),
@@ -176,6 +177,36 @@ class Runtime(Record):
     platform: str
 
 
+class ParentRecord(Record):
+    """The fp32 release a derived release was made from (``pipeline quantize``)."""
+
+    name: str
+    manifest_sha256: str  # the parent manifest's seal
+    model_sha256: str  # the parent's model.onnx
+    acc_r: float  # the parent's Acc_R (its manifest's metrics.unlearned.acc_r)
+
+
+class DerivedRecord(Record):
+    """What makes a release a reduced-precision derivative (pipeline/quantize.py).
+
+    In a derived manifest, ``metrics.unlearned``, ``acc_f``, ``delta_acc_r`` (against the fp32
+    original, the parent's ``metrics.original``), ``evidence.unlearned`` and
+    ``evidence_copy_max_abs`` are the derivative's own; ``parity_*``, ``graph_unchanged``,
+    ``nhle`` and ``cwm`` are the parent's (the unlearning it derives from)."""
+
+    parent: ParentRecord
+    precision: Literal["int8-static", "int8-dynamic", "fp16"]
+    settings: dict[str, Any]  # the quantization tool and its arguments, as passed
+    calibration_samples: int | None = None  # int8-static: training images (seeded subset)
+    calibration_seed: int | None = None
+    agreement: float  # top-1 agreement with the parent on the test split
+    agreement_min: float  # the agreement gate's threshold
+    max_abs_logit_diff: float  # vs the parent, finite logits
+    agreement_samples: int
+    acc_r_vs_parent: float  # Acc_R(derived) - Acc_R(parent)
+    forgotten_logit_spread: float | None = None  # None: CWM off
+
+
 class Manifest(Record):
     """manifest.json: written by the runner, read by both reports and `pipeline verify`."""
 
@@ -185,6 +216,9 @@ class Manifest(Record):
     method: str
     forget_classes: list[int]
     num_classes: int
+    # The name of each class id (imagefolder folders, a torchvision set's classes,
+    # data.class_names, digits' '0'..'9'); None when the data names none.
+    class_names: list[str] | None = None
     seed: int
     config: dict[str, Any]  # the validated config (pipeline.config.Config, as JSON)
     config_sha256: str
@@ -200,6 +234,7 @@ class Manifest(Record):
     # (measured, then cached) or "off" (--no-cache, cache.enabled: false; 0.2 manifests).
     baseline_cache: Literal["hit", "miss", "off"] = "off"
     files: dict[str, FileDigest] = Field(default_factory=dict)  # every other file of the release
+    derived: DerivedRecord | None = None  # a reduced-precision derivative (pipeline quantize); None: fp32
     manifest_sha256: str | None = None  # the seal (MANIFEST_SEAL), added at publication
 
     @property
@@ -211,6 +246,8 @@ class Manifest(Record):
         out = self.model_dump(mode="json")
         if out.get(MANIFEST_SEAL) is None:
             out.pop(MANIFEST_SEAL, None)
+        if out.get("derived") is None:  # an fp32 release's manifest is what it was before derivatives
+            out.pop("derived", None)
         return out
 
 
@@ -228,13 +265,15 @@ def build_manifest(
     external_data: list[str],
     timings: dict[str, float],
     baseline_cache: str = "off",
+    class_names: list[str] | None = None,
 ) -> Manifest:
     return Manifest(
         name=name,
         status="released" if passed else "gate_failed",
         method=METHOD,
-        forget_classes=list(cfg.forget.classes),
+        forget_classes=cfg.forget_ids,
         num_classes=cfg.model.num_classes,
+        class_names=class_names,
         seed=cfg.seed,
         config=cfg.model_dump(mode="json"),
         config_sha256=cfg.sha256(),

@@ -46,7 +46,7 @@ def test_starter_template_is_a_valid_config_with_the_defaults():
         (with_("forget", samples_per_class=0), "forget.samples_per_class"),
         ({**BASE, "unlearn": {"nhle": {"lr": -0.1}}}, "unlearn.nhle.lr"),
         (with_("forget", classes=[10]), "out of range for model.num_classes=10"),
-        (with_("forget", classes=[1, 1]), "duplicate class ids"),
+        (with_("forget", classes=[1, 1]), "duplicate classes"),
         (with_("forget", classes=list(range(10))), "forgetting every class"),
         (with_("forget", classes=[]), "forget.classes"),
         ({"forget": {"classes": [0]}}, "model: required field is missing"),
