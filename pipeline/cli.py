@@ -10,8 +10,8 @@ The only module that talks to the terminal and picks exit codes:
 
 from __future__ import annotations
 
+import errno
 import functools
-import json
 import sys
 import traceback
 from pathlib import Path
@@ -25,6 +25,7 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143  # SIGTERM (docker stop, Kubernetes, a cancelled CI job): 128 + 15
 EXIT_CRASH = 3  # an unexpected failure: never 1, so a CI gate can tell a bug from a failed gate
+EXIT_NO_SPACE = 4  # the disk (or quota) filled up while writing: the environment, not the input or a bug
 
 CONFIG_ARG = click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 DEVICE_OPTION = click.option(
@@ -32,6 +33,10 @@ DEVICE_OPTION = click.option(
     help="Override the config's device.",
 )
 FORCE_OPTION = click.option("--force", is_flag=True, help="Replace an existing output.")
+JSON_OPTION = click.option(
+    "--json", "as_json", is_flag=True,
+    help="Write one JSON document on stdout (schema: pipeline/schemas/<command>.schema.json); human output goes to stderr.",
+)
 TRUST_CODE_OPTION = click.option(
     "--trust-code", "trust_code", is_flag=True,
     help="Allow a 'package.module:factory' model.arch (importing it runs that module's code).",
@@ -45,8 +50,8 @@ def _trusting_code(cfg, trust_code: bool):
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"trust_code": True})})
 
 
-INTERRUPTED = "interrupted; nothing was released (any staging folder is kept for diagnosis)"
-TERMINATED = "terminated (SIGTERM); nothing was released (any staging folder is kept for diagnosis)"
+INTERRUPTED = "interrupted; nothing was released and nothing half-made was kept"
+TERMINATED = "terminated (SIGTERM); nothing was released and nothing half-made was kept"
 
 
 class Terminated(KeyboardInterrupt):
@@ -75,6 +80,7 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except BAD_INPUT as e:
+            _exit_if_disk_full(e)  # a full disk met while reading (npz extraction) is not bad input
             _err(str(e))
             sys.exit(EXIT_BAD_INPUT)
         except GateFailure as e:
@@ -88,11 +94,12 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             _err(INTERRUPTED)
             sys.exit(EXIT_INTERRUPTED)
-        except KNOWN_FAILURES as e:  # an internal failure we know how to describe
-            _err(str(e))
-            sys.exit(EXIT_CRASH)
         except Exception as e:
-            cause = _interrupt_cause(e)
+            _exit_if_disk_full(e)
+            if isinstance(e, KNOWN_FAILURES):  # an internal failure we know how to describe
+                _err(str(e))
+                sys.exit(EXIT_CRASH)
+            cause = _cause(e, lambda x: isinstance(x, KeyboardInterrupt))
             if cause is not None:  # Ctrl-C re-raised as a library's own error
                 terminated = isinstance(cause, Terminated)  # (onnxruntime's import turns it into ImportError)
                 _err(TERMINATED if terminated else INTERRUPTED)
@@ -121,10 +128,24 @@ def handle_errors(fn):
     return documented
 
 
-def _interrupt_cause(e: BaseException | None) -> KeyboardInterrupt | None:
+def _is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _exit_if_disk_full(e: BaseException) -> None:
+    full = _cause(e, _is_disk_full)
+    if full is not None:
+        where = f" writing '{full.filename}'" if getattr(full, "filename", None) else ""
+        _err(f"no space left on the device{where} ({getattr(full, 'strerror', '')}); nothing was released, "
+             "nothing half-made was kept: free some space and run again")
+        sys.exit(EXIT_NO_SPACE)
+
+
+def _cause(e: BaseException | None, match) -> BaseException | None:
+    """The first exception in ``e``'s chain (itself, its cause, its context) that ``match`` accepts."""
     seen = set()
     while e is not None and id(e) not in seen:
-        if isinstance(e, KeyboardInterrupt):
+        if match(e):
             return e
         seen.add(id(e))
         e = e.__cause__ or e.__context__
@@ -178,9 +199,10 @@ def cli() -> None:
 @TRUST_CODE_OPTION
 @click.option("--sign-key", "sign_key", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PEM elliptic-curve private key: sign the release (release.sig; overrides release.sign_key).")
+@JSON_OPTION
 @handle_errors
 def run(config: Path, out: Path | None, device: str | None, force: bool, no_cache: bool,
-        trust_code: bool, sign_key: Path | None) -> None:
+        trust_code: bool, sign_key: Path | None, as_json: bool = False) -> None:
     """Unlearn, export, verify and release the model described by CONFIG.
 
     Under torchrun, rank 0 runs the chain and the other ranks measure their
@@ -199,7 +221,11 @@ def run(config: Path, out: Path | None, device: str | None, force: bool, no_cach
     group = join_group()  # before torch is imported: it quiets c10d's connection logs
     try:
         if not group.is_main:
+            from nhle_pipeline.pipeline.output import current_document
             from nhle_pipeline.pipeline.run import serve_shards
+
+            if current_document() is not None:
+                current_document().enabled = False  # rank 0 writes the job's one document
 
             raise_verdict(*serve_shards(cfg, group, device))
             return
@@ -229,11 +255,22 @@ def _run_main(cfg, config: Path, out: Path | None, device: str | None, force: bo
     except GateFailure as e:
         listener.close()
         if e.report_dir:
-            print_run_summary(load_manifest(Path(e.report_dir)), None)
+            failed = load_manifest(Path(e.report_dir))
+            print_run_summary(failed, None)
+            _document_run(failed, None, e.report_dir)
         raise
     finally:
         listener.close()
     print_run_summary(result.manifest, result.path)
+    _document_run(result.manifest, result.path, None)
+
+
+def _document_run(manifest, release: Path | None, report_dir: str | None) -> None:
+    from nhle_pipeline.pipeline.output import current_document, run_fields
+
+    doc = current_document()
+    if doc is not None:
+        doc.update(**run_fields(manifest, release, report_dir))
 
 
 @cli.command()
@@ -241,8 +278,9 @@ def _run_main(cfg, config: Path, out: Path | None, device: str | None, force: bo
 @DEVICE_OPTION
 @FORCE_OPTION
 @TRUST_CODE_OPTION
+@JSON_OPTION
 @handle_errors
-def train(config: Path, device: str | None, force: bool, trust_code: bool) -> None:
+def train(config: Path, device: str | None, force: bool, trust_code: bool, as_json: bool = False) -> None:
     """Train the original model CONFIG points to (writes model.weights as safetensors)."""
     from nhle_pipeline.pipeline.config import load_config
 
@@ -251,6 +289,13 @@ def train(config: Path, device: str | None, force: bool, trust_code: bool) -> No
 
     path = train_original(cfg, device=device, force=force)
     console.print(f"saved {path}")
+    from nhle_pipeline.pipeline.output import current_document
+
+    if current_document() is not None:
+        from nhle_pipeline.pipeline.checkpoint import sha256_file
+
+        current_document().update(weights=str(path), sha256=sha256_file(path), bytes=Path(path).stat().st_size,
+                                  arch=cfg.model.arch, dataset=cfg.data.dataset, epochs=cfg.train.epochs)
 
 
 def _threshold(flag: str, help_text: str):
@@ -272,11 +317,15 @@ def _threshold(flag: str, help_text: str):
 @click.option("--source-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The original model's weights (sha256 must match the manifest): measure the original here.")
 @click.option("--data-root", default=None, help="Where the evaluation data lives on this machine (overrides data.root).")
+@click.option("--parent", "parent", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A derived release's fp32 parent: check it and that it is the one the manifest names.")
 @DEVICE_OPTION
+@JSON_OPTION
 @handle_errors
 def verify(release_dir: Path, policy_file: Path | None, acc_f_max: float | None, acc_r_drop_max: float | None,
            ratio_d_max_relative: float | None, probe_auc_max: float | None, mia_efficacy_min: float | None,
-           public_key: Path | None, source_weights: Path | None, data_root: str | None, device: str | None) -> None:
+           public_key: Path | None, source_weights: Path | None, data_root: str | None, device: str | None,
+           as_json: bool = False, parent: Path | None = None) -> None:
     """Re-check a release under the deployer's policy: hygiene, signature, checksums,
     provenance, then the gates recomputed on its model.onnx. Never writes, never downloads."""
     from nhle_pipeline.pipeline.console import console
@@ -288,7 +337,8 @@ def verify(release_dir: Path, policy_file: Path | None, acc_f_max: float | None,
         "probe_auc_max": probe_auc_max, "mia_efficacy_min": mia_efficacy_min,
     })
     check = verify_release(release_dir, data_root=data_root, device=device or "auto", policy=policy,
-                           policy_source=source, public_key=public_key, source_weights=source_weights)
+                           policy_source=source, public_key=public_key, source_weights=source_weights,
+                           parent=parent)
     if check.signature:
         sig = f"signature: [green]ok[/] (key sha256 {check.signature[:16]}…)"
     else:
@@ -312,9 +362,64 @@ def verify(release_dir: Path, policy_file: Path | None, acc_f_max: float | None,
     )
     for g in check.gates:
         console.print(g.line(), markup=False)
+    from nhle_pipeline.pipeline.output import current_document, verify_fields
+
+    if current_document() is not None:
+        current_document().update(**verify_fields(check, release_dir))
     if not check.passed:
         raise GateFailure(f"{release_dir}: gate(s) failed: {', '.join(g.name for g in check.gates if not g.passed)}")
     console.print("verdict: [green]pass[/]")
+
+
+@cli.command()
+@click.argument("release_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--mode", type=click.Choice(["int8-static", "int8-dynamic", "fp16"]), required=True,
+              help="int8-static (onnxruntime quantize_static, QDQ, calibrated on training images), "
+                   "int8-dynamic (quantize_dynamic), fp16 (onnxruntime's float16 converter, float32 I/O).")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="The derived release's folder (its name is the release and Triton model name).")
+@click.option("--calibration-samples", type=click.IntRange(min=1), default=512, show_default=True,
+              help="int8-static: training images (seeded subset of the parent config's training split).")
+@click.option("--agreement-min", type=click.FloatRange(min=0, max=1, min_open=True), default=0.99,
+              show_default=True, help="Gate: top-1 agreement with the fp32 parent on the test split.")
+@click.option("--data-root", default=None, help="Where the data lives on this machine (overrides data.root).")
+@click.option("--sign-key", "sign_key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PEM elliptic-curve private key: sign the derived release (release.sig).")
+@FORCE_OPTION
+@handle_errors
+def quantize(release_dir: Path, mode: str, out: Path, calibration_samples: int, agreement_min: float,
+             data_root: str | None, sign_key: Path | None, force: bool) -> None:
+    """Make a reduced-precision derived release of the fp32 release RELEASE_DIR: its own model,
+    manifest naming the parent, reports and Triton repository; released only if the release's
+    gates, top-1 agreement with the parent and masked rows hold on it (onnxruntime, CPU)."""
+    from nhle_pipeline.pipeline.console import console
+    from nhle_pipeline.pipeline.quantize import quantize_release
+
+    try:
+        result = quantize_release(release_dir, mode, out, calibration_samples=calibration_samples,
+                                  agreement_min=agreement_min, force=force, sign_key=sign_key, data_root=data_root)
+    except GateFailure as e:
+        from nhle_pipeline.pipeline.release.manifest import load_manifest
+
+        if e.report_dir:
+            _print_derived(console, load_manifest(Path(e.report_dir)))
+        raise
+    _print_derived(console, result.manifest)
+    console.print(f"[bold green]released[/] {result.path}")
+
+
+def _print_derived(console, m) -> None:
+    d, met = m.derived, m.metrics
+    console.print(f"{m.name}: {d.precision} of '{d.parent.name}' (parent model sha256 {d.parent.model_sha256[:12]}…)",
+                  markup=False)
+    console.print(f"Acc_F {met.acc_f:.4f}, Acc_R {met.unlearned.acc_r:.4f} (fp32 parent {d.parent.acc_r:.4f}, "
+                  f"original {met.original.acc_r:.4f}), ΔAcc_R {met.delta_acc_r:+.4f}, agreement with the parent "
+                  f"{d.agreement:.4f} on {d.agreement_samples} test images, max |Δlogit| {d.max_abs_logit_diff:.4g}",
+                  markup=False)
+    from nhle_pipeline.verify.gates import GateResult
+
+    for g in m.gates:
+        console.print(GateResult(**g.model_dump()).line(), markup=False)
 
 
 @cli.command()
@@ -342,20 +447,23 @@ def init(path: Path, force: bool) -> None:
 
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="When MODEL sits in a signed release: check release.sig with this PEM public key.")
+@JSON_OPTION
 @handle_errors
-def inspect(model: Path, as_json: bool) -> None:
-    """Show MODEL.onnx's provenance as onnxruntime reads it."""
-    from nhle_pipeline.verify.ort import read_metadata
+def inspect(model: Path, public_key: Path | None, as_json: bool) -> None:
+    """Show MODEL.onnx as a server sees it: inputs and outputs (names, dtypes, shapes), opset,
+    op counts, size, provenance (as onnxruntime reads it), and its release's signature status."""
+    from nhle_pipeline.pipeline.inspection import describe, human_lines
+    from nhle_pipeline.pipeline.output import current_document
 
-    meta = read_metadata(model)
-    if as_json:
-        click.echo(json.dumps(meta, indent=2, sort_keys=True))
+    info = describe(model, public_key)
+    doc = current_document()
+    if doc is not None:
+        doc.update(**info)
         return
-    if len(meta) <= 1:
-        click.echo(f"{model}: no unlearning provenance (not produced by this pipeline)")
-    for k, v in sorted(meta.items()):
-        click.echo(f"{k:22s} {v}")
+    for line in human_lines(info):
+        click.echo(line)
 
 
 def main() -> None:

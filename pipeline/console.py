@@ -86,4 +86,8 @@ def train_original(cfg, *, device: str | None, force: bool) -> Path:
             on_epoch=lambda e, n, loss: status.update(f"train epoch {e}/{n}: loss {loss:.4f}"),
         )
     console.print(f"[green]✓[/] trained {cfg.model.arch} on {cfg.data.dataset}: test accuracy {acc:.4f}")
+    from nhle_pipeline.pipeline.output import current_document
+
+    if current_document() is not None:  # pipeline train --json
+        current_document().update(test_accuracy=float(acc))
     return path

@@ -186,3 +186,72 @@ def schema(command: str) -> dict:
     """The JSON Schema of ``command``'s ``--json`` document (package data)."""
     text = files("nhle_pipeline.pipeline").joinpath(f"schemas/{command}.schema.json").read_text(encoding="utf-8")
     return json.loads(text)
+
+
+# --- what each command puts in its document ----------------------------------------------------
+
+
+def _accuracy(rec) -> dict[str, Any] | None:
+    if rec is None:
+        return None
+    return {"acc_f": rec.acc_f, "acc_r": rec.acc_r, "per_class": list(rec.per_class),
+            "n_forget": rec.n_forget, "n_retain": rec.n_retain}
+
+
+def gate_list(gates) -> list[dict[str, Any]]:
+    """Gates (records or results) as typed dicts."""
+    return [{"name": g.name, "passed": bool(g.passed), "value": g.value, "op": g.op, "threshold": g.threshold,
+             "description": g.description} for g in gates]
+
+
+def run_fields(manifest, release: Path | None, report_dir: str | None) -> dict[str, Any]:
+    """``pipeline run --json``: the verdict, where it went, every metric and gate, from the manifest."""
+    met = manifest.metrics
+    ev = met.evidence.model_dump()
+    model = manifest.files.get("model.onnx")
+    return {
+        "name": manifest.name,
+        "status": manifest.status,
+        "released": release is not None,
+        "release": str(release) if release is not None else None,
+        "report_dir": report_dir,
+        "forget_classes": list(manifest.forget_classes),
+        "num_classes": manifest.num_classes,
+        "class_names": getattr(manifest, "class_names", None),
+        "model_sha256": model.sha256 if model else None,
+        "config_sha256": manifest.config_sha256,
+        "metrics": {
+            "original": _accuracy(met.original), "unlearned": _accuracy(met.unlearned),
+            "reference": _accuracy(met.reference),
+            "acc_f": met.acc_f, "delta_acc_r": met.delta_acc_r, "parity_max_abs": met.parity_max_abs,
+            "graph_unchanged": met.graph_unchanged, "cwm_in_graph": met.cwm_in_graph,
+            "evidence": {k: ev.get(k) for k in ("original", "unlearned", "reference")},
+        },
+        "gates": gate_list(manifest.gates),
+        "passed": bool(manifest.passed),
+        "timings_s": dict(manifest.timings_s),
+        "runtime": {"torch_device": manifest.runtime.torch_device,
+                    "onnxruntime_provider": manifest.runtime.onnxruntime_provider},
+    }
+
+
+def verify_fields(check, release_dir: Path) -> dict[str, Any]:
+    """``pipeline verify --json``: what was checked, under which policy, and every recomputed gate."""
+    status = "verified" if check.signature else ("present" if check.signed else "unsigned")
+    metrics = check.metrics
+    return {
+        "release": str(release_dir),
+        "passed": bool(check.passed),
+        "provider": check.provider,
+        "signature": {"status": status, "key_sha256": check.signature},
+        "policy": {"source": check.policy_source, **check.policy.model_dump(mode="json")},
+        "manifest_gates": dict(check.manifest_gates),
+        "original_from": check.original_from,
+        "notes": list(check.notes),
+        "metrics": {
+            "original": metrics.get("original"), "unlearned": metrics.get("unlearned"),
+            "acc_f": metrics.get("acc_f"), "delta_acc_r": metrics.get("delta_acc_r"),
+            "evidence": metrics.get("evidence"),
+        },
+        "gates": gate_list(check.gates),
+    }

@@ -560,6 +560,9 @@ def test_bad_input_fails_closed(request, tmp_path, digits_weights, expect, make,
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), r.output
     assert expect in lines[0], lines[0]
-    # stdout: nothing, or the progress lines of stages that finished before the problem showed
-    assert all(ln.startswith("✓ ") for ln in r.stdout.splitlines() if ln.strip()), r.output
+    if "--json" in map(str, argv):  # stdout: one JSON document carrying the same line and exit code
+        doc = json.loads(r.stdout)
+        assert (doc["exit_code"], "error: " + doc["error"]) == (2, lines[0]), r.stdout
+    else:  # stdout: nothing, or the progress lines of stages that finished before the problem showed
+        assert all(ln.startswith("✓ ") for ln in r.stdout.splitlines() if ln.strip()), r.output
     assert snapshot(case) == before, "a failing command changed the files"

@@ -50,8 +50,8 @@ def test_run_releases_verified_artifact_and_verify_inspect_agree(make_config, tm
     assert "verdict: pass" in v.output
 
     i = invoke("inspect", "--json", rel / "model.onnx")
-    meta = json.loads(i.output)
-    assert meta["forget_classes"] == "0" and meta["config_sha256"] == m["config_sha256"]
+    meta = json.loads(i.stdout)["provenance"]
+    assert meta["forget_classes"] == [0] and meta["config_sha256"] == m["config_sha256"]
 
     # a second run must not overwrite the release
     before = (rel / "model.onnx").read_bytes()
