@@ -423,21 +423,45 @@ class Config(_Section):
         return hashlib.sha256(blob).hexdigest()
 
 
-def _format_validation_error(err: ValidationError) -> str:
-    first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith("function-"))
-    kind = first["type"]
+# pydantic names the member of a union an input failed in its error's location
+# (forget.classes.0.int, ….constrained-str): not a config key, left out of the field name.
+_UNION_TAGS = ("int", "str", "float", "bool", "none", "constrained-str", "constrained-int", "constrained-float")
+
+
+def _problem(error: dict) -> tuple[str, str]:
+    """One pydantic error as (field, expectation)."""
+    loc = ".".join(str(p) for p in error["loc"]
+                   if not str(p).startswith("function-") and str(p) not in _UNION_TAGS and "[" not in str(p))
+    kind = error["type"]
     if kind == "extra_forbidden":
         msg = "unknown key"
     elif kind == "missing":
         msg = "required field is missing"
     else:
-        msg = first["msg"].removeprefix("Value error, ")
-        if "input" in first and kind.endswith("_type"):
-            msg += f", got {_short_repr(first['input'])}"
-    more = len(err.errors()) - 1
-    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-    return f"{loc}: {msg}{suffix}" if loc else f"{msg}{suffix}"
+        msg = error["msg"].removeprefix("Value error, ")
+        if "input" in error and kind.endswith("_type"):
+            msg += f", got {_short_repr(error['input'])}"
+    return loc, msg
+
+
+def validation_problems(err: ValidationError) -> list[str]:
+    """Every problem of ``err`` as ``field: expectation``, in file order; one per field (a value
+    that fits no member of a union reports each member's complaint once, joined with 'or')."""
+    by_field: dict[str, list[str]] = {}
+    for error in err.errors():
+        loc, msg = _problem(error)
+        msgs = by_field.setdefault(loc, [])
+        if msg not in msgs:
+            msgs.append(msg)
+    return [f"{loc}: {' or '.join(msgs)}" if loc else " or ".join(msgs) for loc, msgs in by_field.items()]
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    """All of ``err``'s problems on one line: the first one first, then '; '-separated."""
+    problems = validation_problems(err)
+    if len(problems) == 1:
+        return problems[0]
+    return "; ".join(problems) + f" ({len(problems)} problems)"
 
 
 def parse_config(data: Any, source: str = "config") -> Config:

@@ -104,7 +104,8 @@ def test_errors_are_documents_with_the_exit_code(tmp_path):
     bad.write_text("model: {arch: mlp}\n")
     for command in ("run", "train"):
         r, doc = invoke(command, "--json", bad)
-        assert r.exit_code == 2 and validated(doc)["command"] == command and "num_classes" in doc["error"]
+        assert r.exit_code == 2 and validated(doc)["command"] == command
+        assert "model.num_classes: required" in doc["error"] and "forget: required" in doc["error"]
     r, doc = invoke("verify", "--json", tmp_path)
     assert r.exit_code == 2 and validated(doc)["error"]
 
