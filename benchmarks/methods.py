@@ -45,6 +45,18 @@ SCRUB_MAX_FRACTION = 0.5  # max (forget) steps only in the first half of the run
 # At the recipe's full rate SCRUB's max steps overshoot (digits: ΔAcc_R -0.09 on
 # average, and one seed of five never forgot); a tenth of it, picked on digits.
 SCRUB_LR_SCALE = 0.1
+# Boundary Shrink: one FGSM step of this L-inf size (inputs in [0, 1]) finds each forget sample's
+# nearest wrong class (the paper bounds its attack the same way); then GA's loop, cap, clip and
+# optimiser (Adam at BS_LR_SCALE x the recipe's rate, picked on digits as GA's was) until no
+# forget sample is predicted as its class.
+BS_EPS = 0.1
+BS_LR_SCALE = 0.1
+# Kodge et al.'s projection: retained samples per class for the retain space (as
+# nhle-cwm-retained's 8), the scaled-importance grid (alpha_r x alpha_f) searched per request on
+# the method's own samples, and the forget-sample accuracy aimed at (else the lowest found).
+KODGE_RETAINED_PER_CLASS = 8
+KODGE_ALPHAS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
+KODGE_FORGET_ACC_MAX = 0.0
 
 
 @dataclass
@@ -295,6 +307,127 @@ def scrub(task: Task) -> Result:
     return student, {"steps": steps}
 
 
+def boundary_shrink(task: Task) -> Result:
+    """Boundary Shrink (Chen et al., CVPR 2023, "Boundary Unlearning"): each forget sample's
+    nearest wrong class is the top non-forgotten class of the original on the sample moved one
+    FGSM step (``BS_EPS``, sign of the input gradient of its cross-entropy); the model is then
+    fine-tuned on the forget samples relabelled with those classes, so the neighbouring classes'
+    boundaries absorb the forgotten region. Loop: GA's (full batch, Adam at ``BS_LR_SCALE`` x the
+    recipe's lr, NHLE's clip and step cap, BatchNorm frozen) until no forget sample is predicted as
+    its class. No masking. Needs: forget samples only."""
+    model = task.copy_original()
+    model.eval()
+    x = task.forget_x.clone().requires_grad_(True)
+    F.cross_entropy(model(x), task.forget_y).backward()
+    x_adv = (x + BS_EPS * x.grad.sign()).clamp(0.0, 1.0).detach()
+    model.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        z = model(x_adv)
+    flipped = float((z.argmax(1) != task.forget_y).float().mean())  # the step alone left the class
+    z[:, task.forget_classes] = float("-inf")
+    neighbour = z.argmax(1)
+    opt = torch.optim.Adam(model.parameters(), lr=task.recipe.lr * BS_LR_SCALE)
+    loss_fn = lambda logits: F.cross_entropy(logits, neighbour)  # noqa: E731
+    info = _forget_loop(model, task, loss_fn, NHLEConfig(variant="soft-ce"), GA_STOP_FORGET_ACC, opt)
+    info["flipped_by_fgsm"] = flipped
+    info["neighbours"] = torch.bincount(neighbour, minlength=task.num_classes).tolist()
+    return model, info
+
+
+def _layer_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(d, n) input activations of every Linear and (ungrouped) Conv2d of ``model`` on ``x``:
+    a Linear's input vectors, a Conv2d's input patches (C_in * kh * kw per output position)."""
+    layers = {n: m for n, m in model.named_modules()
+              if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)}
+    acts: dict[str, torch.Tensor] = {}
+
+    def hook(name: str, m: nn.Module):
+        def f(_m, args):
+            a = args[0].detach()
+            if isinstance(m, nn.Conv2d):
+                a = F.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # (n, d, L)
+                a = a.transpose(1, 2).reshape(-1, a.shape[1])
+            acts[name] = a.flatten(1).T if isinstance(m, nn.Linear) else a.T
+        return f
+
+    handles = [m.register_forward_pre_hook(hook(n, m)) for n, m in layers.items()]
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return acts
+
+
+def _importance_basis(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left singular vectors of the (d, n) activations with non-negligible energy and each one's
+    share of it (sigma_i^2 / sum sigma^2), from the d x d Gram matrix (n can be large for conv
+    patches)."""
+    evals, evecs = torch.linalg.eigh(a.double() @ a.double().T)
+    evals = evals.clamp_min(0.0)
+    keep = evals > 1e-10 * evals.max().clamp_min(1e-30)
+    return evecs[:, keep], evals[keep] / evals.sum().clamp_min(1e-30)
+
+
+def _scaled(share: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Scaled importance alpha s / ((alpha - 1) s + 1) of energy shares s: alpha 1 weighs each
+    direction by its share; larger alpha lets low-energy directions count nearly fully."""
+    return alpha * share / ((alpha - 1.0) * share + 1.0)
+
+
+def kodge_projection(task: Task) -> Result:
+    """Deep Unlearning (Kodge, Saha and Roy, TMLR 2024), gradient-free: for every Linear and
+    Conv2d, the retain space and the forget space are the scaled-importance projections
+    (left singular vectors of the layer's input activations, weighted by alpha s / ((alpha-1) s +
+    1), s = each direction's energy share) of ``KODGE_RETAINED_PER_CLASS`` retained samples per
+    class and of the forget samples, from one forward pass of the original. The information they
+    share is removed from the forget space: P_dis = (I - P_r) P_f (I - P_r), our reading of "remove
+    the shared space from the forget space"; each weight is projected away from it, W <- W (I -
+    P_dis) (bias unchanged). alpha_r and alpha_f (one per space) are searched per request over
+    ``KODGE_ALPHAS`` x ``KODGE_ALPHAS`` on the method's own samples, as the paper does: forget-sample
+    accuracy down to ``KODGE_FORGET_ACC_MAX`` first (else the lowest found), then the best
+    retained-sample accuracy, then the gentlest edit. No masking. Needs: forget samples +
+    ``KODGE_RETAINED_PER_CLASS`` retained samples per class."""
+    original = task.copy_original().eval()
+    idx = select_retained_indices(task.retained.y, task.forget_classes, task.num_classes,
+                                  KODGE_RETAINED_PER_CLASS, task.seed)
+    xr = torch.from_numpy(task.retained.x[idx]).to(task.device)
+    yr = torch.from_numpy(task.retained.y[idx]).to(task.device)
+    acts_r, acts_f = _layer_inputs(original, xr), _layer_inputs(original, task.forget_x)
+    bases = {n: (_importance_basis(acts_r[n]), _importance_basis(acts_f[n])) for n in acts_r}
+
+    # P_r = U_r diag(l_r) U_r^T, P_f = U_f diag(l_f) U_f^T (l: scaled importances), so
+    # P_dis = (I - P_r) P_f (I - P_r) = M diag(l_f) M^T with M = U_f - U_r diag(l_r) U_r^T U_f.
+    overlaps = {n: ur.T @ uf for n, ((ur, _), (uf, _)) in bases.items()}
+
+    def project(alpha_r: float, alpha_f: float) -> nn.Module:
+        model = copy.deepcopy(original)
+        mods = dict(model.named_modules())
+        with torch.no_grad():
+            for n, ((ur, sr), (uf, sf)) in bases.items():
+                m = uf - ur @ (_scaled(sr, alpha_r)[:, None] * overlaps[n])
+                w = mods[n].weight
+                flat = w.reshape(w.shape[0], -1).double()
+                flat = flat - ((flat @ m) * _scaled(sf, alpha_f)) @ m.T  # W (I - P_dis)
+                w.copy_(flat.reshape(w.shape).to(w.dtype))
+        return model.eval()
+
+    def accuracies(model: nn.Module) -> tuple[float, float]:
+        with torch.no_grad():
+            af = float((model(task.forget_x).argmax(1) == task.forget_y).float().mean())
+            ar = float((model(xr).argmax(1) == yr).float().mean())
+        return af, ar
+
+    grid = [(ar, af) for ar in KODGE_ALPHAS for af in KODGE_ALPHAS]
+    trials = {a: accuracies(project(*a)) for a in grid}
+    # Lowest forget-sample accuracy down to KODGE_FORGET_ACC_MAX, then the best retained-sample
+    # accuracy, then the gentlest edit (largest alpha_r, smallest alpha_f).
+    alpha = min(grid, key=lambda a: (max(trials[a][0], KODGE_FORGET_ACC_MAX), -trials[a][1], -a[0], a[1]))
+    return project(*alpha), {"alpha_r": alpha[0], "alpha_f": alpha[1], "forget_sample_acc": trials[alpha][0],
+                            "retained_sample_acc": trials[alpha][1], "n_retained_samples": int(len(idx))}
+
+
 @dataclass(frozen=True)
 class Method:
     fn: Callable[[Task], Result]
@@ -320,6 +453,8 @@ METHODS: dict[str, Method] = {
     "random-label": Method(random_label, BOTH),
     "salun": Method(salun, BOTH),
     "scrub": Method(scrub, BOTH),
+    "boundary-shrink": Method(boundary_shrink, FORGET),
+    "kodge-projection": Method(kodge_projection, f"forget samples + {KODGE_RETAINED_PER_CLASS} retained per class"),
 }
 
 DEFAULT_METHODS = [name for name, m in METHODS.items() if m.by_default]

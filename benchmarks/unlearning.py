@@ -8,7 +8,9 @@
 For each seed: the original model (trained once per dataset, model, recipe and
 seed, cached under benchmarks/cache/), then every method on a copy of it,
 timed, then scored with verify/'s metric functions on the test split (and a
-training subset for the probe and the membership attack). Writes
+training subset for the probe and the membership attack), then attacked by
+relearning (verify/relearn.py: k = 1, 4, 16 held-out samples per forgotten
+class, 64 small SGD steps, and the passive retained-only drift). Writes
 ``<dataset>-<model>-forget-<ids>.md`` and ``.json`` to ``--out``.
 """
 
@@ -42,7 +44,8 @@ from nhle_pipeline.pipeline.data import select_forget_indices
 from nhle_pipeline.pipeline.device import resolve_device, seed_everything
 from nhle_pipeline.pipeline.errors import PipelineError
 from nhle_pipeline.pipeline.train import retained_only
-from nhle_pipeline.verify.verification import gap_to_reference
+from nhle_pipeline.verify.relearn import RelearnConfig, relearn
+from nhle_pipeline.verify.verification import GAP_KEYS, gap_to_reference
 
 DATASETS = ("digits", "fashion-mnist", "cifar10")
 MODELS = ("mlp", "lenet", "cnn")
@@ -54,6 +57,10 @@ METRICS = (
     ("acc_f", "Acc_F", 3), ("acc_r", "Acc_R", 3), ("d_acc_r", "ΔAcc_R", 3),
     ("ratio_d", "Ratio_D", 2), ("probe_auc", "probe AUC", 3), ("mia_efficacy", "MIA-efficacy", 3),
 )
+RELEARN = RelearnConfig()
+# The harness's gap to retrain: verify's GAP_KEYS and the relearning AUC (mean over k).
+HARNESS_GAP_KEYS = (*GAP_KEYS, "relearn_auc")
+RELEARN_METRICS = (("relearn_auc", "relearn AUC", 2), ("passive_acc_f", "passive Acc_F", 3))
 # Every method the harness can run: the comparison (benchmarks/methods.py) and NHLE's
 # design ablations (benchmarks/nhle_ablations.py, never run unless named).
 REGISTRY = {**METHODS, **ABLATIONS}
@@ -110,6 +117,23 @@ def warm_up(task: Task) -> None:
     opt.step()
 
 
+def relearn_figures(model, data, forget: list[int], exclude: np.ndarray, seed: int, device) -> dict:
+    """verify/relearn.py's flat figures (``relearn_*``, ``passive_acc_f``), its curves under
+    "relearn", and its wall time; the held-out samples exclude the forget samples."""
+    t0 = time.perf_counter()
+    r = relearn(model, forget, NUM_CLASSES, data.train.get, data.train.y, data.test.get, data.test.y,
+                exclude=exclude, seed=seed, cfg=RELEARN, device=device)
+    return {**r.summary(), "relearn": r.to_dict(), "relearn_s": time.perf_counter() - t0}
+
+
+def harness_gap(r: dict, ref: dict) -> float:
+    """Mean |method - retrain| over ``HARNESS_GAP_KEYS`` (the finite ones)."""
+    gaps = gap_to_reference(r, ref)
+    vals = [gaps[k] for k in GAP_KEYS] + [abs(r["relearn_auc"] - ref["relearn_auc"])]
+    finite = [v for v in vals if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def run_seed(args: argparse.Namespace, data, seed: int, recipe, budget, device: torch.device) -> dict:
     """The original and every method for one seed: metrics, wall time, method info."""
     forget = args.forget_classes
@@ -124,7 +148,8 @@ def run_seed(args: argparse.Namespace, data, seed: int, recipe, budget, device: 
         forget_y=torch.from_numpy(data.train.y[idx]).to(device), retained=retained_only(data.train, forget),
         recipe=recipe, budget=budget, seed=seed, device=device,
     )
-    out = {"original": {**base, "d_acc_r": 0.0, "train_s": orig_info.get("train_s")}}
+    out = {"original": {**base, "d_acc_r": 0.0, "train_s": orig_info.get("train_s"),
+                        **relearn_figures(original, data, forget, idx, seed, device)}}
     warm_up(task)
     for name in args.method_names:
         seed_everything(seed)
@@ -135,14 +160,18 @@ def run_seed(args: argparse.Namespace, data, seed: int, recipe, budget, device: 
             forget_sample_acc = float((model.eval()(task.forget_x).argmax(1) == task.forget_y).float().mean())
         ev = evaluate(model, data, forget, seed, device)
         out[name] = {**ev, "d_acc_r": ev["acc_r"] - base["acc_r"], "time_s": elapsed,
-                     "forget_sample_acc": forget_sample_acc, "info": info}
-        log(f"seed {seed}: {name:17s} Acc_F {ev['acc_f']:.3f} ΔAcc_R {out[name]['d_acc_r']:+.3f} "
-            f"Ratio_D {ev['ratio_d']:.2f} AUC {ev['probe_auc']:.3f} MIA {ev['mia_efficacy']:.3f} {elapsed:.2f}s")
+                     "forget_sample_acc": forget_sample_acc, "info": info,
+                     **relearn_figures(model, data, forget, idx, seed, device)}
+        r = out[name]
+        log(f"seed {seed}: {name:17s} Acc_F {ev['acc_f']:.3f} ΔAcc_R {r['d_acc_r']:+.3f} "
+            f"Ratio_D {ev['ratio_d']:.2f} AUC {ev['probe_auc']:.3f} MIA {ev['mia_efficacy']:.3f} {elapsed:.2f}s; "
+            f"relearn steps {_steps_text([r[f'relearn_steps_k{k}'] for k in RELEARN.ks])} "
+            f"AUC {r['relearn_auc']:.2f} passive {r['passive_acc_f']:.2f} ({r['relearn_s']:.1f}s)")
     if REFERENCE in out:
         ref = out[REFERENCE]
         for name in args.method_names:
             r = out[name]
-            r["gap_to_retrain"] = gap_to_reference(r, ref)["mean"]
+            r["gap_to_retrain"] = harness_gap(r, ref)
             r["time_ratio"] = r["time_s"] / ref["time_s"]
     return out
 
@@ -152,13 +181,33 @@ def _stats(values: list[float]) -> dict:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
 
 
+def _steps_text(steps: list[int | None]) -> str:
+    return "·".join(f">{RELEARN.steps}" if s is None else str(s) for s in steps)
+
+
+def _steps_stats(values: list[int | None]) -> dict:
+    """Steps to relearn over seeds: median (None = not within the budget counts as above it),
+    min, max, and how many seeds did not relearn."""
+    v = np.asarray([np.inf if x is None else x for x in values], dtype=np.float64)
+    med = float(np.median(v))
+    return {"median": med if np.isfinite(med) else None, "min": float(v.min()) if np.isfinite(v.min()) else None,
+            "max": float(v.max()) if np.isfinite(v.max()) else None, "not_reached": int((~np.isfinite(v)).sum()),
+            "values": values}
+
+
 def summarise(per_seed: dict[int, dict], names: list[str]) -> dict:
-    """mean and std (ddof=1) over seeds of every column; rank by the mean gap to retrain."""
-    keys = [k for k, _, _ in METRICS] + ["time_s", "time_ratio", "gap_to_retrain"]
+    """mean and std (ddof=1) over seeds of every column (relearning steps: median, min, max);
+    rank by the mean gap to retrain."""
+    keys = [k for k, _, _ in METRICS] + [k for k, _, _ in RELEARN_METRICS] + [
+        f"relearn_auc_k{k}" for k in RELEARN.ks] + ["time_s", "time_ratio", "gap_to_retrain", "relearn_s"]
     summary = {}
     for name in ["original", *names]:
         runs = [per_seed[s][name] for s in sorted(per_seed)]
         summary[name] = {k: _stats([r[k] for r in runs]) for k in keys if all(k in r for r in runs)}
+        for k in RELEARN.ks:
+            key = f"relearn_steps_k{k}"
+            if all(key in r for r in runs):
+                summary[name][key] = _steps_stats([r[key] for r in runs])
     ranked = sorted((n for n in names if n != REFERENCE and "gap_to_retrain" in summary[n]),
                     key=lambda n: summary[n]["gap_to_retrain"]["mean"])
     for i, n in enumerate(ranked, 1):
@@ -173,6 +222,12 @@ def _cell(stat: dict | None, decimals: int, signed: bool = False) -> str:
     return f"{fmt.format(stat['mean'])} ± {stat['std']:.{decimals}f}"
 
 
+def _steps_cell(stats: list[dict | None]) -> str:
+    if any(st is None for st in stats):
+        return "—"
+    return " · ".join(f">{RELEARN.steps}" if st["median"] is None else f"{st['median']:g}" for st in stats)
+
+
 def render_markdown(record: dict) -> str:
     s, names, summary = record["setting"], record["methods"], record["summary"]
     lines = [
@@ -185,16 +240,31 @@ def render_markdown(record: dict) -> str:
         "Ratio_D; the probe and the membership attack train on a training subset (verify/evidence.py). "
         "ΔAcc_R is against the original model of the same seed. *time* is the unlearning step alone "
         "(retrain: the whole training run); *gap* is the mean |method − retrain| over Acc_F, Acc_R, Ratio_D, "
-        "probe AUC and MIA-efficacy, per seed, then averaged; *rank* orders the methods by it (1 = closest).",
+        "probe AUC, MIA-efficacy and relearn AUC, per seed, then averaged; *rank* orders the methods by it "
+        "(1 = closest).",
+        "",
+        f"*Relearning* (verify/relearn.py): the head's forgotten rows reset to a fresh seeded init, then "
+        f"{RELEARN.steps} full-batch SGD steps (lr {RELEARN.lr}, no momentum, eval mode) on k held-out training "
+        "samples per forgotten class (never the forget samples above) plus as many retained ones; Acc_F on "
+        f"≤ {RELEARN.max_eval} forgotten-class test samples at steps {', '.join(map(str, RELEARN.eval_steps))}. "
+        f"*relearn steps*: the first of those steps with Acc_F ≥ {RELEARN.target}, for k = "
+        f"{' · '.join(map(str, RELEARN.ks))}, median over seeds (>{RELEARN.steps}: not within the budget; higher = "
+        "harder to relearn); *relearn AUC*: mean Acc_F over the recorded steps, averaged over k (lower = "
+        "harder to relearn); *passive Acc_F*: Acc_F of the model as released after "
+        f"{RELEARN.steps} SGD steps on retained data only (batches of {RELEARN.passive_batch}; a masked row cannot "
+        "come back this way).",
         "",
         "| method | data needed | Acc_F | Acc_R | ΔAcc_R | Ratio_D | probe AUC | MIA-efficacy "
+        f"| relearn steps (k={'·'.join(map(str, RELEARN.ks))}) | relearn AUC | passive Acc_F "
         "| time (s) | time / retrain | gap to retrain | rank |",
-        "| --- | --- | " + " | ".join(["---:"] * 10) + " |",
+        "| --- | --- | " + " | ".join(["---:"] * 13) + " |",
     ]
     for name in ["original", *names]:
         row = summary[name]
         data = "—" if name == "original" else REGISTRY[name].data
         cells = [_cell(row.get(k), d, signed=(k == "d_acc_r")) for k, _, d in METRICS]
+        cells.append(_steps_cell([row.get(f"relearn_steps_k{k}") for k in RELEARN.ks]))
+        cells += [_cell(row.get(k), d) for k, _, d in RELEARN_METRICS]
         cells += [_cell(row.get("time_s"), 2), _cell(row.get("time_ratio"), 4),
                   _cell(row.get("gap_to_retrain"), 3), str(row.get("rank", "—"))]
         lines.append(f"| {name} | {data} | " + " | ".join(cells) + " |")
@@ -205,7 +275,8 @@ def render_markdown(record: dict) -> str:
         "forgotten classes. Method details: docstrings in benchmarks/methods.py.",
         "",
         f"Recipe (original and retrain): `{json.dumps(record['recipe'])}`; peer budgets: "
-        f"`{json.dumps(record['budget'])}`; NHLE: `{json.dumps(record['nhle'])}`; CWM: `{json.dumps(record['cwm'])}`.",
+        f"`{json.dumps(record['budget'])}`; NHLE: `{json.dumps(record['nhle'])}`; CWM: `{json.dumps(record['cwm'])}`; "
+        f"relearning: `{json.dumps(record.get('relearn'))}`.",
         "",
         "| machine | |",
         "| --- | --- |",
@@ -249,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "data_needed": {n: REGISTRY[n].data for n in args.method_names},
         "recipe": recipe.model_dump(), "budget": budget_dict(budget),
         "nhle": NHLEConfig().resolved(), "cwm": CWMConfig().model_dump(),
+        "relearn": {**RELEARN.__dict__, "ks": list(RELEARN.ks), "eval_steps": list(RELEARN.eval_steps)},
         "machine": machine,
         "summary": summarise(per_seed, args.method_names),
         "per_seed": {str(s): r for s, r in per_seed.items()},

@@ -21,7 +21,7 @@ from nhle_pipeline.pipeline.train import retained_only, train_classifier
 
 HEADER = [
     "method", "data needed", "Acc_F", "Acc_R", "ΔAcc_R", "Ratio_D", "probe AUC", "MIA-efficacy",
-    "time (s)", "time / retrain", "gap to retrain", "rank",
+    "relearn steps (k=1·4·16)", "relearn AUC", "passive Acc_F", "time (s)", "time / retrain", "gap to retrain", "rank",
 ]
 
 
@@ -74,7 +74,8 @@ def test_quick_mode_table_and_sanity(tmp_path):
         assert len(row) == len(HEADER), name
         if name != "original":
             assert row[1] == METHODS[name].data
-            assert all("±" in cell for cell in row[2:11]), row  # mean ± std in every numeric column
+            assert all("±" in cell for cell in row[2:8] + row[9:14]), row  # mean ± std in every numeric column
+            assert len(row[8].split(" · ")) == 3, row  # median steps to relearn, k = 1, 4, 16
     assert body["retrain"][-1] == "—"
     assert sorted(int(body[n][-1]) for n in METHODS if n != "retrain") == list(range(1, len(METHODS)))
     assert "logical cores" in md and "torch threads" in md
@@ -97,6 +98,10 @@ def test_quick_mode_table_and_sanity(tmp_path):
     # CWM edits only the head: the penultimate features, hence Ratio_D, are the original's.
     assert np.isclose(seed0["cwm-only"]["ratio_d"], seed0["original"]["ratio_d"])
     assert seed0["original"]["acc_f"] > 0.9
+    # Relearning resets the forgotten head rows: CWM alone relearns exactly as the original.
+    assert seed0["cwm-only"]["relearn"]["active"] == seed0["original"]["relearn"]["active"]
+    assert seed0["original"]["passive_acc_f"] > 0.9 and seed0["cwm-only"]["passive_acc_f"] == 0.0
+    assert 0 <= s["retrain"]["relearn_auc"]["mean"] < s["cwm-only"]["relearn_auc"]["mean"]
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +141,22 @@ def test_head_frozen_and_projected_ablations_do_what_they_say(quick_task):
         drift = {name: float((m(quick_task.forget_x)[:, keep] - z0).pow(2).mean())
                  for name, m in (("projected", projected), ("plain", plain))}
     assert drift["projected"] < drift["plain"]
+
+
+def test_boundary_shrink_relabels_to_retained_neighbours(quick_task):
+    model, info = METHODS["boundary-shrink"].fn(quick_task)
+    assert info["stopped"] == "forgotten" and info["steps"] >= 1
+    assert info["neighbours"][0] == info["neighbours"][4] == 0  # never a forgotten class
+    assert sum(info["neighbours"]) == len(quick_task.forget_y)
+    with torch.no_grad():
+        assert (model(quick_task.forget_x).argmax(1) != quick_task.forget_y).all()
+
+
+def test_kodge_projection_is_gradient_free_and_forgets_its_samples(quick_task):
+    before = {k: v.clone() for k, v in quick_task.original.state_dict().items()}
+    model, info = METHODS["kodge-projection"].fn(quick_task)
+    assert info["n_retained_samples"] == 8 * 8 and info["forget_sample_acc"] == 0.0
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and all(k.endswith("weight") for k in changed)  # W <- W (I - P_dis); biases kept
+    for k, v in quick_task.original.state_dict().items():
+        assert torch.equal(v, before[k]), k
