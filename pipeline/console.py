@@ -78,13 +78,17 @@ def print_run_summary(m: Manifest, release: Path | None) -> None:
 
 def train_original(cfg, *, device: str | None, force: bool) -> Path:
     """Run `pipeline train` with an epoch progress line."""
+    import time
+
     from nhle_pipeline.pipeline.train import train_original as _train
 
-    with console.status("train ...") as status:
-        path, acc = _train(
-            cfg, device=device, force=force,
-            on_epoch=lambda e, n, loss: status.update(f"train epoch {e}/{n}: loss {loss:.4f}"),
-        )
+    start = time.perf_counter()
+
+    def epoch_line(e: int, n: int, loss: float) -> None:  # one line per epoch: a log file shows progress too
+        console.print(f"train epoch {e}/{n}: loss {loss:.4f} ({time.perf_counter() - start:.0f} s)")
+
+    with console.status("train ..."):
+        path, acc = _train(cfg, device=device, force=force, on_epoch=epoch_line)
     console.print(f"[green]✓[/] trained {cfg.model.arch} on {cfg.data.dataset}: test accuracy {acc:.4f}")
     from nhle_pipeline.pipeline.output import current_document
 

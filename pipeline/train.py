@@ -1,4 +1,10 @@
-"""Supervised training: the original model (`pipeline train`) and the retrained reference."""
+"""Supervised training: the original model (`pipeline train`) and the retrained reference.
+
+The recipe is the config's ``train:`` section: optimizer, learning-rate schedule
+(constant or one-cycle), per-batch augmentation (random crop with 4-px padding
+and horizontal flip, seeded), bf16 autocast and channels-last memory order.
+Defaults are float32, no augmentation, constant rate: exact and reproducible.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,56 @@ from nhle_pipeline.pipeline.data import Split
 
 EpochCallback = Callable[[int, int, float], None]  # (epoch, epochs, mean loss)
 
+CROP_PADDING = 4  # pixels of zero padding around each image before the random crop
+ONECYCLE_PCT_START = 0.3  # share of the steps spent warming up to the peak rate
+# The augmentation stream is seeded apart from the shuffling one, so turning
+# augmentation on leaves the order of the batches unchanged.
+_AUGMENT_SEED_OFFSET = 0x9E3779B9
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch of ``n`` samples (a trailing 1-sample batch is skipped)."""
+    sizes = (min(batch_size, n - i) for i in range(0, n, batch_size))
+    return sum(1 for k in sizes if k >= 2 or n == 1)
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    """The learning-rate schedule stepped once per optimizer step, or None (constant)."""
+    if cfg.schedule == "constant" or total_steps < 1:
+        return None
+    return torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=ONECYCLE_PCT_START
+    )
+
+
+def crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int = CROP_PADDING) -> torch.Tensor:
+    """A random ``H x W`` crop of each zero-padded image, mirrored left-right with probability 1/2.
+
+    ``x`` is (N, C, H, W); the offsets and flips are drawn from ``gen`` (CPU), so the
+    result depends only on the generator's state, whatever the device of ``x``.
+    """
+    n, c, h, w = x.shape
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    rows = dy[:, None] + torch.arange(h)  # (N, H) rows of the padded image
+    cols = dx[:, None] + torch.arange(w)  # (N, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    padded = F.pad(x, (padding, padding, padding, padding))
+    dev = x.device
+    return padded[
+        torch.arange(n, device=dev)[:, None, None, None],
+        torch.arange(c, device=dev)[None, :, None, None],
+        rows.to(dev)[:, None, :, None],
+        cols.to(dev)[:, None, None, :],
+    ]
+
 
 def train_classifier(
     model: nn.Module,
@@ -24,29 +80,48 @@ def train_classifier(
     seed: int,
     on_epoch: EpochCallback | None = None,
 ) -> nn.Module:
-    """Train ``model`` on ``data`` with cross-entropy; shuffling is seeded by ``seed``."""
+    """Train ``model`` on ``data`` with cross-entropy under ``cfg``'s recipe.
+
+    Shuffling and augmentation are seeded by ``seed``. The model comes back in eval
+    mode and in the default (contiguous) memory format, whatever ``cfg.channels_last``.
+    """
     model.to(device).train()
-    if cfg.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    gen = torch.Generator().manual_seed(seed)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, cfg)
     n = len(data)
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(n, generator=gen).numpy()
-        total, count = 0.0, 0
-        for x, y in data.batches(order, cfg.batch_size):  # streamed: decoded per batch
-            if len(y) < 2 and n > 1:  # a 1-sample batch breaks BatchNorm
-                continue
-            xb, yb = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-            loss = F.cross_entropy(model(xb), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(y)
-            count += len(y)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, cfg.epochs, total / max(count, 1))
+    sched = build_scheduler(opt, cfg, cfg.epochs * steps_per_epoch(n, cfg.batch_size))
+    gen = torch.Generator().manual_seed(seed)
+    aug_gen = torch.Generator().manual_seed(seed + _AUGMENT_SEED_OFFSET)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16")
+    try:
+        for epoch in range(cfg.epochs):
+            order = torch.randperm(n, generator=gen).numpy()
+            total, count = 0.0, 0
+            for x, y in data.batches(order, cfg.batch_size):  # streamed: decoded per batch
+                if len(y) < 2 and n > 1:  # a 1-sample batch breaks BatchNorm
+                    continue
+                xb, yb = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+                if cfg.augment == "crop-flip":
+                    xb = crop_flip(xb, aug_gen)
+                if xb.ndim == 4:
+                    xb = xb.contiguous(memory_format=memory_format)
+                with autocast:
+                    logits = model(xb)
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                total += float(loss.detach()) * len(y)
+                count += len(y)
+            if on_epoch is not None:
+                on_epoch(epoch + 1, cfg.epochs, total / max(count, 1))
+    finally:
+        if cfg.channels_last:
+            model.to(memory_format=torch.contiguous_format)
     model.eval()
     return model
 
