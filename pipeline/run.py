@@ -57,7 +57,12 @@ from nhle_pipeline.pipeline.release.manifest import (
 )
 from nhle_pipeline.pipeline.release.package import write_release_files
 from nhle_pipeline.pipeline.release.signing import load_signing_key
-from nhle_pipeline.pipeline.release.staging import check_target, create_staging, publish
+from nhle_pipeline.pipeline.release.staging import (
+    check_target,
+    create_staging,
+    discard_staging,
+    publish,
+)
 from nhle_pipeline.pipeline.release.triton import write_triton_repository
 from nhle_pipeline.pipeline.testhooks import die_if_rank, pause_at
 from nhle_pipeline.verify.evidence import subsample
@@ -70,6 +75,7 @@ from nhle_pipeline.verify.measure import (
     merge_outputs,
     run_model,
 )
+from nhle_pipeline.verify.relearn import relearn_block
 from nhle_pipeline.verify.verification import PARITY_MAX_SAMPLES, verification_metrics
 
 
@@ -311,10 +317,18 @@ def _verify(run: _Run, model: nn.Module, nh: NHLEResult, model_onnx: Path) -> tu
               "forget_acc_end": nh.forget_acc_end, "n_samples": int(len(run.inp.forget_idx)),
               "n_retained_samples": int(len(run.inp.retained_idx)), "settings": nh.settings},
     )
+    relearned = ""
+    if run.cfg.verify.evidence.relearn:  # the PyTorch models (parity ties the unlearned one to model.onnx)
+        data = run.inp.data
+        rl = metrics["evidence"]["relearn"] = relearn_block(
+            run.inp.model, model, run.forget, run.cfg.model.num_classes, data.train.get, data.train.y,
+            data.test.get, data.test.y, exclude=run.inp.forget_idx, seed=run.cfg.seed, head=run.inp.head_name,
+            device=run.inp.device)
+        relearned = f", relearn steps x{rl['steps_relative']:.2f} the original's ({rl['seconds']:.1f} s)"
     gates = evaluate_gates(metrics, run.cfg.verify.gates, cwm_applied=cwm.mode != "none")
     passed = all(g.passed for g in gates)
     return metrics, gates, (f"Acc_F {after.accuracy.acc_f:.4f}, ΔAcc_R {metrics['delta_acc_r']:+.4f}, "
-                            f"Ratio_D {after.evidence.ratio_d:.3f}, gates {'pass' if passed else 'FAIL'}")
+                            f"Ratio_D {after.evidence.ratio_d:.3f}{relearned}, gates {'pass' if passed else 'FAIL'}")
 
 
 def _features(run: _Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -336,7 +350,8 @@ def run_pipeline(
     group: Group | None = None,
     sign_key: str | Path | None = None,
 ) -> RunResult:
-    """Run every stage; return the released folder, or raise GateFailure (staging kept).
+    """Run every stage; return the released folder, or raise GateFailure (staging kept with
+    its report). Any other error or an interruption removes the staging folder.
 
     ``sign_key`` (else ``release.sign_key``): a PEM EC private key that signs the release."""
     listener = listener or NullListener()
@@ -355,6 +370,18 @@ def run_pipeline(
     run = _Run(cfg, name, inp, create_staging(release_dir, name), listener,  # the run's first write
                use_cache=use_cache and cfg.cache.enabled, group=group or Group())
 
+    try:
+        return _stages(run, timer, target, force, signer)
+    except GateFailure:
+        raise  # the staging folder keeps the report that says why
+    except BaseException:  # an error, Ctrl-C, SIGTERM, a full disk: nothing half-made stays
+        discard_staging(run.staging)
+        raise
+
+
+def _stages(run: _Run, timer: _Timer, target: Path, force: bool, signer) -> RunResult:
+    """baseline -> nhle -> cwm -> export -> [reference] -> verify -> release, in the staging folder."""
+    cfg, inp = run.cfg, run.inp
     with timer.stage("baseline"):
         timer.detail = _baseline(run)
     with timer.stage("nhle"):
@@ -371,7 +398,7 @@ def run_pipeline(
 
     passed = all(g.passed for g in gates)
     manifest = build_manifest(
-        cfg, name=name, passed=passed, weights_sha256=inp.weights_sha256, head_name=inp.head_name,
+        cfg, name=run.name, passed=passed, weights_sha256=inp.weights_sha256, head_name=inp.head_name,
         metrics=metrics, gates=[g.to_dict() for g in gates], torch_device=str(inp.device),
         provider=run.measured["unlearned"].provider, external_data=external, timings=timer.timings,
         baseline_cache=run.cache_note, class_names=inp.class_names,

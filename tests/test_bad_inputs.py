@@ -32,11 +32,13 @@ def invoke(*args):
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Every path under ``root``: folders as 'dir', files as '<bytes>:<sha256>'."""
+    """Every path under ``root``: links as 'link -> <target>', folders as 'dir', files as '<bytes>:<sha256>'."""
     out = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if p.is_dir():
+        if p.is_symlink():
+            out[rel] = f"link -> {os.readlink(p)}"
+        elif p.is_dir():
             out[rel] = "dir"
         else:
             data = p.read_bytes()
@@ -253,6 +255,13 @@ def _labels(n: int) -> np.ndarray:
     return np.arange(n) % 10
 
 
+def _link_then(c: Ctx, link: Path, to: Path) -> Path:
+    """A symbolic link at ``link`` (pointing at ``to``, which may not exist); returns the case's config."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(to, target_is_directory=True)
+    return c.cfg()
+
+
 def _sys_path() -> str:
     return "/sys/nhle-pipeline-test-release"  # not creatable, even by root
 
@@ -436,6 +445,10 @@ CASES: list[tuple[str, str, Callable[[Ctx], list]]] = [
     ("out-below-a-file", "release.dir", lambda c: ["run", c.cfg(), "--out", c.text("afile", "x") / "sub"]),
     ("release-dir-is-a-file", "release.dir", lambda c: ["run", c.cfg(release={"dir": str(c.text("afile", "x")), "name": "n"})]),
     ("out-not-creatable", "release.dir", lambda c: ["run", c.cfg(), "--out", _sys_path()]),
+    ("release-path-dangling-symlink", "is a symbolic link",
+     lambda c: ["run", _link_then(c, c.rel / "digits-test", c.tmp / "gone"), "--force"]),
+    ("release-path-symlink-no-force", "is a symbolic link", lambda c: ["run", _link_then(c, c.rel / "digits-test", c.tmp)]),
+    ("staging-is-a-symlink", ".staging' is a symbolic link", lambda c: ["run", _link_then(c, c.rel / ".staging", c.tmp)]),
     ("release-exists-no-force", "already exists",
      lambda c: (c.earlier_release(), ["run", c.cfg(release={"dir": str(c.rel), "name": "earlier"})])[-1]),
     ("release-name-slash", "release.name", _with_earlier(_run(release={"name": "a/b"}))),
