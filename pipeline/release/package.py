@@ -16,6 +16,7 @@ from nhle_pipeline.pipeline.release.manifest import (
 )
 from nhle_pipeline.pipeline.release.report_html import write_html_report
 from nhle_pipeline.pipeline.release.report_md import write_report
+from nhle_pipeline.pipeline.release.report_view import created_at
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -24,8 +25,15 @@ REPORT_HTML = "report.html"
 def write_release_files(
     staging: Path, manifest: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]]
 ) -> None:
-    """report.md, report.html, then manifest.json listing the digests of everything else."""
-    write_report(staging / REPORT_MD, manifest)
-    write_html_report(staging / REPORT_HTML, manifest, features)
+    """report.md, report.html, then manifest.json listing the digests of everything else.
+
+    The reports list (and show the model's sha256 from) the digests of every file written
+    before them; the manifest then lists the reports too."""
+    reports = (REPORT_MD, REPORT_HTML)
+    manifest.files = {k: FileDigest.model_validate(v)
+                      for k, v in file_digests(staging, exclude=(MANIFEST, *reports)).items()}
+    created = created_at()
+    write_report(staging / REPORT_MD, manifest, created)
+    write_html_report(staging / REPORT_HTML, manifest, features, created)
     manifest.files = {k: FileDigest.model_validate(v) for k, v in file_digests(staging).items()}
     write_manifest(staging / MANIFEST, manifest)

@@ -1,16 +1,22 @@
-"""``report.html``: one self-contained page (plots inline as PNG data URIs).
+"""``report.html``: one self-contained page (plots inline as PNG data URIs), rendered with
+Jinja2 from ``pipeline/templates/report.html`` (autoescaped: names from a config or a data
+set cannot inject markup).
 
-Readable from a file system with no server: the gates table, per-class
-accuracy before and after (bar chart), a 2-D PCA projection of penultimate
-features before and after, the feature and privacy evidence, provenance and
-stage timings. A tiny inline script marks ``<body data-images-loaded=N>`` once
-the images decode, so a headless browser test can tell they rendered.
+Readable from a file system with no server, from a 420 px phone to a wide screen:
+the verdict and the model's sha256, the gates, Acc_F / Acc_R / ΔAcc_R with sample
+counts and 95 % intervals, per-class accuracy (a chart with value labels and a
+change view, forgotten classes marked, class names when the manifest has them,
+and the same numbers as a table), the penultimate features in one PCA fitted on
+the original and applied to every panel (a legend per class), the feature and
+privacy evidence, the metric definitions, provenance, the files and their
+digests, and stage timings. A tiny inline script marks
+``<body data-images-loaded=N>`` once the images decode, so a headless browser
+test can tell they rendered.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 from pathlib import Path
 
@@ -18,9 +24,11 @@ import numpy as np
 
 from nhle_pipeline.pipeline.release.manifest import Manifest
 from nhle_pipeline.pipeline.release.report_md import nhle_settings_line
-from nhle_pipeline.verify.formatting import format_value
+from nhle_pipeline.pipeline.release.report_view import DEFINITIONS, build_view, fmt, fmt_interval
 
+TEMPLATE = "templates/report.html"
 PCA_MAX_POINTS = 2_000
+LEGEND_MAX_CLASSES = 20  # one legend entry per class up to this many; beyond, the forgotten ones only
 EVIDENCE_ROWS = (
     ("ratio_d", "Ratio_D = D_inter / D_intra (lower: less separable)"),
     ("d_inter", "D_inter"),
@@ -28,10 +36,8 @@ EVIDENCE_ROWS = (
     ("probe_auc", "probe ROC AUC (0.5: no leakage)"),
     ("mia_efficacy", "MIA-efficacy (higher: forget set looks unseen)"),
 )
-
-
-def _fmt(v) -> str:
-    return html.escape(format_value(v, ".4g", ("true", "false")))
+ORIGINAL_COLOUR, UNLEARNED_COLOUR, REFERENCE_COLOUR = "#7f8c99", "#1f6fb2", "#2e8b57"
+FORGOTTEN_COLOUR = "#c0392b"
 
 
 def _png(fig) -> str:
@@ -40,144 +46,181 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _per_class_chart(m: Manifest) -> str:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = {"original": m.metrics.original.per_class, "unlearned": m.metrics.unlearned.per_class}
-    ref = m.metrics.reference
-    if ref:
-        series["retrained reference"] = ref.per_class
-    n = len(series["original"])
+    return plt
+
+
+def _per_class_chart(view) -> str:
+    """Two panels: accuracy per class (value labels, forgotten classes shaded) and the change
+    per class on its own scale, so a retained 0.93 → 0.95 is visible."""
+    plt = _pyplot()
+    rows = view.classes
+    n = len(rows)
+    series = [("original", [r.original for r in rows], ORIGINAL_COLOUR),
+              ("unlearned", [r.unlearned for r in rows], UNLEARNED_COLOUR)]
+    if rows and rows[0].reference is not None:
+        series.append(("retrained reference", [r.reference for r in rows], REFERENCE_COLOUR))
+    labels = [r.label for r in rows]
+    long_labels = max(map(len, labels)) > 3 or n > 12
     width = 0.8 / len(series)
-    fig, ax = plt.subplots(figsize=(max(6, n * 0.6), 3.2))
-    for i, (label, vals) in enumerate(series.items()):
-        ax.bar(np.arange(n) + i * width, np.nan_to_num(vals), width, label=label)
-    ax.set_xticks(np.arange(n) + width * (len(series) - 1) / 2)
-    ax.set_xticklabels([f"{c}{'*' if c in m.forget_classes else ''}" for c in range(n)])
-    ax.set_ylim(0, 1.05)
+    fig, (ax, dx) = plt.subplots(2, 1, figsize=(max(6.5, n * 0.55 * len(series) / 2 + 1.5), 6.4),
+                                 gridspec_kw={"height_ratios": [3, 2]}, sharex=True)
+    x = np.arange(n)
+    for i, r in enumerate(rows):
+        if r.forgotten:
+            for a in (ax, dx):
+                a.axvspan(i - 0.45, i + 0.45, color=FORGOTTEN_COLOUR, alpha=0.08, lw=0)
+    small = n <= 20  # value labels where they fit
+    for k, (label, vals, colour) in enumerate(series):
+        pos = x - 0.4 + width * (k + 0.5)
+        v = np.nan_to_num(np.asarray(vals, float))
+        bars = ax.bar(pos, v, width, label=label, color=colour)
+        if small:
+            ax.bar_label(bars, labels=[f"{a:.2f}" for a in v], fontsize=6, padding=1, rotation=90)
+    ax.set_ylim(0, 1.22)
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_ylabel("test accuracy")
-    ax.set_xlabel("class (* forgotten)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, ncol=len(series) + 1, loc="upper left", bbox_to_anchor=(0, 1.16), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    change = np.array([r.change for r in rows], float)
+    retained = np.array([not r.forgotten for r in rows])
+    span = np.nanmax(np.abs(change[retained])) if retained.any() else 0.0
+    span = max(float(np.nan_to_num(span)) * 1.35, 0.01)
+    colours = [FORGOTTEN_COLOUR if r.forgotten else ("#2e8b57" if c >= 0 else "#d35400")
+               for r, c in zip(rows, change, strict=True)]
+    shown = np.where(retained, np.clip(np.nan_to_num(change), -span, span), 0.0)
+    bars = dx.bar(x, shown, 0.6, color=colours)
+    if small:
+        dx.bar_label(bars, labels=["" if r.forgotten else f"{c:+.3f}" for r, c in zip(rows, change, strict=True)],
+                     fontsize=6, padding=1)
+    for i, r in enumerate(rows):
+        if r.forgotten:  # off this scale: its own drop, written out
+            dx.annotate(f"forgotten\n{r.original:.2f}→{r.unlearned:.2f}", (i, -span * 0.95), ha="center",
+                        va="bottom", fontsize=6, color=FORGOTTEN_COLOUR)
+    dx.axhline(0, color="#444", lw=0.8)
+    dx.set_ylim(-span, span)
+    dx.set_ylabel("change (unlearned − original)")
+    dx.grid(axis="y", alpha=0.3)
+    dx.set_xticks(x)
+    dx.set_xticklabels(labels, rotation=45 if long_labels else 0, ha="right" if long_labels else "center", fontsize=8)
+    for tick, r in zip(dx.get_xticklabels(), rows, strict=True):
+        if r.forgotten:
+            tick.set_color(FORGOTTEN_COLOUR)
+            tick.set_fontweight("bold")
+    dx.set_xlabel("class (red, shaded: forgotten)")
+    fig.tight_layout()
     out = _png(fig)
     plt.close(fig)
     return out
 
 
-def _pca_chart(features: dict[str, tuple[np.ndarray, np.ndarray]], forget: list[int], seed: int) -> str:
-    import matplotlib
+def _class_colours(n: int):
+    plt = _pyplot()
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "turbo")
+    return [cmap(i if n <= 20 else i / max(n - 1, 1)) for i in range(n)]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _pca_chart(features: dict[str, tuple[np.ndarray, np.ndarray]], view, forget: list[int], seed: int) -> str | None:
+    """Every panel projected with one PCA, fitted on the first panel (the original)."""
     from sklearn.decomposition import PCA
 
-    fig, axes = plt.subplots(1, len(features), figsize=(4.2 * len(features), 3.8), squeeze=False)
+    if not features:
+        return None
+    dims = {f.shape[1] for f, _ in features.values()}
+    if len(dims) != 1:
+        return None  # a reference with another feature width: no common projection
+    plt = _pyplot()
     rng = np.random.default_rng(seed)
-    for ax, (label, (feats, y)) in zip(axes[0], features.items(), strict=True):
+    panels = list(features.items())
+    feats0, y0 = panels[0][1]
+    fit_idx = np.sort(rng.choice(len(y0), min(len(y0), PCA_MAX_POINTS), replace=False))
+    pca = PCA(n_components=2, random_state=seed).fit(feats0[fit_idx].astype(np.float64))
+    projected = []
+    for label, (feats, y) in panels:
         idx = np.sort(rng.choice(len(y), min(len(y), PCA_MAX_POINTS), replace=False))
-        xy = PCA(n_components=2, random_state=seed).fit_transform(feats[idx].astype(np.float64))
-        keep = ~np.isin(y[idx], forget)
-        ax.scatter(xy[keep, 0], xy[keep, 1], c=y[idx][keep], cmap="tab10", s=5, alpha=0.5, vmin=0, vmax=9)
-        ax.scatter(xy[~keep, 0], xy[~keep, 1], c="black", marker="x", s=12, label="forgotten classes")
+        projected.append((label, pca.transform(feats[idx].astype(np.float64)), y[idx]))
+    allxy = np.concatenate([xy for _, xy, _ in projected])
+    lo, hi = np.nanpercentile(allxy, 0.5, axis=0), np.nanpercentile(allxy, 99.5, axis=0)
+    pad = (hi - lo) * 0.05
+    n_classes = len(view.classes)
+    colours = _class_colours(n_classes)
+    fig, axes = plt.subplots(1, len(projected), figsize=(4.0 * len(projected), 4.0), squeeze=False)
+    handles = {}
+    for ax, (label, xy, y) in zip(axes[0], projected, strict=True):
+        for c in range(n_classes):
+            sel = y == c
+            if not sel.any():
+                continue
+            name = view.classes[c].label
+            if c in forget:
+                h = ax.scatter(xy[sel, 0], xy[sel, 1], color=colours[c], marker="x", s=18, lw=1.1,
+                               label=f"{name} (forgotten)", zorder=3)
+            else:
+                h = ax.scatter(xy[sel, 0], xy[sel, 1], color=colours[c], s=5, alpha=0.45, lw=0, label=name)
+            if c in forget or n_classes <= LEGEND_MAX_CLASSES:
+                handles.setdefault(h.get_label(), h)
         ax.set_title(label)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[0][0].legend(fontsize=8, loc="best")
+        ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+        ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+        ax.set_xlabel("PC 1")
+        ax.set_ylabel("PC 2")
+        ax.tick_params(labelsize=7)
+    ratio = pca.explained_variance_ratio_
+    fig.suptitle(f"one PCA fitted on the original's features (PC 1 {ratio[0]:.0%}, PC 2 {ratio[1]:.0%} of its variance)",
+                 fontsize=9)
+    legend = fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 6), fontsize=7,
+                        markerscale=2, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    for h in legend.legend_handles:
+        h.set_alpha(1)
+    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(handles) - 1) // 6), 1, 1))
     out = _png(fig)
     plt.close(fig)
     return out
 
 
-def _table(headers: list[str], rows: list[list[str]], table_id: str = "") -> str:
-    head = "".join(f"<th>{h}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    ident = f' id="{table_id}"' if table_id else ""
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _environment():
+    from importlib.resources import files
+
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = fmt
+    env.filters["interval"] = fmt_interval
+    text = files("nhle_pipeline.pipeline").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    return env.from_string(text)
 
 
-def render_html(m: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
-    """The report page for manifest ``m``; ``features``: label -> (test features, labels)."""
-    met, ev = m.metrics, m.metrics.evidence.model_dump()
-    released = m.status == "released"
-    gate_rows = [
-        [("✓" if g.passed else "✗"), html.escape(g.name), _fmt(g.value), f"{g.op} {_fmt(g.threshold)}",
-         html.escape(g.description)]
-        for g in m.gates
-    ]
-    acc_rows = [
-        ["Acc_F", _fmt(met.original.acc_f), _fmt(met.unlearned.acc_f)],
-        ["Acc_R", _fmt(met.original.acc_r), _fmt(met.unlearned.acc_r)],
-        ["ΔAcc_R", "", _fmt(met.delta_acc_r)],
-    ]
+def render_html(m: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]], created: str | None = None) -> str:
+    """The report page for manifest ``m``; ``features``: label -> (test features, labels);
+    ``created``: the time to show (default: now, UTC)."""
+    view = build_view(m, created)
+    ev = m.metrics.evidence.model_dump()
     cols = [k for k in ("original", "unlearned", "reference") if ev.get(k)]
-    ev_rows = [[label] + [_fmt(ev[c].get(key)) for c in cols] + ([_fmt(ev["gap_to_reference"].get(key))] if ev.get("gap_to_reference") else [])
-               for key, label in EVIDENCE_ROWS]
-    ev_head = ["metric"] + cols + (["|unlearned − reference|"] if ev.get("gap_to_reference") else [])
-    rt = m.runtime
-    prov_rows = [
-        ["method", html.escape(m.method)],
-        ["forgotten classes", html.escape(str(m.forget_classes))],
-        ["source model", f"{html.escape(m.source_model.path)} ({html.escape(m.source_model.arch)})"],
-        ["source sha256", f"<code>{m.source_model.sha256}</code>"],
-        ["config sha256", f"<code>{m.config_sha256}</code>"],
-        ["seed", str(m.seed)],
-        ["PyTorch device", html.escape(rt.torch_device)],
-        ["onnxruntime provider", html.escape(rt.onnxruntime_provider)],
-        ["versions", html.escape(", ".join(f"{k} {v}" for k, v in rt.versions.items()))],
-    ]
-    nh = met.nhle
-    prov_rows.insert(2, ["unlearning", html.escape(
-        f"NHLE {nh.steps} steps (stopped: {nh.stopped}); {nhle_settings_line(nh)}; CWM {m.cwm_mode}")])
-    timing_rows = [[html.escape(k), f"{v:.2f}"] for k, v in m.timings_s.items()]
-    images = [("Per-class test accuracy", _per_class_chart(m))]
-    if features:
-        images.append(("Penultimate features, PCA (test split; × = forgotten classes)",
-                       _pca_chart(features, m.forget_classes, m.seed)))
-    figs = "".join(f'<figure><img alt="{html.escape(t)}" src="{src}"><figcaption>{html.escape(t)}</figcaption></figure>'
-                   for t, src in images)
-    verdict = "RELEASED" if released else "NOT RELEASED — a gate failed"
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Unlearning report: {html.escape(m.name)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
-th, td {{ border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: left; }}
-th {{ background: #f3f3f3; }}
-.verdict {{ font-size: 1.3em; font-weight: bold; color: {'#176b2c' if released else '#a01c1c'}; }}
-figure {{ margin: 1em 0; }} img {{ max-width: 100%; }}
-code {{ font-size: 0.85em; }}
-</style></head>
-<body data-images-loaded="0">
-<h1>Unlearning report: {html.escape(m.name)}</h1>
-<p class="verdict" id="verdict">{verdict}</p>
-<h2>Gates</h2>
-{_table(["", "gate", "value", "threshold", "what"], gate_rows, "gates")}
-<h2>Accuracy (onnxruntime, test split)</h2>
-{_table(["metric", "original", "unlearned"], acc_rows, "accuracy")}
-<h2>Evidence of forgetting beyond accuracy</h2>
-{_table(ev_head, ev_rows, "evidence")}
-<p>Definitions: see <code>verify/evidence.py</code>; features are the classifier head's input.</p>
-{figs}
-<h2>Provenance</h2>
-{_table(["", ""], prov_rows, "provenance")}
-<h2>Stage timings (s)</h2>
-{_table(["stage", "seconds"], timing_rows, "timings")}
-<script>
-(function () {{
-  var imgs = Array.prototype.slice.call(document.images);
-  function mark() {{
-    var ok = imgs.filter(function (i) {{ return i.complete && i.naturalWidth > 0; }}).length;
-    document.body.setAttribute("data-images-loaded", String(ok));
-  }}
-  imgs.forEach(function (i) {{ i.addEventListener("load", mark); }});
-  mark();
-}})();
-</script>
-</body></html>
-"""
+    gap = ev.get("gap_to_reference")
+    evidence = [{"label": label, "values": [ev[c].get(key) for c in cols], "gap": gap.get(key) if gap else None}
+                for key, label in EVIDENCE_ROWS]
+    nh = m.metrics.nhle
+    images = [{"id": "per-class-chart", "title": "Per-class test accuracy, and its change (unlearned − original)",
+               "src": _per_class_chart(view)}]
+    pca = _pca_chart(features, view, m.forget_classes, m.seed)
+    if pca:
+        images.append({"id": "pca-chart", "title": "Penultimate features of the test split, PCA "
+                       "(× = forgotten classes; one projection for every panel)", "src": pca})
+    forgotten_names = [r.label for r in view.classes if r.forgotten]
+    return _environment().render(
+        m=m, view=view, released=m.status == "released", evidence_cols=cols, evidence=evidence, has_gap=bool(gap),
+        unlearning=f"NHLE {nh.steps} steps (stopped: {nh.stopped}); {nhle_settings_line(nh)}; CWM {m.cwm_mode}",
+        images=images, definitions=DEFINITIONS, forgotten_names=forgotten_names,
+        versions=", ".join(f"{k} {v}" for k, v in m.runtime.versions.items()),
+        total_s=sum(m.timings_s.values()),
+    )
 
 
-def write_html_report(path: Path, manifest: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    path.write_text(render_html(manifest, features), encoding="utf-8")
+def write_html_report(path: Path, manifest: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]],
+                      created: str | None = None) -> None:
+    path.write_text(render_html(manifest, features, created), encoding="utf-8")

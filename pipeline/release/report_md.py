@@ -6,6 +6,7 @@ from pathlib import Path
 
 from nhle_pipeline.pipeline.config import NHLE_PRESET_KEYS
 from nhle_pipeline.pipeline.release.manifest import Manifest, NHLERecord
+from nhle_pipeline.pipeline.release.report_view import DEFINITIONS, build_view, fmt_interval
 from nhle_pipeline.verify.formatting import format_value
 
 
@@ -35,9 +36,10 @@ def _cwm_bias(m: Manifest) -> str:
     return f", forgotten rows' bias {cwm.bias:.6g}{how}"
 
 
-def render_report(m: Manifest) -> str:
-    """Markdown report of a run or release manifest."""
+def render_report(m: Manifest, created: str | None = None) -> str:
+    """Markdown report of a run or release manifest (``created``: its time; default now, UTC)."""
     met = m.metrics
+    view = build_view(m, created)
     orig, unl = met.original, met.unlearned
     verdict = "RELEASED" if m.status == "released" else "NOT RELEASED: a gate failed"
     lines = [
@@ -47,7 +49,10 @@ def render_report(m: Manifest) -> str:
         "",
         f"- method: {m.method}, forgotten classes: {m.forget_classes}",
         f"- source model: `{m.source_model.path}` ({m.source_model.arch}), sha256 `{m.source_model.sha256}`",
+        f"- model.onnx sha256 `{view.model_sha256 or 'not recorded'}`"
+        + (f" ({view.model_bytes:,} bytes)" if view.model_bytes is not None else ""),
         f"- config sha256 `{m.config_sha256}`, seed {m.seed}",
+        f"- created {view.created}",
         f"- PyTorch device: {m.runtime.torch_device}, onnxruntime provider: {m.runtime.onnxruntime_provider}",
         "",
         "## Gates",
@@ -61,17 +66,22 @@ def render_report(m: Manifest) -> str:
         "",
         "## Accuracy (onnxruntime, test split)",
         "",
-        "| metric | original | unlearned | change |",
-        "| --- | --- | --- | --- |",
-        f"| Acc_F | {_f(orig.acc_f)} | {_f(unl.acc_f)} | {_f(unl.acc_f - orig.acc_f)} |",
-        f"| Acc_R | {_f(orig.acc_r)} | {_f(unl.acc_r)} | {_f(met.delta_acc_r)} |",
+        "| metric | n | original | 95 % interval | unlearned | 95 % interval | change |",
+        "| --- | ---: | ---: | --- | ---: | --- | ---: |",
+        f"| Acc_F | {orig.n_forget} | {_f(orig.acc_f)} | {fmt_interval(view.accuracy['original']['acc_f'])} "
+        f"| {_f(unl.acc_f)} | {fmt_interval(view.accuracy['unlearned']['acc_f'])} | {_f(unl.acc_f - orig.acc_f)} |",
+        f"| Acc_R | {orig.n_retain} | {_f(orig.acc_r)} | {fmt_interval(view.accuracy['original']['acc_r'])} "
+        f"| {_f(unl.acc_r)} | {fmt_interval(view.accuracy['unlearned']['acc_r'])} | {_f(met.delta_acc_r)} |",
         "",
-        "| class | original | unlearned |",
-        "| --- | --- | --- |",
+        f"ΔAcc_R {_f(met.delta_acc_r)}, 95 % interval {fmt_interval(view.delta_acc_r, signed=True)} "
+        "(n: test images; intervals: Wilson, and Newcombe's for the difference).",
+        "",
+        "| class | original | unlearned | change |",
+        "| --- | ---: | ---: | ---: |",
     ]
-    for c, (a, b) in enumerate(zip(orig.per_class, unl.per_class, strict=True)):
-        tag = " (forgotten)" if c in m.forget_classes else ""
-        lines.append(f"| {c}{tag} | {_f(a)} | {_f(b)} |")
+    for row in view.classes:
+        tag = " (forgotten)" if row.forgotten else ""
+        lines.append(f"| {row.label}{tag} | {_f(row.original)} | {_f(row.unlearned)} | {_f(row.change)} |")
     ev = met.evidence.model_dump()
     cols = [k for k in ("original", "unlearned", "reference") if ev.get(k)]
     if cols:
@@ -105,10 +115,12 @@ def render_report(m: Manifest) -> str:
     ]
     lines += [f"| {k} | {v:.2f} |" for k, v in m.timings_s.items()]
     lines += ["", "## Files", "", "| file | sha256 | bytes |", "| --- | --- | --- |"]
-    lines += [f"| {k} | `{v.sha256}` | {v.bytes} |" for k, v in m.files.items()]
+    lines += [f"| {k} | `{v.sha256}` | {v.bytes:,} |" for k, v in m.files.items()]
+    lines += ["", "The reports' and the manifest's own digests are in `manifest.json` (a file cannot list itself)."]
+    lines += ["", "## Definitions", ""] + [f"- **{name}**: {text}" for name, text in DEFINITIONS]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in m.runtime.versions.items()), ""]
     return "\n".join(lines)
 
 
-def write_report(path: Path, manifest: Manifest) -> None:
-    path.write_text(render_report(manifest), encoding="utf-8")
+def write_report(path: Path, manifest: Manifest, created: str | None = None) -> None:
+    path.write_text(render_report(manifest, created), encoding="utf-8")

@@ -13,10 +13,21 @@ def test_report_shows_verdict_gates_accuracy_and_files():
     text = render_report(m)
     assert "**Verdict: RELEASED**" in text
     assert "| acc_f | 0.0000 | <= 0.0100 | ✓ pass |" in text
-    assert "| Acc_R | 0.9600 | 0.9500 | -0.0100 |" in text
-    assert "| 0 (forgotten) | 0.9000 | 0.0000 |" in text
-    assert f"| model.onnx | `{'ef' * 32}` | 1234 |" in text
+    # counts and 95 % Wilson intervals: 57 of 60 retained -> [0.863, 0.983]; 0 of 30 forgotten -> [0, 0.114]
+    assert "| Acc_R | 60 | 0.9600 | [0.886, 0.991] | 0.9500 | [0.863, 0.983] | -0.0100 |" in text
+    assert "| Acc_F | 30 | 0.9000 | [0.744, 0.965] | 0.0000 | [0.000, 0.114] | -0.9000 |" in text
+    assert "ΔAcc_R -0.0100, 95 % interval [-0.102, +0.071]" in text
+    assert "| 0 (forgotten) | 0.9000 | 0.0000 | -0.9000 |" in text
+    assert f"| model.onnx | `{'ef' * 32}` | 1,234 |" in text
+    assert f"- model.onnx sha256 `{'ef' * 32}` (1,234 bytes)" in text
     assert "- CWM mode: suppress" in text
+    assert "- **Ratio_D**: D_inter / D_intra" in text
+
+
+def test_class_names_label_the_per_class_rows():
+    text = render_report(sample_manifest(class_names=["cat", "dog", "eel"]), created="2026-01-02 03:04:05 UTC")
+    assert "| 0 cat (forgotten) | 0.9000 | 0.0000 | -0.9000 |" in text and "| 2 eel | 0.9700 | 0.9600 | -0.0100 |" in text
+    assert "- created 2026-01-02 03:04:05 UTC" in text
 
 
 def test_failed_gate_and_missing_values_read_as_such():

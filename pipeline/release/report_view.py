@@ -1,0 +1,136 @@
+"""What both reports show, computed once from the manifest: the model's digest, sample counts
+and 95 % intervals, per-class rows with class names, and the metric definitions.
+
+``report_md`` and ``report_html`` render these values; neither recomputes a number.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from nhle_pipeline.pipeline.release.manifest import Manifest
+from nhle_pipeline.verify.intervals import accuracy_interval, difference_interval
+
+# (name, definition) in the order the page lists them; the numbers they describe
+# come from verify/ (metrics, evidence, gates) and are recomputed by `pipeline verify`.
+DEFINITIONS: tuple[tuple[str, str], ...] = (
+    ("Acc_F", "top-1 accuracy of the model on the test images of the forgotten classes "
+              "(lower is better; the acc_f gate asks for at most its threshold)."),
+    ("Acc_R", "top-1 accuracy on the test images of every retained class."),
+    ("ΔAcc_R", "Acc_R of the unlearned model minus Acc_R of the original, both run by onnxruntime on "
+               "the same test images (negative: retained accuracy lost)."),
+    ("95 % interval", "Wilson score interval of an accuracy over its n test images; for ΔAcc_R, "
+                      "Newcombe's interval from the two Wilson intervals (it treats the two runs as "
+                      "independent, so on the same images it is conservative)."),
+    ("per-class accuracy", "the fraction of a class's test images predicted as that class."),
+    ("D_intra", "mean distance of the forgotten classes' test features to their own class centroid "
+                "(features: the input of the classifier head, i.e. the penultimate layer)."),
+    ("D_inter", "mean distance from each forgotten class's feature centroid to each retained "
+                "class's centroid."),
+    ("Ratio_D", "D_inter / D_intra: how separable the forgotten classes still are in feature "
+                "space (smaller: less separable)."),
+    ("probe AUC", "ROC AUC of a logistic regression trained on training-split features to tell "
+                  "forgotten from retained classes, scored on the test split: what anyone holding "
+                  "the ONNX file could recover (0.5: nothing)."),
+    ("MIA-efficacy", "the fraction of the forgotten classes' training images that a membership-"
+                     "inference attack (RBF SVM on the true-label probability, trained on retained "
+                     "members vs. non-members) judges non-members (higher: they look unseen)."),
+    ("parity", "largest |ONNX − PyTorch| over the logits of the first ≤ 1,024 test images: the "
+               "shipped file computes what the fine-tuned model computes."),
+    ("PCA", "a 2-D projection fitted on the original model's test features and applied unchanged to "
+            "every panel, so positions can be compared between panels."),
+)
+
+
+@dataclass
+class Interval:
+    value: float
+    low: float
+    high: float
+    n: int | None = None  # samples (None for a difference)
+
+    def finite(self) -> bool:
+        return all(math.isfinite(x) for x in (self.value, self.low, self.high))
+
+
+@dataclass
+class ClassRow:
+    id: int
+    name: str | None
+    original: float
+    unlearned: float
+    reference: float | None
+    forgotten: bool
+
+    @property
+    def change(self) -> float:
+        return self.unlearned - self.original
+
+    @property
+    def label(self) -> str:
+        return f"{self.id} {self.name}" if self.name and self.name != str(self.id) else str(self.id)
+
+
+@dataclass
+class ReportView:
+    created: str
+    model_sha256: str | None
+    model_bytes: int | None
+    class_names: list[str] | None
+    accuracy: dict[str, dict[str, Interval]]  # "original"/"unlearned" -> "acc_f"/"acc_r"
+    delta_acc_r: Interval
+    classes: list[ClassRow]
+    files: list[tuple[str, str, int]] = field(default_factory=list)  # (path, sha256, bytes)
+
+
+def created_at() -> str:
+    """Now in UTC (ISO 8601, seconds), or ``$SOURCE_DATE_EPOCH`` when set (reproducible builds)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    when = (datetime.fromtimestamp(int(epoch), timezone.utc) if epoch.isdigit()
+            else datetime.now(timezone.utc))
+    return when.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def class_names_of(m: Manifest) -> list[str] | None:
+    """The manifest's class names when it records them (field added in 0.4), else None."""
+    names = getattr(m, "class_names", None)
+    return list(names) if names and len(names) == m.num_classes else None
+
+
+def build_view(m: Manifest, created: str | None = None) -> ReportView:
+    met = m.metrics
+    acc = {}
+    for label, rec in (("original", met.original), ("unlearned", met.unlearned), ("reference", met.reference)):
+        if rec is not None:
+            acc[label] = {"acc_f": Interval(rec.acc_f, *accuracy_interval(rec.acc_f, rec.n_forget), rec.n_forget),
+                          "acc_r": Interval(rec.acc_r, *accuracy_interval(rec.acc_r, rec.n_retain), rec.n_retain)}
+    o, u = met.original, met.unlearned
+    delta = Interval(met.delta_acc_r, *difference_interval(u.acc_r, u.n_retain, o.acc_r, o.n_retain))
+    names = class_names_of(m)
+    ref = met.reference.per_class if met.reference else None
+    classes = [
+        ClassRow(c, names[c] if names else None, a, b, ref[c] if ref else None, c in m.forget_classes)
+        for c, (a, b) in enumerate(zip(o.per_class, u.per_class, strict=True))
+    ]
+    model = m.files.get("model.onnx")
+    files = [(k, v.sha256, v.bytes) for k, v in m.files.items()]
+    return ReportView(created or created_at(), model.sha256 if model else None, model.bytes if model else None,
+                      names, acc, delta, classes, files)
+
+
+def fmt(v: Any, spec: str = ".4f") -> str:
+    """A number for people: NaN and None as 'n/a'."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return format(v, spec)
+
+
+def fmt_interval(iv: Interval, spec: str = ".3f", signed: bool = False) -> str:
+    if not iv.finite():
+        return "n/a"
+    s = "+" + spec if signed else spec
+    return f"[{format(iv.low, s)}, {format(iv.high, s)}]"
