@@ -296,11 +296,26 @@ class ExportConfig(_Section):
     opset: int = Field(default=18, ge=OPSET_MIN, le=OPSET_MAX)
 
 
+class EvidenceConfig(_Section):
+    # Relearning (verify/relearn.py) of the unlearned and the original PyTorch
+    # models in the verify stage: k = 1, 4, 16 held-out samples per forgotten
+    # class, 64 SGD steps each, and retained-only drift. Off by default (cost:
+    # README, "Evidence of forgetting").
+    relearn: bool = False
+
+
 class VerifyConfig(_Section):
     gates: GatesConfig = Field(default_factory=GatesConfig)
     # "retrain": also train a model without the forgotten classes (same recipe
     # as `train:`, needs the training split) and report the gap to it.
     reference: Literal["none", "retrain"] = "none"
+    evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
+
+    @model_validator(mode="after")
+    def _relearn_gate_needs_relearn(self) -> VerifyConfig:
+        if self.gates.relearn_steps_min_relative is not None and not self.evidence.relearn:
+            raise ValueError("verify.gates.relearn_steps_min_relative needs verify.evidence.relearn: true")
+        return self
 
 
 class CacheConfig(_Section):

@@ -37,6 +37,10 @@ class GatesConfig(BaseModel):
     probe_auc_max: float | None = Field(default=None, ge=0, le=1)
     # MIA-efficacy on the forgotten classes' training samples must be >= this.
     mia_efficacy_min: float | None = Field(default=None, ge=0, le=1)
+    # Steps to relearn the forgotten classes (verify/relearn.py, summed over k) / the
+    # original's must be >= this; needs verify.evidence.relearn. Applied by `pipeline run`
+    # only: `pipeline verify` has the ONNX file, not trainable weights.
+    relearn_steps_min_relative: float | None = Field(default=None, gt=0)
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,11 @@ def evaluate_gates(
     if gates.mia_efficacy_min is not None:
         results.append(gate_result("mia_efficacy", unl.get("mia_efficacy"), ">=", gates.mia_efficacy_min,
                               "forget samples judged non-members (verify.gates.mia_efficacy_min)"))
+    if with_parity and gates.relearn_steps_min_relative is not None:  # producer side, like nhle_completed
+        results.append(gate_result("relearn_steps_relative", (ev.get("relearn") or {}).get("steps_relative"), ">=",
+                                   gates.relearn_steps_min_relative,
+                                   "steps to relearn the forgotten classes / the original's "
+                                   "(verify.gates.relearn_steps_min_relative)"))
     if with_parity and gates.nhle_completed:  # a producer-side fact: the release check cannot redo it
         stopped = (metrics.get("nhle") or {}).get("stopped")
         results.append(gate_result("nhle_completed", None if stopped is None else stopped == "forgotten", "==", True,

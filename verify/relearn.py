@@ -242,3 +242,51 @@ def relearn(
     settings = {**asdict(cfg), "ks": list(cfg.ks), "eval_steps": list(cfg.eval_steps), "seed": seed,
                 "n_eval": int(len(t_pos)), "optimizer": "sgd", "reset_rows": forget}
     return RelearnResult(active, passive, settings)
+
+
+def _censored_steps(c: Curve, budget: int) -> int:
+    """Steps to the target, or the budget + 1 when not reached (a lower bound on the truth)."""
+    return budget + 1 if c.steps_to_target is None else c.steps_to_target
+
+
+def steps_relative(unlearned: RelearnResult, original: RelearnResult, budget: int) -> float:
+    """Steps to relearn summed over k, the unlearned model's / the original's; a k not relearned
+    within the budget counts as budget + 1 (so the unlearned side is a lower bound: a gate
+    ``>= threshold`` on it errs towards failing). Higher: harder to relearn than the original."""
+    num = sum(_censored_steps(c, budget) for c in unlearned.active.values())
+    den = sum(_censored_steps(c, budget) for c in original.active.values())
+    return num / den
+
+
+def relearn_block(
+    original: nn.Module,
+    unlearned: nn.Module,
+    forget: Sequence[int],
+    num_classes: int,
+    train_x: Images,
+    train_y: np.ndarray,
+    test_x: Images,
+    test_y: np.ndarray,
+    *,
+    exclude: Sequence[int] = (),
+    seed: int = 0,
+    cfg: RelearnConfig | None = None,
+    head: str | None = None,
+    device: torch.device | str = "cpu",
+) -> dict:
+    """The verify stage's relearning evidence (``verify.evidence.relearn``): both models under the
+    same draws; their flat figures and curves, ``steps_relative`` (the gate's value) and the wall
+    time it took, JSON-able."""
+    import time
+
+    cfg = cfg or RelearnConfig()
+    t0 = time.perf_counter()
+    args = (forget, num_classes, train_x, train_y, test_x, test_y)
+    kw = {"exclude": exclude, "seed": seed, "cfg": cfg, "head": head, "device": device}
+    o, u = relearn(original, *args, **kw), relearn(unlearned, *args, **kw)
+    return {
+        "original": {**o.summary(), "curves": o.to_dict()},
+        "unlearned": {**u.summary(), "curves": u.to_dict()},
+        "steps_relative": steps_relative(u, o, cfg.steps),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }

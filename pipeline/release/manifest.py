@@ -108,11 +108,22 @@ class GapRecord(Record):
     mean: float
 
 
+class RelearnRecord(Record):
+    """verify.relearn.relearn_block as recorded (``verify.evidence.relearn: true``): each model's
+    flat figures and curves, the gate's ``steps_relative`` and the seconds it took."""
+
+    original: dict[str, Any]
+    unlearned: dict[str, Any]
+    steps_relative: float
+    seconds: float
+
+
 class EvidenceBlock(Record):
     original: EvidenceRecord
     unlearned: EvidenceRecord
     reference: EvidenceRecord | None = None
     gap_to_reference: GapRecord | None = None
+    relearn: RelearnRecord | None = None  # None: verify.evidence.relearn off (and manifests before it)
 
 
 class NHLERecord(Record):

@@ -108,3 +108,32 @@ def test_held_out_samples_and_bad_settings(models):
     assert r.active[3].n_train == 6
     with pytest.raises(ValueError):
         RelearnConfig(steps=8)  # eval_steps beyond the budget
+
+
+def test_pipeline_records_relearning_and_gates_on_it(make_config):
+    """verify.evidence.relearn: the figures of both models in the manifest's evidence; the
+    optional gate on steps_relative; the gate without the evidence is a config error."""
+    import json
+
+    from nhle_pipeline.pipeline.config import load_config
+    from nhle_pipeline.pipeline.errors import ConfigError, GateFailure
+    from nhle_pipeline.pipeline.run import run_pipeline
+
+    cfg = load_config(make_config("on.yaml", release={"name": "on"}, verify={"evidence": {"relearn": True}}))
+    result = run_pipeline(cfg, "on.yaml")
+    rl = json.loads((result.path / "manifest.json").read_text())["metrics"]["evidence"]["relearn"]
+    assert set(rl) == {"original", "unlearned", "steps_relative", "seconds"}
+    assert rl["original"]["passive_acc_f"] > 0.9 and rl["unlearned"]["passive_acc_f"] == 0.0  # CWM holds
+    assert rl["original"]["curves"]["settings"]["n_eval"] == int((cfg_test_y() == 0).sum())
+    assert rl["steps_relative"] > 0 and rl["seconds"] > 0
+    # a threshold no model meets: exit 1, the gate named
+    strict = load_config(make_config("gate.yaml", release={"name": "gate"}, verify={
+        "evidence": {"relearn": True}, "gates": {"relearn_steps_min_relative": 1000.0}}))
+    with pytest.raises(GateFailure, match="relearn_steps_relative"):
+        run_pipeline(strict, "gate.yaml")
+    with pytest.raises(ConfigError, match="needs verify.evidence.relearn"):
+        load_config(make_config("bad.yaml", verify={"gates": {"relearn_steps_min_relative": 1.0}}))
+
+
+def cfg_test_y() -> np.ndarray:
+    return load_dataset(DataConfig()).test.y
