@@ -328,8 +328,22 @@ class CacheConfig(_Section):
     dir: str | None = None
 
 
+class TritonConfig(_Section):
+    """The release's Triton model repository (triton/<name>/config.pbtxt)."""
+
+    # Where Triton places the model instances: auto (KIND_AUTO: the GPUs it sees, else
+    # the CPU), gpu (KIND_GPU: refused to load where there is none), cpu (KIND_CPU).
+    kind: Literal["auto", "gpu", "cpu"] = "auto"
+    # The largest batch Triton accepts (and dynamic batching merges requests up to).
+    max_batch_size: int = Field(default=256, ge=1, le=2**31 - 1)
+    # Model instances per device (per GPU, or on the CPU): more serve concurrent requests.
+    instances: int = Field(default=1, ge=1, le=64)
+
+
 class ReleaseConfig(_Section):
     dir: str = "releases"
+    # The Triton repository's settings (written into config.pbtxt; part of the config's sha256).
+    triton: TritonConfig = Field(default_factory=TritonConfig)
     # Release folder name; default: the config file's stem.
     name: str | None = None
     # PEM elliptic-curve private key: sign the release (release.sig, OpenSSF

@@ -63,7 +63,7 @@ from nhle_pipeline.pipeline.release.staging import (
     discard_staging,
     publish,
 )
-from nhle_pipeline.pipeline.release.triton import write_triton_repository
+from nhle_pipeline.pipeline.release.triton import KINDS, write_triton_repository
 from nhle_pipeline.pipeline.testhooks import die_if_rank, pause_at
 from nhle_pipeline.verify.evidence import subsample
 from nhle_pipeline.verify.gates import GateResult, evaluate_gates
@@ -280,7 +280,10 @@ def _export(run: _Run, model: nn.Module) -> tuple[Path, list[str], str]:
     external = export_onnx(model, run.inp.data.input_shape, model_onnx, opset=run.cfg.export.opset)
     stamp_metadata(model_onnx, onnx_provenance(run.cfg, run.inp.weights_sha256, run.inp.class_names))
     check_onnx(model_onnx)
-    write_triton_repository(run.staging, run.name, model_onnx)  # triton/<name>/{config.pbtxt,1/model.onnx}
+    tri = run.cfg.release.triton  # triton/<name>/{config.pbtxt,1/model.onnx[,labels.txt]}
+    write_triton_repository(run.staging, run.name, model_onnx, max_batch_size=tri.max_batch_size,
+                            instance_kind=KINDS[tri.kind], instance_count=tri.instances,
+                            class_names=run.inp.class_names)
     return model_onnx, external, f"opset {run.cfg.export.opset}, {model_onnx.stat().st_size / 1024:.0f} KiB"
 
 

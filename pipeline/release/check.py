@@ -191,12 +191,13 @@ def check_layout(release: Path, manifest: Manifest) -> None:
     """Only a release's own files, and a Triton repository that serves exactly ``model.onnx``."""
     from nhle_pipeline.pipeline.release.triton import (
         CONFIG_FILE,
-        INSTANCE_KINDS,
+        LABELS_FILE,
         MODEL_FILE,
         MODEL_VERSION,
         TRITON_DIR,
-        config_pbtxt,
         graph_signature,
+        labels_text,
+        triton_config_problem,
     )
 
     listed = set(manifest.files)
@@ -213,6 +214,9 @@ def check_layout(release: Path, manifest: Manifest) -> None:
     model_dir = f"{TRITON_DIR}/{manifest.name}"
     triton = {f"{model_dir}/{CONFIG_FILE}", f"{model_dir}/{MODEL_VERSION}/{MODEL_FILE}"}
     triton |= {f"{model_dir}/{MODEL_VERSION}/{name}" for name in external}
+    class_names = getattr(manifest, "class_names", None)
+    if class_names and f"{model_dir}/{LABELS_FILE}" in listed:  # releases since 0.4 (class names known)
+        triton.add(f"{model_dir}/{LABELS_FILE}")
     allowed = {MODEL, *REPORTS, *external} | triton
     for name in sorted(listed - allowed):
         raise TamperedReleaseError(
@@ -230,10 +234,12 @@ def check_layout(release: Path, manifest: Manifest) -> None:
             raise TamperedReleaseError(f"{release / copy}: not a byte-identical copy of {name}; Triton would serve another model")
     inputs, outputs = graph_signature(release / MODEL)
     text = (release / model_dir / CONFIG_FILE).read_text(encoding="utf-8", errors="replace")
-    if text not in {config_pbtxt(manifest.name, inputs, outputs, instance_kind=k) for k in INSTANCE_KINDS}:
-        raise TamperedReleaseError(
-            f"{release / model_dir / CONFIG_FILE}: not the config written from model.onnx (name, tensors, batching)"
-        )
+    labels = f"{model_dir}/{LABELS_FILE}" in triton
+    problem = triton_config_problem(text, manifest.name, inputs, outputs, manifest.config, labels)
+    if problem:
+        raise TamperedReleaseError(f"{release / model_dir / CONFIG_FILE}: {problem}")
+    if labels and (release / model_dir / LABELS_FILE).read_text(encoding="utf-8", errors="replace") != labels_text(class_names):
+        raise TamperedReleaseError(f"{release / model_dir / LABELS_FILE}: not the manifest's class_names, one per line")
 
 
 # --- 5. provenance and config ---------------------------------------------------------------------

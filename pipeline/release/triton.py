@@ -2,10 +2,12 @@
 
     <release>/triton/<model_name>/config.pbtxt
     <release>/triton/<model_name>/1/model.onnx      (a byte-identical copy)
+    <release>/triton/<model_name>/labels.txt        (class names, when known)
 
 so that ``tritonserver --model-repository <release>/triton`` serves the release
-as it is. The config is written out in full, not left to Triton's
-auto-complete, because auto-complete is off on some servers (``--strict-model-
+as it is. The config is Triton's own ``ModelConfig`` protobuf message (from
+``tritonclient``), written with protobuf's text format, in full, not left to
+Triton's auto-complete, because auto-complete is off on some servers (``--strict-model-
 config``) and because the checked-in config then states exactly what the
 server will accept: names, data types and dims are read from the ONNX graph
 itself, so they cannot drift from the model that ships.
@@ -30,12 +32,16 @@ CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.onnx"  # the ORT backend's default_model_filename
 MODEL_VERSION = "1"
 PLATFORM = "onnxruntime_onnx"
+LABELS_FILE = "labels.txt"  # class names, one per line (the output's label_filename)
+KIND_AUTO = "KIND_AUTO"  # Triton: on the GPUs it sees, else on the CPU
 KIND_GPU = "KIND_GPU"
 KIND_CPU = "KIND_CPU"
-INSTANCE_KINDS = (KIND_GPU, KIND_CPU)
+INSTANCE_KINDS = (KIND_AUTO, KIND_GPU, KIND_CPU)
+KINDS = {"auto": KIND_AUTO, "gpu": KIND_GPU, "cpu": KIND_CPU}  # release.triton.kind -> Triton's enum name
 # The pipeline's default evaluation batch and the largest benchmarked batch
 # (benchmarks/inference.py); dynamic batching merges requests up to this.
 DEFAULT_MAX_BATCH_SIZE = 256
+MAX_BATCH_SIZE_LIMIT = 2**31 - 1  # Triton's int32 field
 INSTANCE_COUNT = 1  # model instances per device; raise for concurrent small requests
 DYNAMIC_DIM = -1  # Triton's "any size" for a non-batch dimension
 
@@ -110,23 +116,53 @@ def _check_name(model_name: str) -> None:
         )
 
 
-def _quote(text: str) -> str:
-    """A protobuf text-format string literal (graph names may hold any character)."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+def _tensor(section, spec: TensorSpec) -> None:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    t = section.add()
+    t.name = spec.name
+    t.data_type = mc.DataType.Value(spec.data_type)
+    if spec.dims:
+        t.dims.extend(spec.dims)
+    else:  # a (batch,) tensor: Triton needs non-empty dims, so [1] reshaped to the model's []
+        t.dims.append(1)
+        t.reshape.SetInParent()
 
 
-def _tensor_block(section: str, specs: list[TensorSpec]) -> list[str]:
-    lines = [f"{section} ["]
-    for i, s in enumerate(specs):
-        lines += [
-            "  {",
-            f"    name: {_quote(s.name)}",
-            f"    data_type: {s.data_type}",
-            # a (batch,) tensor: Triton needs non-empty dims, so [1] reshaped to the model's []
-            *([f"    dims: [ {', '.join(map(str, s.dims))} ]"] if s.dims else ["    dims: [ 1 ]", "    reshape: { shape: [ ] }"]),
-            "  }" + ("," if i < len(specs) - 1 else ""),
-        ]
-    return lines + ["]"]
+def model_config(
+    model_name: str,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    *,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    instance_kind: str = KIND_AUTO,
+    instance_count: int = INSTANCE_COUNT,
+    labels: bool = False,
+):
+    """Triton's ``ModelConfig`` protobuf message (``tritonclient.grpc.model_config_pb2``: the
+    schema the server parses). ``labels``: the first output names ``labels.txt`` (class names)."""
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    _check_name(model_name)
+    if not 1 <= max_batch_size <= MAX_BATCH_SIZE_LIMIT:
+        raise InputError(f"max_batch_size: {max_batch_size}; expected 1 .. {MAX_BATCH_SIZE_LIMIT} "
+                         "(the model has a dynamic batch dim)")
+    if instance_kind not in INSTANCE_KINDS:
+        raise InputError(f"instance_kind: '{instance_kind}'; expected one of {', '.join(INSTANCE_KINDS)}")
+    if instance_count < 1:
+        raise InputError(f"instance_count: {instance_count}; expected >= 1")
+    if not inputs or not outputs:
+        raise InputError(f"triton model '{model_name}': the graph needs at least one input and one output")
+    cfg = mc.ModelConfig(name=model_name, platform=PLATFORM, max_batch_size=max_batch_size)
+    for spec in inputs:
+        _tensor(cfg.input, spec)
+    for spec in outputs:
+        _tensor(cfg.output, spec)
+    if labels:
+        cfg.output[0].label_filename = LABELS_FILE
+    cfg.dynamic_batching.SetInParent()  # merge concurrent requests up to max_batch_size
+    cfg.instance_group.add(count=instance_count, kind=mc.ModelInstanceGroup.Kind.Value(instance_kind))
+    return cfg
 
 
 def config_pbtxt(
@@ -135,43 +171,37 @@ def config_pbtxt(
     outputs: list[TensorSpec],
     *,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-    instance_kind: str = KIND_GPU,
+    instance_kind: str = KIND_AUTO,
+    instance_count: int = INSTANCE_COUNT,
+    labels: bool = False,
 ) -> str:
-    """The ``config.pbtxt`` text (protobuf text format of Triton's ModelConfig).
+    """The ``config.pbtxt`` text: :func:`model_config` written with protobuf's text format,
+    after a comment header. Pure, so it can be checked without a server."""
+    from google.protobuf import text_format
 
-    Pure, so it can be checked against the official protobuf without a
-    server. ``instance_kind`` is ``KIND_GPU`` (the default, what a serving
-    fleet runs) or ``KIND_CPU``; the other variant is written as a comment.
-    """
-    _check_name(model_name)
-    if max_batch_size < 1:
-        raise InputError(f"max_batch_size: {max_batch_size}; expected >= 1 (the model has a dynamic batch dim)")
-    if instance_kind not in INSTANCE_KINDS:
-        raise InputError(f"instance_kind: '{instance_kind}'; expected one of {', '.join(INSTANCE_KINDS)}")
-    if not inputs or not outputs:
-        raise InputError(f"triton model '{model_name}': the graph needs at least one input and one output")
-    other = KIND_CPU if instance_kind == KIND_GPU else KIND_GPU
-    lines = [
-        "# Triton Inference Server model configuration, written by nhle-pipeline from model.onnx.",
-        "# Serve: tritonserver --model-repository <release>/triton",
-        f"name: {_quote(model_name)}",
-        f'platform: "{PLATFORM}"',
-        "# The batch dim is implicit: dims below leave it out; -1 means any size.",
-        f"max_batch_size: {max_batch_size}",
-        *_tensor_block("input", inputs),
-        *_tensor_block("output", outputs),
-        "# Merge concurrent requests into one batch (up to max_batch_size).",
-        "dynamic_batching { }",
-        f"# {instance_kind}: {INSTANCE_COUNT} model instance per device. For the {other} variant use:",
-        f"#   instance_group [ {{ count: {INSTANCE_COUNT}, kind: {other} }} ]",
-        "instance_group [",
-        "  {",
-        f"    count: {INSTANCE_COUNT}",
-        f"    kind: {instance_kind}",
-        "  }",
-        "]",
+    cfg = model_config(model_name, inputs, outputs, max_batch_size=max_batch_size, instance_kind=instance_kind,
+                       instance_count=instance_count, labels=labels)
+    header = [
+        "# Triton Inference Server model configuration, written by nhle-pipeline from model.onnx",
+        "# (release.triton: kind, max_batch_size, instances). Serve: tritonserver --model-repository <release>/triton",
+        "# The batch dim is implicit: dims leave it out; -1 means any size.",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(header) + "\n" + text_format.MessageToString(cfg)
+
+
+def settings_from_config(config: dict) -> dict:
+    """``model_config``'s keyword arguments from a config's ``release.triton`` (a dict, as in a manifest)."""
+    t = config.get("release", {}).get("triton") or {}
+    return {"max_batch_size": t.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE),
+            "instance_kind": KINDS[t.get("kind", "auto")], "instance_count": t.get("instances", INSTANCE_COUNT)}
+
+
+def labels_text(class_names: list[str]) -> str:
+    """``labels.txt``: one class name per line, in class-id order (Triton's label_filename)."""
+    bad = [n for n in class_names if not n or "\n" in n or "\r" in n]
+    if bad:
+        raise ReleaseError(f"class names {bad!r}: a Triton labels file needs one non-empty line per name")
+    return "".join(f"{n}\n" for n in class_names)
 
 
 def write_triton_repository(
@@ -180,7 +210,9 @@ def write_triton_repository(
     onnx_path: Path,
     *,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-    instance_kind: str = KIND_GPU,
+    instance_kind: str = KIND_AUTO,
+    instance_count: int = INSTANCE_COUNT,
+    class_names: list[str] | None = None,
 ) -> Path:
     """Write ``release_dir/triton/<model_name>/`` (config + version 1); returns the repository root.
 
@@ -192,8 +224,10 @@ def write_triton_repository(
     model = load_onnx(onnx_path, weights=False)
     inputs, outputs = _signature(model, onnx_path)
     text = config_pbtxt(
-        model_name, inputs, outputs, max_batch_size=max_batch_size, instance_kind=instance_kind
+        model_name, inputs, outputs, max_batch_size=max_batch_size, instance_kind=instance_kind,
+        instance_count=instance_count, labels=bool(class_names),
     )
+    labels = labels_text(class_names) if class_names else None
     root = Path(release_dir) / TRITON_DIR
     model_dir = root / model_name
     if model_dir.exists():
@@ -208,4 +242,28 @@ def write_triton_repository(
         (version_dir / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, version_dir / name)
     (model_dir / CONFIG_FILE).write_text(text, encoding="utf-8")
+    if labels is not None:
+        (model_dir / LABELS_FILE).write_text(labels, encoding="utf-8")
     return root
+
+
+def triton_config_problem(text: str, model_name: str, inputs: list[TensorSpec], outputs: list[TensorSpec],
+                          config: dict, labels: bool) -> str | None:
+    """Why ``text`` is not the config.pbtxt written for this graph under ``config``'s
+    ``release.triton`` (None: it is). Compared as parsed ModelConfig messages, so comments
+    and layout do not matter; a config without ``release.triton`` (0.3 releases) was written
+    with KIND_GPU or KIND_CPU, one instance, batch 256."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    try:
+        got = text_format.Parse(text, mc.ModelConfig())
+    except text_format.ParseError as e:
+        return f"not a Triton ModelConfig ({str(e)[:200]})"
+    if (config.get("release") or {}).get("triton") is None:
+        expected = [model_config(model_name, inputs, outputs, instance_kind=k) for k in (KIND_GPU, KIND_CPU)]
+    else:
+        expected = [model_config(model_name, inputs, outputs, labels=labels, **settings_from_config(config))]
+    if got not in expected:
+        return "not the config written from model.onnx and release.triton (name, tensors, batching, instances)"
+    return None

@@ -1,4 +1,4 @@
-"""export/triton.py: config.pbtxt checked with Triton's own ModelConfig protobuf.
+"""pipeline/release/triton.py: config.pbtxt checked with Triton's own ModelConfig protobuf.
 
 The config is parsed by ``tritonclient.grpc.model_config_pb2`` (what the server
 parses), and every field is compared with the ONNX graph it was read from.
@@ -22,9 +22,11 @@ from nhle_pipeline.pipeline.release.manifest import file_digests
 from nhle_pipeline.pipeline.release.triton import (
     DEFAULT_MAX_BATCH_SIZE,
     KIND_CPU,
+    KIND_GPU,
     TensorSpec,
     config_pbtxt,
     graph_signature,
+    triton_config_problem,
     write_triton_repository,
 )
 
@@ -52,7 +54,8 @@ def parse(path) -> mc.ModelConfig:
     return text_format.Parse(path.read_text(encoding="utf-8"), mc.ModelConfig())
 
 
-def assert_matches_graph(cfg: mc.ModelConfig, onnx_path, name: str, max_batch: int) -> None:
+def assert_matches_graph(cfg: mc.ModelConfig, onnx_path, name: str, max_batch: int,
+                         kind=mc.ModelInstanceGroup.KIND_AUTO, count: int = 1) -> None:
     """Every field of the config against the graph, read here straight from onnx."""
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     assert cfg.name == name
@@ -66,7 +69,7 @@ def assert_matches_graph(cfg: mc.ModelConfig, onnx_path, name: str, max_batch: i
             assert tt.shape.dim[0].dim_param  # the graph's batch dim is dynamic ...
             assert list(t.dims) == [d.dim_value for d in tt.shape.dim[1:]]  # ... and left out here
     assert cfg.HasField("dynamic_batching")
-    assert [(g.kind, g.count) for g in cfg.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, 1)]
+    assert [(g.kind, g.count) for g in cfg.instance_group] == [(kind, count)]
 
 
 def test_repository_layout_and_config_match_the_graph(tmp_path):
@@ -83,14 +86,44 @@ def test_repository_layout_and_config_match_the_graph(tmp_path):
     assert [list(t.dims) for t in cfg.input] == [[3, 4, 5]] and [list(t.dims) for t in cfg.output] == [[7]]
 
 
-def test_default_batch_and_cpu_variant(tmp_path):
+def test_default_batch_kind_and_the_settings(tmp_path):
     src = tiny_classifier(tmp_path / "model.onnx")
-    gpu = write_triton_repository(tmp_path, "m", src) / "m" / "config.pbtxt"
-    assert parse(gpu).max_batch_size == DEFAULT_MAX_BATCH_SIZE
-    assert "KIND_CPU" in gpu.read_text()  # the CPU variant is documented in the file, as a comment
+    auto = parse(write_triton_repository(tmp_path, "m", src) / "m" / "config.pbtxt")
+    assert auto.max_batch_size == DEFAULT_MAX_BATCH_SIZE
+    assert [(g.kind, g.count) for g in auto.instance_group] == [(mc.ModelInstanceGroup.KIND_AUTO, 1)]
     ins, outs = graph_signature(src)
-    cpu = text_format.Parse(config_pbtxt("m", ins, outs, instance_kind=KIND_CPU), mc.ModelConfig())
-    assert [g.kind for g in cpu.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    cpu = text_format.Parse(config_pbtxt("m", ins, outs, instance_kind=KIND_CPU, max_batch_size=1024,
+                                         instance_count=3), mc.ModelConfig())
+    assert [(g.kind, g.count) for g in cpu.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 3)]
+    assert cpu.max_batch_size == 1024 and not cpu.output[0].label_filename
+
+
+def test_labels_file_when_class_names_are_known(tmp_path):
+    src = tiny_classifier(tmp_path / "model.onnx")
+    names = [f"class {i}" for i in range(7)]
+    model_dir = write_triton_repository(tmp_path, "m", src, class_names=names) / "m"
+    cfg = parse(model_dir / "config.pbtxt")
+    assert cfg.output[0].label_filename == "labels.txt"
+    assert (model_dir / "labels.txt").read_text().splitlines() == names  # one per class, in id order
+    assert len(names) == list(cfg.output[0].dims)[0]
+    with pytest.raises(ReleaseError, match="labels file"):
+        write_triton_repository(tmp_path / "x", "m", src, class_names=["a\nb"] + names[1:])
+
+
+def test_the_check_compares_parsed_messages(tmp_path):
+    src = tiny_classifier(tmp_path / "model.onnx")
+    ins, outs = graph_signature(src)
+    config = {"release": {"triton": {"kind": "cpu", "max_batch_size": 8, "instances": 2}}}
+    text = config_pbtxt("m", ins, outs, instance_kind=KIND_CPU, max_batch_size=8, instance_count=2)
+    assert triton_config_problem(text, "m", ins, outs, config, labels=False) is None
+    reflowed = " ".join(line for line in text.splitlines() if not line.startswith("#"))  # layout is not content
+    assert triton_config_problem(reflowed, "m", ins, outs, config, labels=False) is None
+    assert "not the config" in triton_config_problem(text.replace("max_batch_size: 8", "max_batch_size: 9"),
+                                                     "m", ins, outs, config, labels=False)
+    assert "not a Triton ModelConfig" in triton_config_problem("bogus {", "m", ins, outs, config, labels=False)
+    # a 0.3 release (no release.triton in its config) was written with KIND_GPU, batch 256
+    legacy = config_pbtxt("m", ins, outs, instance_kind=KIND_GPU)
+    assert triton_config_problem(legacy, "m", ins, outs, {"release": {}}, labels=False) is None
 
 
 def test_types_and_dynamic_dims_map_to_triton(tmp_path):
@@ -152,7 +185,7 @@ def test_bad_onnx_files_name_the_file(tmp_path):
 
 def test_bad_arguments_raise_input_errors(tmp_path):
     ins, outs = graph_signature(tiny_classifier(tmp_path / "model.onnx"))
-    with pytest.raises(InputError, match="max_batch_size: 0; expected >= 1"):
+    with pytest.raises(InputError, match="max_batch_size: 0; expected 1 .. 2147483647"):
         config_pbtxt("m", ins, outs, max_batch_size=0)
     with pytest.raises(InputError, match="instance_kind: 'KIND_TPU'"):
         config_pbtxt("m", ins, outs, instance_kind="KIND_TPU")
@@ -174,6 +207,9 @@ def test_pipeline_run_release_ships_triton_layout(make_config, tmp_path):
     # the digits set: 8x8 grey images, 10 classes
     assert [list(t.dims) for t in cfg.input] == [[1, 8, 8]] and [list(t.dims) for t in cfg.output] == [[10]]
     assert [t.name for t in cfg.input] == ["input"] and [t.name for t in cfg.output] == ["logits"]
+    assert cfg.output[0].label_filename == "labels.txt"  # digits names its classes '0'..'9'
+    assert (model_dir / "labels.txt").read_text().splitlines() == [str(i) for i in range(10)]
+    assert "triton/digits-test/labels.txt" in m["files"]
 
     assert runner.invoke(cli, ["verify", str(rel)]).exit_code == 0
     (model_dir / "config.pbtxt").write_text(
@@ -183,3 +219,16 @@ def test_pipeline_run_release_ships_triton_layout(make_config, tmp_path):
     )
     t = runner.invoke(cli, ["verify", str(rel)])
     assert t.exit_code == 2 and "config.pbtxt: sha256 differs" in t.output
+
+
+def test_release_triton_settings_are_validated():
+    from nhle_pipeline.pipeline.config import parse_config
+    from nhle_pipeline.pipeline.errors import ConfigError
+
+    base = {"model": {"arch": "mlp", "num_classes": 10}, "forget": {"classes": [0]}}
+    cfg = parse_config({**base, "release": {"triton": {"kind": "cpu", "max_batch_size": 1024, "instances": 2}}})
+    assert (cfg.release.triton.kind, cfg.release.triton.max_batch_size, cfg.release.triton.instances) == ("cpu", 1024, 2)
+    assert parse_config(base).release.triton.kind == "auto"
+    with pytest.raises(ConfigError, match="release.triton.kind: Input should be 'auto', 'gpu' or 'cpu'; "
+                                          "release.triton.max_batch_size: Input should be greater than or equal to 1"):
+        parse_config({**base, "release": {"triton": {"kind": "tpu", "max_batch_size": 0}}})
