@@ -82,6 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="torch threads (1: the 2 cores are shared; oversubscribing them is slower)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     ap.add_argument("--quick", action="store_true", help="smoke mode: digits, MLP, forget 0, one seed, small budgets")
+    ap.add_argument("--readme-table", action="store_true",
+                    help="print the README's evidence table from the results in --out, run nothing")
     args = ap.parse_args(argv)
     if args.quick:
         args.dataset, args.model, args.forget, args.seeds = "digits", "mlp", "0", 1
@@ -287,6 +289,47 @@ def render_markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
+README_SETTINGS = (  # (file stem, label) of the README's tables, in order
+    ("digits-mlp-forget-0", "digits MLP, forget 0"), ("digits-mlp-forget-0-4", "digits MLP, forget 0, 4"),
+    ("fashion-mnist-lenet-forget-0", "Fashion-MNIST LeNet, forget 0"),
+    ("fashion-mnist-lenet-forget-0-4", "Fashion-MNIST LeNet, forget 0, 4"),
+    ("cifar10-cnn-forget-0", "CIFAR-10 cnn, forget 0"),
+)
+README_METHODS = ("original", "cwm-only", "nhle-cwm", "retrain", "boundary-shrink", "kodge-projection")
+
+
+def relearn_table(results: Path) -> str:
+    """The README's evidence table (``--readme-table``): Acc_F, ΔAcc_R, Ratio_D, probe AUC and the
+    relearning figures of ``README_METHODS`` on every setting found in ``results``."""
+    lines = [
+        f"| setting (seeds) | method | Acc_F | ΔAcc_R | Ratio_D | probe AUC | relearn steps (k={'·'.join(map(str, RELEARN.ks))}) "
+        "| relearn AUC | passive Acc_F | gap to retrain (rank) |",
+        "| --- | --- | " + " | ".join(["---:"] * 8) + " |",
+    ]
+    for stem, label in README_SETTINGS:
+        path = results / f"{stem}.json"
+        if not path.is_file():
+            continue
+        record = json.loads(path.read_text())
+        summary, ranked = record["summary"], [n for n in record["methods"] if "rank" in record["summary"][n]]
+        first = True
+        for name in README_METHODS:
+            row = summary.get(name)
+            if row is None or "relearn_auc" not in row:
+                continue
+            gap = row.get("gap_to_retrain")
+            gap_cell = "—" if name in ("original", REFERENCE) or gap is None else (
+                f"{_cell(gap, 3)} ({row['rank']} of {len(ranked)})")
+            cells = [_cell(row.get(k), d, signed=(k == "d_acc_r")) for k, d in
+                     (("acc_f", 3), ("d_acc_r", 3), ("ratio_d", 2), ("probe_auc", 3))]
+            cells += [_steps_cell([row.get(f"relearn_steps_k{k}") for k in RELEARN.ks]),
+                      _cell(row["relearn_auc"], 2), _cell(row["passive_acc_f"], 3), gap_cell]
+            setting = f"{label} ({record['setting']['seeds']})" if first else ""
+            lines.append(f"| {setting} | {name} | " + " | ".join(cells) + " |")
+            first = False
+    return "\n".join(lines)
+
+
 def result_stem(args: argparse.Namespace) -> str:
     stem = f"{args.dataset}-{args.model}-forget-{'-'.join(map(str, args.forget_classes))}"
     return stem + ("-quick" if args.quick else "")
@@ -295,6 +338,9 @@ def result_stem(args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.readme_table:
+        print(relearn_table(Path(args.out)))
+        return 0
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     try:
