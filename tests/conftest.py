@@ -79,3 +79,15 @@ def make_config(tmp_path, digits_weights):
         return write_config(tmp_path / name, digits_config(digits_weights, tmp_path / "releases", **overrides))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def digits_release(digits_weights, tmp_path_factory) -> Path:
+    """A digits release (forget 0, the default calibrated CWM): one in-process `pipeline run`.
+    Shared: copy it before changing anything in it."""
+    from nhle_pipeline.pipeline.config import load_config
+    from nhle_pipeline.pipeline.run import run_pipeline
+
+    root = tmp_path_factory.mktemp("digits-release")
+    cfg = write_config(root / "run.yaml", digits_config(digits_weights, root / "releases"))
+    return run_pipeline(load_config(cfg), cfg).path

@@ -23,17 +23,36 @@ def with_feature_output(onnx_path: str | Path, head_name: str, out_path: str | P
     from onnx import helper
 
     model = load_onnx(onnx_path)
-    weight = f"{head_name}.weight"
-    heads = [n for n in model.graph.node if n.op_type in ("Gemm", "MatMul") and weight in n.input]
-    if not heads:
-        raise OnnxFileError(f"{onnx_path}: no Gemm/MatMul uses '{weight}'; cannot locate the head's features")
-    feat = heads[-1].input[0]
-    identity = helper.make_node("Identity", [feat], [FEATURES_OUTPUT], name="verify_features")
-    model.graph.node.append(identity)
+    feat = head_input(model, head_name, onnx_path)
+    # Cast, not Identity: a float16 derivative's features are float16 (a no-op on float32)
+    cast = helper.make_node("Cast", [feat], [FEATURES_OUTPUT], name="verify_features", to=onnx.TensorProto.FLOAT)
+    model.graph.node.append(cast)
     model.graph.output.append(helper.make_tensor_value_info(FEATURES_OUTPUT, onnx.TensorProto.FLOAT, None))
     out = Path(out_path)
     onnx.save(model, str(out))
     return out
+
+
+def head_input(model, head_name: str, onnx_path: str | Path = "model.onnx") -> str:
+    """The tensor the classifier head reads: the first input of the last Gemm/MatMul that uses
+    ``<head>.weight``. Derived graphs too: onnxruntime's static INT8 (QDQ) feeds the Gemm
+    ``<head>.weight_DequantizeLinear_Output``, its dynamic INT8 a MatMulInteger
+    ``<head>.weight_quantized`` (whose activation input is a DynamicQuantizeLinear of the
+    features: the float features are that node's input); float16 keeps the names."""
+    weight = f"{head_name}.weight"
+    heads = [n for n in model.graph.node
+             if (n.op_type in ("Gemm", "MatMul") and weight in n.input)
+             or (n.op_type in ("Gemm", "MatMul", "MatMulInteger")
+                 and any(i in (f"{weight}_DequantizeLinear_Output", f"{weight}_quantized") for i in n.input))]
+    if not heads:
+        raise OnnxFileError(f"{onnx_path}: no Gemm/MatMul uses '{weight}'; cannot locate the head's features")
+    feat = heads[-1].input[0]
+    if heads[-1].op_type == "MatMulInteger":
+        producer = [n for n in model.graph.node if feat in n.output and n.op_type == "DynamicQuantizeLinear"]
+        if not producer:
+            raise OnnxFileError(f"{onnx_path}: the head's MatMulInteger input '{feat}' is not a DynamicQuantizeLinear's")
+        feat = producer[0].input[0]
+    return feat
 
 
 def ort_logits_and_features(sess, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -88,8 +88,14 @@ def run_model(
     scratch: Path,
     shard: tuple[int, int] = (0, 1),
     device_id: int = 0,
+    shipped_logits: bool = False,
 ) -> ModelOutputs:
     """One pass over ``test`` and one over a seeded subset of ``train`` through ``onnx_path``.
+
+    ``shipped_logits``: take the logits from ``onnx_path`` itself and only the features from
+    the verification copy (a quantized or float16 derivative: exposing the head's input stops
+    onnxruntime fusing the nodes around it, so the copy's logits differ from the shipped file's
+    by a quantization step; ``copy_max_abs`` then records by how much).
 
     ``shard=(rank, world)``: only every world-th batch, starting at batch ``rank``
     (the batches are those of the whole pass); ``merge_outputs`` joins the shards.
@@ -98,6 +104,12 @@ def run_model(
     feat_path = with_feature_output(onnx_path, head_name, scratch / f"{Path(onnx_path).stem}.features.onnx")
     fsess, provider = open_session(feat_path, device, device_id)
     in_name = fsess.get_inputs()[0].name
+    ship = open_session(onnx_path, device, device_id)[0] if shipped_logits else None
+
+    def forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, feats = fsess.run(None, {in_name: x})[:2]
+        return (logits if ship is None else ship.run(None, {in_name: x})[0]), feats
+
     y = np.asarray(test.y)
     test_idx = subsample(len(y), EVIDENCE_MAX_TEST, seed)
     keep = np.zeros(len(y), dtype=bool)
@@ -109,11 +121,12 @@ def run_model(
     mine = shard_rows(np.arange(len(y)), batch_size, *shard)
     start = 0
     for x in test.image_batches(mine, batch_size):
-        logits, feats = fsess.run(None, {in_name: x})[:2]
+        logits, feats = forward(x)
         pos = mine[start : start + len(x)]
         yb, kb = y[pos], keep[pos]
         if start == 0:
-            copy_max_abs = _copy_check(onnx_path, device, device_id, x, logits)
+            copy_logits = logits if ship is None else fsess.run(None, {in_name: x})[0]
+            copy_max_abs = _copy_check(onnx_path, device, device_id, x, copy_logits)
         hit = logits.argmax(axis=1) == yb
         np.add.at(correct, yb[hit], 1)
         if kb.any():
@@ -124,7 +137,7 @@ def run_model(
     train_idx = shard_rows(subsample(len(train.y), PROBE_MAX_TRAIN, seed), batch_size, *shard)
     tr_logits, tr_feats = [], []
     for x in train.image_batches(train_idx, batch_size):
-        lg, ft = fsess.run(None, {in_name: x})[:2]
+        lg, ft = forward(x)
         tr_logits.append(lg.astype(np.float32))
         tr_feats.append(ft.reshape(len(ft), -1).astype(np.float32))
     return ModelOutputs(
@@ -204,8 +217,10 @@ def measure_onnx(
     device: str,
     batch_size: int,
     scratch: Path,
+    shipped_logits: bool = False,
 ) -> Measurement:
-    """Accuracy and evidence of ``onnx_path``: the full ``test`` split, a seeded subset of ``train``."""
+    """Accuracy and evidence of ``onnx_path``: the full ``test`` split, a seeded subset of ``train``
+    (``shipped_logits``: see ``run_model``)."""
     out = run_model(onnx_path, head_name, train, test, num_classes, seed=seed, device=device,
-                    batch_size=batch_size, scratch=scratch)
+                    batch_size=batch_size, scratch=scratch, shipped_logits=shipped_logits)
     return measurement(out, train.y, test.y, forget, num_classes, seed)

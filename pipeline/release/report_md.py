@@ -36,6 +36,22 @@ def _cwm_bias(m: Manifest) -> str:
     return f", forgotten rows' bias {cwm.bias:.6g}{how}"
 
 
+def _derived_lines(m: Manifest) -> list[str]:
+    """A derived release (pipeline quantize): its precision and the fp32 parent it was made from."""
+    d = getattr(m, "derived", None)
+    if d is None:
+        return []
+    how = ", ".join(f"{k} {v}" for k, v in d.settings.items())
+    calib = f"; calibration: {d.calibration_samples} training images, seed {d.calibration_seed}" if d.calibration_samples else ""
+    return [
+        f"- derived release: {d.precision} of '{d.parent.name}' (parent manifest_sha256 `{d.parent.manifest_sha256}`, "
+        f"model sha256 `{d.parent.model_sha256}`); {how}{calib}",
+        f"- top-1 agreement with the fp32 parent: {_f(d.agreement)} on {d.agreement_samples} test images (gate ≥ "
+        f"{d.agreement_min}), max |Δlogit| {_f(d.max_abs_logit_diff, 6)}, Acc_R vs the parent {_f(d.acc_r_vs_parent)}; "
+        "'original' below is the fp32 original, NHLE, CWM and parity are the parent's",
+    ]
+
+
 def render_report(m: Manifest, created: str | None = None) -> str:
     """Markdown report of a run or release manifest (``created``: its time; default now, UTC)."""
     met = m.metrics
@@ -54,6 +70,7 @@ def render_report(m: Manifest, created: str | None = None) -> str:
         f"- config sha256 `{m.config_sha256}`, seed {m.seed}",
         f"- created {view.created}",
         f"- PyTorch device: {m.runtime.torch_device}, onnxruntime provider: {m.runtime.onnxruntime_provider}",
+        *_derived_lines(m),
         "",
         "## Gates",
         "",

@@ -1,0 +1,80 @@
+"""Judging a reduced-precision derivative against its fp32 parent.
+
+fp32 keeps its atol parity gate (ONNX vs PyTorch). An INT8 or float16 model
+cannot meet an atol of 1e-3 and need not: it is judged by what a user sees,
+top-1 agreement with the fp32 release on the test split (``AGREEMENT_MIN``,
+default 0.99), and by the release's own accuracy gates (Acc_F, ΔAcc_R against
+the fp32 original). CWM is checked on the output, since the head's weights are
+no longer stored as float32 rows: a masked class's logit is its bias whatever
+the input, so its logits must be one constant over the test images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nhle_pipeline.verify.gates import GateResult, GatesConfig, evaluate_gates, gate_result
+from nhle_pipeline.verify.measure import ImageSource
+from nhle_pipeline.verify.ort import open_session
+
+AGREEMENT_MIN = 0.99  # top-1 agreement of a derivative with its fp32 parent, on the test split
+
+
+@dataclass(frozen=True)
+class Agreement:
+    agreement: float  # fraction of test images whose top-1 class is the parent's
+    max_abs_logit_diff: float  # over finite logits (inf where finiteness differs)
+    samples: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def agreement(derived: str | Path, parent: str | Path, test: ImageSource, *, batch_size: int,
+              device: str = "cpu") -> Agreement:
+    """Top-1 agreement and max |Δlogit| of ``derived`` vs ``parent`` (both by onnxruntime) on ``test``."""
+    from nhle_pipeline.verify.metrics import parity_max_abs
+
+    a, _ = open_session(derived, device)
+    b, _ = open_session(parent, device)
+    name_a, name_b = a.get_inputs()[0].name, b.get_inputs()[0].name
+    same = n = 0
+    worst = 0.0
+    for x in test.image_batches(None, batch_size):
+        la = a.run(None, {name_a: x})[0].astype(np.float32)
+        lb = b.run(None, {name_b: x})[0].astype(np.float32)
+        same += int((la.argmax(1) == lb.argmax(1)).sum())
+        n += len(x)
+        worst = max(worst, parity_max_abs(la, lb))
+    return Agreement(same / n if n else float("nan"), float(worst), n)
+
+
+def forgotten_logit_spread(test_logits: np.ndarray, forget: list[int]) -> float:
+    """max - min of each forgotten class's logit over the test images (the largest); 0 when masked."""
+    if len(test_logits) == 0:
+        return float("nan")
+    cols = test_logits[:, forget].astype(np.float64)
+    if not np.all(np.isfinite(cols)):
+        return float("inf")
+    return float((cols.max(axis=0) - cols.min(axis=0)).max())
+
+
+def derived_gates(metrics: dict, gates: GatesConfig, *, agreement_min: float = AGREEMENT_MIN,
+                  cwm_applied: bool = True) -> list[GateResult]:
+    """The release gates that apply to a derivative (acc_f, acc_r_drop, the optional evidence gates),
+    plus ``agreement`` with the fp32 parent and, under CWM, masked rows seen in the output.
+
+    ``metrics``: as for ``evaluate_gates``, plus ``agreement`` and ``forgotten_logit_spread``. The
+    parity, graph and evidence-copy gates are the fp32 parent's: a derivative's graph is other
+    nodes by design, and its features come from a copy whose logits differ by a quantization step."""
+    results = [g for g in evaluate_gates(metrics, gates, with_parity=False) if g.name != "evidence_copy"]
+    results.append(gate_result("agreement", metrics.get("agreement"), ">=", agreement_min,
+                               "top-1 agreement with the fp32 parent release, test split (onnxruntime)"))
+    if cwm_applied:
+        results.append(gate_result("cwm_in_graph", metrics.get("forgotten_logit_spread"), "<=", 0.0,
+                                   "forgotten classes' logits one constant over the test split "
+                                   "(masked rows, as the derivative computes them)"))
+    return results
