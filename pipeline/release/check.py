@@ -340,6 +340,28 @@ def _masked_bias(cfg, manifest: Manifest) -> tuple[float | None, str]:
     return bias, f"{bias:.6g} (mode {cwm.mode}, the manifest's metrics.cwm.bias)"
 
 
+CALIBRATION_ATOL = 1e-3  # relative to max(1, |bias|): onnxruntime vs PyTorch logits, other hardware
+
+
+def _recalibrate(model: Path, cfg, data, device: str):
+    """The calibrated CWM bias recomputed from the shipped model: the forgotten rows do not touch
+    the retained logits, so the release's retained logits on the run's seeded calibration images
+    are the ones the run calibrated on (pipeline.cwm.calibrated_bias)."""
+    import numpy as np
+
+    from nhle_pipeline.pipeline.cwm import CALIBRATION_SAMPLES, calibrated_bias
+    from nhle_pipeline.pipeline.data import eval_batch_size
+    from nhle_pipeline.verify.evidence import subsample
+    from nhle_pipeline.verify.ort import open_session, ort_logits
+
+    batch = eval_batch_size(cfg.data, data.input_shape)
+    sess, _ = open_session(model, device)
+    idx = subsample(len(data.train), CALIBRATION_SAMPLES, cfg.seed)
+    logits = np.concatenate([ort_logits(sess, x, batch) for x in data.train.image_batches(idx, batch)])
+    retained = [c for c in range(cfg.model.num_classes) if c not in cfg.forget_ids]
+    return calibrated_bias(logits[:, retained])
+
+
 def _verify_config(raw: dict, data_root: str | None) -> tuple[dict, list[str]]:
     """The manifest's config as verify uses it: never downloads, never unpickles, never imports code."""
     notes = []
@@ -456,6 +478,9 @@ def verify_release(
         got = measure_onnx(rel / MODEL, manifest.head, data.train, data.test, forget, n,
                            seed=cfg.seed, device="cpu" if derived and device == "auto" else device,
                            batch_size=eval_batch_size(cfg.data, data.input_shape), scratch=scratch, shipped_logits=derived)
+        recalibrated = None
+        if cfg.unlearn.cwm.mode == "calibrated" and not derived:
+            recalibrated = _recalibrate(rel / MODEL, cfg, data, device)
         if derived:
             from nhle_pipeline.pipeline.release.derived import check_derived
 
@@ -507,6 +532,13 @@ def verify_release(
                            f"forgotten rows 0 and bias {whence} in the head's Gemm initializers (recomputed)"))
     elif policy.require_cwm:
         gates.append(gate_result("cwm_in_graph", None, "==", True, "the release's config says cwm.mode none; the policy requires CWM"))
+    if recalibrated is not None:
+        record = manifest.metrics.cwm.calibration if manifest.metrics.cwm is not None else None
+        gap = math.inf if record is None else abs(recalibrated.bias - record.bias)
+        metrics["cwm_calibration_gap"] = gap
+        gates.append(gate_result("cwm_calibration", gap, "<=", CALIBRATION_ATOL * max(1.0, abs(recalibrated.bias)),
+                                 f"|recorded - recomputed| calibrated bias (recomputed: {recalibrated.bias:.6g} from the "
+                                 f"shipped model's retained logits on the {recalibrated.samples} seeded calibration images)"))
     if graph_unchanged is not None:
         gates.append(gate_result("graph_unchanged", graph_unchanged, "==", True,
                            "same ONNX nodes as an export of --source-weights"))
