@@ -125,9 +125,10 @@ def logits_and_features(model: nn.Module, x: np.ndarray, device: torch.device) -
 
 def evaluate(model: nn.Module, data: Dataset, forget: list[int], seed: int, device: torch.device) -> dict:
     """Acc_F, Acc_R, per-class accuracy (test split) and the evidence metrics of verify/."""
+    # Split.get reads just these images (Split.x would convert the whole split on every call).
     sub = subsample(len(data.train), PROBE_MAX_TRAIN, seed)
-    tr_logits, tr_feats = logits_and_features(model, data.train.x[sub], device)
-    te_logits, te_feats = logits_and_features(model, data.test.x, device)
+    tr_logits, tr_feats = logits_and_features(model, data.train.get(sub), device)
+    te_logits, te_feats = logits_and_features(model, data.test.get(np.arange(len(data.test))), device)
     acc = accuracy(te_logits, data.test.y, forget, NUM_CLASSES)
     ev = evidence_from_outputs(
         (tr_logits, tr_feats, data.train.y[sub]), (te_logits, te_feats, data.test.y), forget, seed
