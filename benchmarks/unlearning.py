@@ -82,8 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="torch threads (1: the 2 cores are shared; oversubscribing them is slower)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     ap.add_argument("--quick", action="store_true", help="smoke mode: digits, MLP, forget 0, one seed, small budgets")
-    ap.add_argument("--readme-table", action="store_true",
-                    help="print the README's evidence table from the results in --out, run nothing")
+    ap.add_argument("--readme-table", nargs="?", const="evidence", choices=("evidence", "nhle"), default=None,
+                    help="print one of the README's tables from the results in --out, run nothing")
     args = ap.parse_args(argv)
     if args.quick:
         args.dataset, args.model, args.forget, args.seeds = "digits", "mlp", "0", 1
@@ -330,6 +330,42 @@ def relearn_table(results: Path) -> str:
     return "\n".join(lines)
 
 
+NHLE_TABLE_METHODS = {"original": "original", "nhle-cwm": "**nhle-cwm (anchored, default)**",
+                      "nhle-cwm-paper": "nhle-cwm-paper", "nhle-cwm-soft-ce": "nhle-cwm-soft-ce",
+                      "cwm-only": "cwm-only", "retrain": "retrain"}
+
+
+def nhle_table(results: Path) -> str:
+    """The README's table of NHLE's variants (``--readme-table nhle``), every setting in ``results``."""
+    lines = [
+        "| setting (seeds) | method | Acc_F | ΔAcc_R | Ratio_D | probe AUC | MIA-efficacy | relearn AUC "
+        "| time / retrain | gap to retrain (rank) |",
+        "| --- | --- | " + " | ".join(["---:"] * 8) + " |",
+    ]
+    for stem, label in README_SETTINGS:
+        path = results / f"{stem}.json"
+        if not path.is_file():
+            continue
+        record = json.loads(path.read_text())
+        summary = record["summary"]
+        n_ranked = sum("rank" in summary[n] for n in record["methods"])
+        first = True
+        for name, shown in NHLE_TABLE_METHODS.items():
+            row = summary.get(name)
+            if row is None:
+                continue
+            cells = [_cell(row.get(k), d, signed=(k == "d_acc_r")) for k, d in
+                     (("acc_f", 3), ("d_acc_r", 3), ("ratio_d", 2), ("probe_auc", 3), ("mia_efficacy", 3),
+                      ("relearn_auc", 2))]
+            cells.append(_cell(row.get("time_ratio"), 4))
+            gap = _cell(row.get("gap_to_retrain"), 3)
+            cells.append(gap + (f" ({row['rank']} of {n_ranked})" if "rank" in row else ""))
+            setting = f"{label} ({record['setting']['seeds']})" if first else ""
+            lines.append(f"| {setting} | {shown} | " + " | ".join(cells) + " |")
+            first = False
+    return "\n".join(lines)
+
+
 def result_stem(args: argparse.Namespace) -> str:
     stem = f"{args.dataset}-{args.model}-forget-{'-'.join(map(str, args.forget_classes))}"
     return stem + ("-quick" if args.quick else "")
@@ -339,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.readme_table:
-        print(relearn_table(Path(args.out)))
+        print((nhle_table if args.readme_table == "nhle" else relearn_table)(Path(args.out)))
         return 0
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
