@@ -196,6 +196,15 @@ def test_two_runs_racing_for_one_name_one_wins_the_other_fails_cleanly(setup):
     )
     assert v.returncode == 0 and "verdict: pass" in v.stdout, v.stdout + v.stderr
 
+    # two --force runs racing to replace it: both succeed (each swap is one atomic exchange),
+    # one complete release stays, nothing else is left behind
+    runs = [Run(cfg, logs, "--force"), Run(cfg, logs, "--force")]
+    codes = [r.finish() for r in runs]
+    assert codes == [0, 0], [r.stdout() + r.stderr() for r in runs]
+    assert {p.name for p in rel.iterdir()} - {".staging"} == {NAME}
+    assert not (rel / ".staging").exists() or list((rel / ".staging").iterdir()) == []
+    assert_complete_release(rel / NAME)
+
 
 def test_ctrl_c_that_a_library_turns_into_its_own_error_still_exits_130(tmp_path, monkeypatch):
     """onnxruntime's lazy import re-raises a Ctrl-C as ImportError('initialization failed')."""
