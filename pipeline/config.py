@@ -363,6 +363,19 @@ class ReleaseConfig(_Section):
         return v
 
 
+class TrackingConfig(_Section):
+    """Optional MLflow experiment tracking of `pipeline run` (pipeline/tracking.py)."""
+
+    # MLflow tracking URI: a local folder (a path or file:///abs/path: MLflow's file
+    # store), http(s)://host:port (a tracking server), databricks. null: nothing is
+    # logged and mlflow is never imported. Set: mlflow must be installed
+    # (pip install 'nhle-pipeline[tracking]'), checked before any work.
+    mlflow_uri: str | None = Field(default=None, min_length=1)
+    experiment: str = Field(default="nhle-pipeline", min_length=1)
+    # The MLflow run's name; default: the release name.
+    run_name: str | None = Field(default=None, min_length=1)
+
+
 class TrainConfig(_Section):
     """Recipe for `pipeline train` (the original model) and the retrained reference."""
 
@@ -401,6 +414,9 @@ class Config(_Section):
     release: ReleaseConfig = Field(default_factory=ReleaseConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    # Where the run is logged is not part of the unlearning request: like release.sign_key,
+    # not part of the config's sha256 nor of the manifest (a URI may carry credentials).
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, exclude=True)
 
     @model_validator(mode="after")
     def _classes_fit(self) -> Config:

@@ -65,6 +65,7 @@ from nhle_pipeline.pipeline.release.staging import (
 )
 from nhle_pipeline.pipeline.release.triton import KINDS, write_triton_repository
 from nhle_pipeline.pipeline.testhooks import die_if_rank, pause_at
+from nhle_pipeline.pipeline.tracking import open_tracker
 from nhle_pipeline.verify.evidence import subsample
 from nhle_pipeline.verify.gates import GateResult, evaluate_gates
 from nhle_pipeline.verify.graph import op_types, rows_masked
@@ -366,6 +367,7 @@ def run_pipeline(
         target = check_target(release_dir, name, force)
         key_path = sign_key or cfg.release.sign_key  # checked before any work, used at publication
         signer = load_signing_key(key_path, "--sign-key" if sign_key else "release.sign_key") if key_path else None
+        tracker = open_tracker(cfg.tracking, group)  # None unless tracking.mlflow_uri (mlflow checked here)
         seed_everything(cfg.seed)
         inp = load_inputs(cfg, device)
         cfg = inp.cfg  # forget.classes as ids (class names resolved)
@@ -374,12 +376,17 @@ def run_pipeline(
                use_cache=use_cache and cfg.cache.enabled, group=group or Group())
 
     try:
-        return _stages(run, timer, target, force, signer)
+        result = _stages(run, timer, target, force, signer)
     except GateFailure:
+        if tracker:  # the verdict is final; a tracking failure is one warning line
+            tracker.log(run.staging)
         raise  # the staging folder keeps the report that says why
     except BaseException:  # an error, Ctrl-C, SIGTERM, a full disk: nothing half-made stays
         discard_staging(run.staging)
         raise
+    if tracker:
+        tracker.log(result.path, result.manifest)
+    return result
 
 
 def _stages(run: _Run, timer: _Timer, target: Path, force: bool, signer) -> RunResult:
