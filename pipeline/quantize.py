@@ -13,8 +13,9 @@ against the fp32 original, the optional evidence gates of the parent's config,
 top-1 agreement with the parent, and masked rows seen in the output. The
 release machinery is the run's: staging folder, reports, Triton repository,
 sealed manifest (with a ``derived`` record naming the parent), optional
-signature, atomic publication. A failed gate leaves the staging folder and
-releases nothing (exit 1).
+signature, atomic publication. A failed gate leaves the staging folder with its
+report and releases nothing (exit 1); any other failure or an interruption
+removes the staging folder.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def _derive_and_release(parent, pm, parent_model_sha, cfg, data, mode, target, c
         library_versions,
     )
     from nhle_pipeline.pipeline.release.package import write_release_files
-    from nhle_pipeline.pipeline.release.staging import create_staging, publish
+    from nhle_pipeline.pipeline.release.staging import create_staging, discard_staging, publish
     from nhle_pipeline.pipeline.release.triton import KIND_GPU, KINDS, write_triton_repository
     from nhle_pipeline.verify.evidence import subsample
     from nhle_pipeline.verify.measure import measure_onnx
@@ -127,79 +128,85 @@ def _derive_and_release(parent, pm, parent_model_sha, cfg, data, mode, target, c
     forget = list(pm.forget_classes)
     batch = eval_batch_size(cfg.data, data.input_shape)
     staging = create_staging(target.parent, target.name)  # the first write
-    model = staging / MODEL
+    try:
+        model = staging / MODEL
 
-    t = time.perf_counter()
-    calibration = None
-    idx = None
-    if mode == INT8_STATIC:
-        idx = subsample(len(data.train), calibration_samples, cfg.seed)
-        calibration = data.train.image_batches(idx, batch)
-    settings = derive(parent / MODEL, model, mode, calibration)
-    meta = {k: v for k, v in read_metadata(parent / MODEL).items() if k != "producer"}
-    stamp_metadata(model, {**meta, "precision": mode, "parent_model_sha256": parent_model_sha})
-    check_onnx(model)
-    tri = cfg.release.triton  # the parent's Triton settings: the same serving contract
-    if (pm.config.get("release") or {}).get("triton") is None:  # a 0.3 parent: as 0.3 wrote it
-        write_triton_repository(staging, target.name, model, instance_kind=KIND_GPU)
-    else:
-        write_triton_repository(staging, target.name, model, max_batch_size=tri.max_batch_size,
-                                instance_kind=KINDS[tri.kind], instance_count=tri.instances,
-                                class_names=getattr(pm, "class_names", None))
-    timings["derive"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        calibration = None
+        idx = None
+        if mode == INT8_STATIC:
+            idx = subsample(len(data.train), calibration_samples, cfg.seed)
+            calibration = data.train.image_batches(idx, batch)
+        settings = derive(parent / MODEL, model, mode, calibration)
+        meta = {k: v for k, v in read_metadata(parent / MODEL).items() if k != "producer"}
+        stamp_metadata(model, {**meta, "precision": mode, "parent_model_sha256": parent_model_sha})
+        check_onnx(model)
+        tri = cfg.release.triton  # the parent's Triton settings: the same serving contract
+        if (pm.config.get("release") or {}).get("triton") is None:  # a 0.3 parent: as 0.3 wrote it
+            write_triton_repository(staging, target.name, model, instance_kind=KIND_GPU)
+        else:
+            write_triton_repository(staging, target.name, model, max_batch_size=tri.max_batch_size,
+                                    instance_kind=KINDS[tri.kind], instance_count=tri.instances,
+                                    class_names=getattr(pm, "class_names", None))
+        timings["derive"] = round(time.perf_counter() - t, 3)
 
-    t = time.perf_counter()
-    ort_device = "cpu" if device == "auto" else device
-    got = measure_onnx(model, pm.head, data.train, data.test, forget, cfg.model.num_classes, seed=cfg.seed,
-                       device=ort_device, batch_size=batch, scratch=staging / SCRATCH, shipped_logits=True)
-    agree = agreement(model, parent / MODEL, data.test, batch_size=batch, device=ort_device)
-    timings["verify"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        ort_device = "cpu" if device == "auto" else device
+        got = measure_onnx(model, pm.head, data.train, data.test, forget, cfg.model.num_classes, seed=cfg.seed,
+                           device=ort_device, batch_size=batch, scratch=staging / SCRATCH, shipped_logits=True)
+        agree = agreement(model, parent / MODEL, data.test, batch_size=batch, device=ort_device)
+        timings["verify"] = round(time.perf_counter() - t, 3)
 
-    rec = pm.metrics
-    after = got.accuracy
-    ev_after = got.evidence.to_dict()
-    spread = forgotten_logit_spread(got.test_logits, forget) if cfg.unlearn.cwm.mode != "none" else None
-    evidence = rec.evidence.model_dump()
-    evidence["unlearned"] = ev_after
-    if rec.reference is not None and evidence.get("reference"):
-        mine = {"acc_f": after.acc_f, "acc_r": after.acc_r, **ev_after}
-        ref = {"acc_f": rec.reference.acc_f, "acc_r": rec.reference.acc_r, **evidence["reference"]}
-        evidence["gap_to_reference"] = gap_to_reference(mine, ref)
-    metrics = {
-        **rec.model_dump(),
-        "unlearned": after.to_dict(),
-        "acc_f": after.acc_f,
-        "delta_acc_r": after.acc_r - rec.original.acc_r,  # against the fp32 original
-        "evidence_copy_max_abs": got.copy_max_abs,
-        "evidence": evidence,
-        "cwm_in_graph": None if spread is None else bool(spread == 0.0),
-    }
-    gates = derived_gates({**metrics, "agreement": agree.agreement, "forgotten_logit_spread": spread},
-                          cfg.verify.gates, agreement_min=agreement_min, cwm_applied=spread is not None)
-    passed = all(g.passed for g in gates)
-    derived = DerivedRecord(
-        parent=ParentRecord(name=pm.name, manifest_sha256=pm.manifest_sha256, model_sha256=parent_model_sha,
-                            acc_r=rec.unlearned.acc_r),
-        precision=mode, settings=settings,
-        calibration_samples=None if idx is None else int(len(idx)),
-        calibration_seed=None if idx is None else cfg.seed,
-        agreement=agree.agreement, agreement_min=agreement_min, max_abs_logit_diff=agree.max_abs_logit_diff,
-        agreement_samples=agree.samples, acc_r_vs_parent=after.acc_r - rec.unlearned.acc_r,
-        forgotten_logit_spread=spread,
-    )
-    manifest = pm.model_copy(update={
-        "name": target.name, "status": "released" if passed else "gate_failed", "passed": passed,
-        "metrics": Metrics.model_validate(metrics), "gates": [GateRecord.model_validate(g.to_dict()) for g in gates],
-        "runtime": Runtime(torch_device="none (a derived release: no PyTorch model)",
-                           onnxruntime_provider=got.provider, versions=library_versions(),
-                           platform=platform.platform()),
-        "external_data": [], "timings_s": dict(timings), "baseline_cache": "off", "files": {},
-        "derived": derived, "manifest_sha256": None,
-    })
-    features = {f"{mode} (this release)": (got.test_features, np.asarray(data.test.y)[got.test_idx])}
-    write_release_files(staging, manifest, features)
-    if not passed:
-        failed = [g.name for g in gates if not g.passed]
-        raise GateFailure(f"gate(s) failed: {', '.join(failed)}; nothing released", str(staging))
-    path = publish(staging, target, force, sign_key=signer)
-    return QuantizeResult(manifest, path)
+        rec = pm.metrics
+        after = got.accuracy
+        ev_after = got.evidence.to_dict()
+        spread = forgotten_logit_spread(got.test_logits, forget) if cfg.unlearn.cwm.mode != "none" else None
+        evidence = rec.evidence.model_dump()
+        evidence["unlearned"] = ev_after
+        if rec.reference is not None and evidence.get("reference"):
+            mine = {"acc_f": after.acc_f, "acc_r": after.acc_r, **ev_after}
+            ref = {"acc_f": rec.reference.acc_f, "acc_r": rec.reference.acc_r, **evidence["reference"]}
+            evidence["gap_to_reference"] = gap_to_reference(mine, ref)
+        metrics = {
+            **rec.model_dump(),
+            "unlearned": after.to_dict(),
+            "acc_f": after.acc_f,
+            "delta_acc_r": after.acc_r - rec.original.acc_r,  # against the fp32 original
+            "evidence_copy_max_abs": got.copy_max_abs,
+            "evidence": evidence,
+            "cwm_in_graph": None if spread is None else bool(spread == 0.0),
+        }
+        gates = derived_gates({**metrics, "agreement": agree.agreement, "forgotten_logit_spread": spread},
+                              cfg.verify.gates, agreement_min=agreement_min, cwm_applied=spread is not None)
+        passed = all(g.passed for g in gates)
+        derived = DerivedRecord(
+            parent=ParentRecord(name=pm.name, manifest_sha256=pm.manifest_sha256, model_sha256=parent_model_sha,
+                                acc_r=rec.unlearned.acc_r),
+            precision=mode, settings=settings,
+            calibration_samples=None if idx is None else int(len(idx)),
+            calibration_seed=None if idx is None else cfg.seed,
+            agreement=agree.agreement, agreement_min=agreement_min, max_abs_logit_diff=agree.max_abs_logit_diff,
+            agreement_samples=agree.samples, acc_r_vs_parent=after.acc_r - rec.unlearned.acc_r,
+            forgotten_logit_spread=spread,
+        )
+        manifest = pm.model_copy(update={
+            "name": target.name, "status": "released" if passed else "gate_failed", "passed": passed,
+            "metrics": Metrics.model_validate(metrics), "gates": [GateRecord.model_validate(g.to_dict()) for g in gates],
+            "runtime": Runtime(torch_device="none (a derived release: no PyTorch model)",
+                               onnxruntime_provider=got.provider, versions=library_versions(),
+                               platform=platform.platform()),
+            "external_data": [], "timings_s": dict(timings), "baseline_cache": "off", "files": {},
+            "derived": derived, "manifest_sha256": None,
+        })
+        features = {f"{mode} (this release)": (got.test_features, np.asarray(data.test.y)[got.test_idx])}
+        write_release_files(staging, manifest, features)
+        if not passed:
+            failed = [g.name for g in gates if not g.passed]
+            raise GateFailure(f"gate(s) failed: {', '.join(failed)}; nothing released", str(staging))
+        path = publish(staging, target, force, sign_key=signer)
+        return QuantizeResult(manifest, path)
+    except GateFailure:
+        raise  # the staging folder keeps the report that says why
+    except BaseException:  # an error, Ctrl-C, SIGTERM, a full disk: nothing half-made stays
+        discard_staging(staging)
+        raise
