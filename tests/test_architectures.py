@@ -39,7 +39,7 @@ DEFAULT_PARITY_ATOL = 1e-3  # verify.gates.parity_atol's default
 PARITY_FLOAT32_FACTOR = 4.0
 # Every architecture the registry knows, and what the test expects of it; a new
 # registration must be added here (test_every_registered_architecture_is_covered).
-ARCHS = ["cnn", "inception_v3", "lenet", "mlp", "mobilenet_v3_large", "resnet18", "resnet34", "vgg16"]
+ARCHS = ["cnn", "inception_v3", "lenet", "mlp", "mobilenet_v3_large", "resnet18", "resnet34", "vgg16", "vgg16_bn"]
 
 
 def test_every_registered_architecture_is_covered():
