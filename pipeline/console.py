@@ -87,8 +87,12 @@ def train_original(cfg, *, device: str | None, force: bool) -> Path:
     def epoch_line(e: int, n: int, loss: float) -> None:  # one line per epoch: a log file shows progress too
         console.print(f"train epoch {e}/{n}: loss {loss:.4f} ({time.perf_counter() - start:.0f} s)")
 
+    def resume_line(e: int, b: int) -> None:
+        console.print(f"train: resuming from the saved state ({cfg.model.weights}.train-state.pt) "
+                      f"at epoch {e}/{cfg.train.epochs}, batch {b}")
+
     with console.status("train ..."):
-        path, acc = _train(cfg, device=device, force=force, on_epoch=epoch_line)
+        path, acc = _train(cfg, device=device, force=force, on_epoch=epoch_line, on_resume=resume_line)
     console.print(f"[green]✓[/] trained {cfg.model.arch} on {cfg.data.dataset}: test accuracy {acc:.4f}")
     from nhle_pipeline.pipeline.output import current_document
 

@@ -8,7 +8,10 @@ Defaults are float32, no augmentation, constant rate: exact and reproducible.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -71,6 +74,45 @@ def crop_flip(x: torch.Tensor, gen: torch.Generator, padding: int = CROP_PADDING
     ]
 
 
+class TrainState:
+    """A training run's resumable state in one file (``pipeline train`` writes it beside the
+    weights every ``every_s`` seconds and at each epoch's end): the model, optimizer and
+    schedule, the shuffling and augmentation generators, and the position in the epoch. A
+    run that resumes from it ends with the same weights as one never interrupted.
+
+    The file is this tool's own, read with ``torch.load(weights_only=True)`` (tensors and
+    plain containers only: loading it runs no code); ``fingerprint`` ties it to one recipe,
+    architecture, data and seed, so a changed config starts afresh instead of resuming."""
+
+    def __init__(self, path: Path, fingerprint: str, every_s: float = 600.0) -> None:
+        self.path, self.fingerprint, self.every_s = Path(path), fingerprint, every_s
+        self._last = time.monotonic()
+
+    def load(self) -> dict | None:
+        """The saved state when it belongs to this run, else None."""
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - a torn or foreign file: start afresh (it is overwritten)
+            return None
+        return state if isinstance(state, dict) and state.get("fingerprint") == self.fingerprint else None
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.every_s
+
+    def save(self, state: dict) -> None:
+        """Written to a temporary file, then renamed: a kill mid-write keeps the previous state."""
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+        os.replace(tmp, self.path)
+        self._last = time.monotonic()
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def train_classifier(
     model: nn.Module,
     data: Split,
@@ -79,11 +121,15 @@ def train_classifier(
     device: torch.device,
     seed: int,
     on_epoch: EpochCallback | None = None,
+    state: TrainState | None = None,
+    on_resume: Callable[[int, int], None] | None = None,
 ) -> nn.Module:
     """Train ``model`` on ``data`` with cross-entropy under ``cfg``'s recipe.
 
     Shuffling and augmentation are seeded by ``seed``. The model comes back in eval
     mode and in the default (contiguous) memory format, whatever ``cfg.channels_last``.
+    ``state``: save the run's state as it goes and resume from a saved one
+    (``on_resume(epoch, step)`` says where).
     """
     model.to(device).train()
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -95,11 +141,34 @@ def train_classifier(
     gen = torch.Generator().manual_seed(seed)
     aug_gen = torch.Generator().manual_seed(seed + _AUGMENT_SEED_OFFSET)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16")
+    first_epoch, first_batch, carried = 0, 0, (0.0, 0)
+    saved = state.load() if state is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(saved["scheduler"])
+        gen.set_state(saved["shuffle"])
+        aug_gen.set_state(saved["augment"])
+        torch.set_rng_state(saved["torch_rng"])
+        first_epoch, first_batch = int(saved["epoch"]), int(saved["batch"])
+        carried = (float(saved["loss_total"]), int(saved["loss_count"]))
+        if on_resume is not None:
+            on_resume(first_epoch + 1, first_batch)
+
+    def snapshot(epoch: int, batch: int, epoch_start, total: float, count: int) -> dict:
+        return {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "shuffle": epoch_start, "augment": aug_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "epoch": epoch, "batch": batch, "loss_total": total, "loss_count": count}
+
     try:
-        for epoch in range(cfg.epochs):
+        for epoch in range(first_epoch, cfg.epochs):
+            epoch_start = gen.get_state()  # the order is drawn from here: a resume redraws it
             order = torch.randperm(n, generator=gen).numpy()
-            total, count = 0.0, 0
-            for x, y in data.batches(order, cfg.batch_size):  # streamed: decoded per batch
+            skip = first_batch if epoch == first_epoch else 0
+            total, count = carried if epoch == first_epoch else (0.0, 0)
+            for b, (x, y) in enumerate(data.batches(order[skip * cfg.batch_size:], cfg.batch_size), start=skip):
                 if len(y) < 2 and n > 1:  # a 1-sample batch breaks BatchNorm
                     continue
                 xb, yb = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
@@ -117,6 +186,10 @@ def train_classifier(
                     sched.step()
                 total += float(loss.detach()) * len(y)
                 count += len(y)
+                if state is not None and state.due():
+                    state.save(snapshot(epoch, b + 1, epoch_start, total, count))
+            if state is not None:
+                state.save(snapshot(epoch + 1, 0, gen.get_state(), 0.0, 0))
             if on_epoch is not None:
                 on_epoch(epoch + 1, cfg.epochs, total / max(count, 1))
     finally:
@@ -131,10 +204,29 @@ def retained_only(data: Split, forget_classes: list[int]) -> Split:
     return data.subset(np.flatnonzero(~np.isin(data.y, forget_classes)))
 
 
-def train_original(cfg, *, device: str | None = None, force: bool = False, on_epoch: EpochCallback | None = None):
+STATE_SUFFIX = ".train-state.pt"  # beside model.weights while `pipeline train` runs
+
+
+def training_fingerprint(cfg) -> str:
+    """What a saved training state must have been made with: the recipe, the architecture,
+    the data and the seed (not the forget request, the release or the verify settings)."""
+    import hashlib
+    import json
+
+    parts = {"train": cfg.train.model_dump(mode="json"), "model": cfg.model.model_dump(mode="json"),
+             "data": cfg.data.model_dump(mode="json"), "seed": cfg.seed}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def train_original(cfg, *, device: str | None = None, force: bool = False, on_epoch: EpochCallback | None = None,
+                   on_resume: Callable[[int, int], None] | None = None, state_every_s: float = 600.0):
     """`pipeline train`: train the config's architecture on its data and save model.weights.
 
     Returns ``(path, test_accuracy)``. Refuses to overwrite existing weights without ``force``.
+    The run's state is kept in ``<weights>.train-state.pt`` (every ``state_every_s`` seconds
+    and at each epoch's end): a run stopped by Ctrl-C, SIGTERM, SIGKILL or a crash continues
+    from it when started again with the same config, to the same weights; it is removed once
+    the weights are saved.
     """
     from pathlib import Path
 
@@ -163,7 +255,10 @@ def train_original(cfg, *, device: str | None = None, force: bool = False, on_ep
     data = load_data(cfg)
     seed_everything(cfg.seed)
     model, _ = build_configured_model(cfg, data)
-    train_classifier(model, data.train, cfg.train, device=dev, seed=cfg.seed, on_epoch=on_epoch)
+    state = TrainState(path.with_name(path.name + STATE_SUFFIX), training_fingerprint(cfg), state_every_s)
+    train_classifier(model, data.train, cfg.train, device=dev, seed=cfg.seed, on_epoch=on_epoch, state=state,
+                     on_resume=on_resume)
     acc = torch_accuracy(model, data.test, eval_batch_size(cfg.data, data.input_shape), dev)
     save_weights(model.to("cpu"), path)
+    state.remove()
     return path, acc

@@ -273,3 +273,78 @@ def test_bad_recipe_values_are_one_line_naming_the_field(tmp_path, train, field)
     with pytest.raises(ConfigError) as e:
         parse_config(digits_config(tmp_path / "m.safetensors", tmp_path / "r", train=train), "c.yaml")
     assert field in str(e.value) and "\n" not in str(e.value)
+
+
+def _resumable_config(tmp_path):
+    """Digits through a small CNN with dropout-free BatchNorm, one-cycle SGD and crop-flip:
+    every stream a resume must restore (model, optimizer, schedule, shuffling, augmentation)."""
+    return parse_config(digits_config(tmp_path / "w.safetensors", tmp_path / "rel", model={
+        "arch": "cnn", "weights": str(tmp_path / "w.safetensors"), "num_classes": 10},
+        train={"epochs": 3, "lr": 0.05, "batch_size": 128, "optimizer": "sgd", "schedule": "onecycle",
+               "augment": "crop-flip", "weight_decay": 0.0}))
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _interrupt_after(monkeypatch, limit: int) -> None:
+    """Ctrl-C once ``limit`` training batches have been drawn (the first run only)."""
+    real, seen = Split.batches, [0]
+
+    def batches(self, indices=None, batch_size=256):
+        for item in real(self, indices, batch_size):
+            if len(item[1]) == 128:  # full training batches (evaluation batches are 256)
+                seen[0] += 1
+                if seen[0] > limit:
+                    raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(Split, "batches", batches)
+
+
+# 1,347 training images: 10 full batches of 128 and one of 67 an epoch; stopped at an epoch's end / inside epoch 2
+@pytest.mark.parametrize("stop_after", [10, 13])
+def test_a_stopped_training_resumes_from_its_state_to_the_same_weights(tmp_path, monkeypatch, stop_after):
+    cfg = _resumable_config(tmp_path / "whole")
+    train_original(cfg, device="cpu")
+    whole = _weights(cfg.model.weights)
+
+    cfg = _resumable_config(tmp_path / "stopped")
+    state = tmp_path / "stopped" / ("w.safetensors" + train_mod.STATE_SUFFIX)
+    _interrupt_after(monkeypatch, stop_after)
+    with pytest.raises(KeyboardInterrupt):
+        train_original(cfg, device="cpu", state_every_s=0.0)  # state after every batch
+    monkeypatch.undo()
+    assert state.is_file() and not (tmp_path / "stopped" / "w.safetensors").exists()
+
+    resumed_at = []
+    train_original(cfg, device="cpu", on_resume=lambda e, b: resumed_at.append((e, b)))
+    assert resumed_at == [(2, stop_after - 10)]  # epoch 2, after the batches it had done
+    again = _weights(cfg.model.weights)
+    assert again.keys() == whole.keys()
+    for k in whole:
+        assert torch.equal(whole[k], again[k]), k  # bit for bit: nothing repeated, nothing skipped
+    assert not state.exists()  # removed once the weights are saved
+
+
+def test_a_state_from_another_recipe_is_not_resumed(tmp_path, monkeypatch):
+    cfg = _resumable_config(tmp_path)
+    _interrupt_after(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        train_original(cfg, device="cpu", state_every_s=0.0)
+    monkeypatch.undo()
+    changed = parse_config({**cfg.model_dump(mode="json"), "train": {**cfg.train.model_dump(mode="json"), "lr": 0.02}})
+    resumed_at = []
+    train_original(changed, device="cpu", on_resume=lambda e, b: resumed_at.append((e, b)))
+    assert resumed_at == []  # a fresh start: the saved state belongs to lr 0.05
+
+
+def test_a_torn_state_file_is_ignored(tmp_path):
+    cfg = _resumable_config(tmp_path)
+    (tmp_path / ("w.safetensors" + train_mod.STATE_SUFFIX)).write_bytes(b"PK\x03\x04 torn")
+    resumed_at = []
+    path, _ = train_original(cfg, device="cpu", on_resume=lambda e, b: resumed_at.append((e, b)))
+    assert resumed_at == [] and path.is_file() and not (tmp_path / ("w.safetensors" + train_mod.STATE_SUFFIX)).exists()
