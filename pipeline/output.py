@@ -165,7 +165,10 @@ def json_mode(command: str, enabled: bool):
         return
     from nhle_pipeline.pipeline.console import console
 
-    saved = console.file
+    # rich's Console.file resolves an unset file to the sys.stdout of the moment: keep the
+    # setting itself (usually None, "whatever sys.stdout is"), or the console would stay bound
+    # to this command's stdout after it (a test runner's capture buffer, a closed pipe)
+    saved = console._file
     console.file = sys.stderr
     _current = Document(command)
     try:

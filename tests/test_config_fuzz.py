@@ -116,7 +116,9 @@ def _check_valid(cfg: Config) -> None:
     again = parse_config(dumped, "manifest config")
     assert again.sha256() == cfg.sha256()
     n = cfg.model.num_classes
-    assert cfg.forget.classes and all(0 <= c < n for c in cfg.forget.classes)
+    # ids in range, or class names (non-empty strings, resolved against the data at load)
+    assert cfg.forget.classes and all(0 <= c < n if isinstance(c, int) else isinstance(c, str) and c
+                                      for c in cfg.forget.classes)
     assert len(set(cfg.forget.classes)) == len(cfg.forget.classes) < n
     assert cfg.unlearn.nhle.resolved()["lr"] > 0 and cfg.forget.samples_per_class >= 1
     assert 0 <= cfg.seed < 2**32

@@ -32,7 +32,7 @@ def test_no_space_while_exporting_is_one_line_exit_4_and_the_staging_folder_is_r
     assert CliRunner().invoke(cli, ["run", str(cfg)]).exit_code == 0
     before = _tree(rel / "digits-test")
 
-    def full(staging, name, model):
+    def full(staging, name, model, **settings):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(staging / "triton" / name / "1" / "model.onnx"))
 
     monkeypatch.setattr(run_module, "write_triton_repository", full)
