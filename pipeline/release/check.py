@@ -340,6 +340,34 @@ def _masked_bias(cfg, manifest: Manifest) -> tuple[float | None, str]:
     return bias, f"{bias:.6g} (mode {cwm.mode}, the manifest's metrics.cwm.bias)"
 
 
+def recomputed_metrics(got, original, recorded, graph_unchanged: bool | None, notes: list[str],
+                       original_name: str = "original") -> tuple[dict, str]:
+    """The gate inputs verify recomputes from the shipped model (``got``): against the original
+    measured here from --source-weights (``original``), else the manifest's recorded one (said in
+    ``notes``). Returns the metrics and where the original's numbers came from."""
+    if original is not None:
+        acc_r_before, ev_before = original.accuracy.acc_r, original.evidence.to_dict()
+        original_from = "source weights"
+        notes.append(f"the {original_name} was measured here from --source-weights (sha256 matches "
+                     f"source_model.sha256): Acc_R {acc_r_before:.4f}")
+    else:
+        acc_r_before, ev_before = recorded.original.acc_r, recorded.evidence.original.model_dump()
+        original_from = "manifest"
+        notes.append(f"ΔAcc_R is against the manifest's recorded {original_name} Acc_R {acc_r_before:.4f}, not "
+                     "recomputed (pass --source-weights to measure the original here)")
+    after = got.accuracy
+    metrics = {
+        "acc_f": after.acc_f,
+        "delta_acc_r": after.acc_r - acc_r_before,
+        "unlearned": after.to_dict(),
+        "original": original.accuracy.to_dict() if original is not None else None,
+        "evidence_copy_max_abs": got.copy_max_abs,
+        "evidence": {"original": ev_before, "unlearned": got.evidence.to_dict()},
+        "graph_unchanged": graph_unchanged,
+    }
+    return metrics, original_from
+
+
 CALIBRATION_ATOL = 1e-3  # relative to max(1, |bias|): onnxruntime vs PyTorch logits, other hardware
 
 
@@ -496,26 +524,8 @@ def verify_release(
             graph_unchanged = same_nodes(original_onnx, rel / MODEL)
 
     recorded = manifest.metrics
-    after = got.accuracy
-    if original is not None:
-        acc_r_before, ev_before = original.accuracy.acc_r, original.evidence.to_dict()
-        original_from = "source weights"
-        notes.append(f"the original was measured here from --source-weights (sha256 matches source_model.sha256): "
-                     f"Acc_R {acc_r_before:.4f}")
-    else:
-        acc_r_before, ev_before = recorded.original.acc_r, recorded.evidence.original.model_dump()
-        original_from = "manifest"
-        notes.append(f"ΔAcc_R is against the manifest's recorded original Acc_R {acc_r_before:.4f}, not recomputed "
-                     "(pass --source-weights to measure the original here)")
-    metrics = {
-        "acc_f": after.acc_f,
-        "delta_acc_r": after.acc_r - acc_r_before,
-        "unlearned": after.to_dict(),
-        "original": original.accuracy.to_dict() if original is not None else None,
-        "evidence_copy_max_abs": got.copy_max_abs,
-        "evidence": {"original": ev_before, "unlearned": got.evidence.to_dict()},
-        "graph_unchanged": graph_unchanged,
-    }
+    metrics, original_from = recomputed_metrics(got, original, recorded, graph_unchanged, notes)
+    after, ev_before = got.accuracy, metrics["evidence"]["original"]
     gates = evaluate_gates(metrics, policy.gates, with_parity=False)
 
     mode = cfg.unlearn.cwm.mode

@@ -88,6 +88,7 @@ def check_derived(release: Path, manifest: Manifest, cfg, data, got, *, parent, 
         _drift,
         _evidence_pairs,
         _export_original,
+        recomputed_metrics,
     )
     from nhle_pipeline.verify.gates import gate_result
     from nhle_pipeline.verify.measure import measure_onnx
@@ -110,14 +111,7 @@ def check_derived(release: Path, manifest: Manifest, cfg, data, got, *, parent, 
         original_onnx = _export_original(cfg, data, manifest, Path(source_weights), scratch)
         original = measure_onnx(original_onnx, manifest.head, data.train, data.test, forget, cfg.model.num_classes,
                                 seed=cfg.seed, device=device, batch_size=batch, scratch=scratch)
-        acc_r_before, ev_before = original.accuracy.acc_r, original.evidence.to_dict()
-        original_from = "source weights"
-        notes.append(f"the original was measured here from --source-weights: Acc_R {acc_r_before:.4f}")
-    else:
-        acc_r_before, ev_before = recorded.original.acc_r, recorded.evidence.original.model_dump()
-        original_from = "manifest"
-        notes.append(f"ΔAcc_R is against the manifest's recorded fp32 original Acc_R {acc_r_before:.4f}, not "
-                     "recomputed (pass --source-weights to measure the original here)")
+    metrics, original_from = recomputed_metrics(got, original, recorded, None, notes, "fp32 original")
     pairs = []
     if parent_manifest is not None:
         agree = agreement(release / MODEL, Path(parent) / MODEL, data.test, batch_size=batch, device=ort_device)
@@ -129,28 +123,17 @@ def check_derived(release: Path, manifest: Manifest, cfg, data, got, *, parent, 
         agreement_value = d.agreement
         notes.append(f"agreement with the parent {d.agreement:.4f} is the manifest's, not recomputed and the chain "
                      "not checked (pass --parent PARENT_DIR)")
-    after = got.accuracy
     cwm_applied = cfg.unlearn.cwm.mode != "none"
     spread = forgotten_logit_spread(got.test_logits, forget) if cwm_applied else None
-    metrics = {
-        "acc_f": after.acc_f,
-        "delta_acc_r": after.acc_r - acc_r_before,
-        "unlearned": after.to_dict(),
-        "original": original.accuracy.to_dict() if original is not None else None,
-        "evidence_copy_max_abs": got.copy_max_abs,
-        "evidence": {"original": ev_before, "unlearned": got.evidence.to_dict()},
-        "graph_unchanged": None,
-        "agreement": agreement_value,
-        "forgotten_logit_spread": spread,
-        "cwm_in_graph": None if spread is None else bool(spread == 0.0),
-    }
+    metrics.update(agreement=agreement_value, forgotten_logit_spread=spread,
+                   cwm_in_graph=None if spread is None else bool(spread == 0.0))
     if d.agreement_min != AGREEMENT_MIN:
         notes.append(f"the release was gated at agreement >= {d.agreement_min}; verify applies {AGREEMENT_MIN}")
     gates = derived_gates(metrics, policy.gates, agreement_min=AGREEMENT_MIN, cwm_applied=cwm_applied)
     if not cwm_applied and policy.require_cwm:
         gates.append(gate_result("cwm_in_graph", None, "==", True,
                                  "the release's config says cwm.mode none; the policy requires CWM"))
-    pairs += _accuracy_pairs(after, recorded.unlearned) + _evidence_pairs(got.evidence.to_dict(), recorded.evidence.unlearned)
+    pairs += _accuracy_pairs(got.accuracy, recorded.unlearned) + _evidence_pairs(got.evidence.to_dict(), recorded.evidence.unlearned)
     what = "recomputed per-class accuracy, Acc_F, Acc_R, Ratio_D, probe AUC, MIA-efficacy vs the manifest's"
     if parent_manifest is not None:
         what += " (and the agreement with the parent)"
