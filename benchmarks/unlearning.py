@@ -307,10 +307,15 @@ def relearn_table(results: Path) -> str:
         "| --- | --- | " + " | ".join(["---:"] * 8) + " |",
     ]
     for stem, label in README_SETTINGS:
-        path = results / f"{stem}.json"
-        if not path.is_file():
+        record = None  # the full run, else a partial one (results/partial/: fewer seeds or methods)
+        for path, note in ((results / f"{stem}.json", ""), (results / "partial" / f"{stem}.json", ", partial")):
+            if path.is_file():
+                rec = json.loads(path.read_text())
+                if "relearn_auc" in rec["summary"]["original"]:
+                    record, label = rec, label + note
+                    break
+        if record is None:
             continue
-        record = json.loads(path.read_text())
         summary, ranked = record["summary"], [n for n in record["methods"] if "rank" in record["summary"][n]]
         first = True
         for name in README_METHODS:
