@@ -115,6 +115,16 @@ def render_report(m: Manifest, created: str | None = None) -> str:
             lines.append(f"| {key} | " + " | ".join(row) + " |")
         if gap:
             lines.append(f"\nMean absolute gap to the retrained reference: {_f(gap.get('mean'))}")
+    if view.relearn:
+        lines += [
+            "",
+            "## Relearning (verify.evidence.relearn)",
+            "",
+            "| figure | original | unlearned |",
+            "| --- | ---: | ---: |",
+        ]
+        lines += [f"| {label} | {_f(o)} | {_f(u)} |" for label, o, u in view.relearn]
+        lines.append(f"\nSteps to relearn, unlearned ÷ original: {_f(view.relearn_steps_relative)}")
     nh = met.nhle
     lines += [
         "",

@@ -43,6 +43,10 @@ DEFINITIONS: tuple[tuple[str, str], ...] = (
                "shipped file computes what the fine-tuned model computes."),
     ("PCA", "a 2-D projection fitted on the original model's test features and applied unchanged to "
             "every panel, so positions can be compared between panels."),
+    ("relearning", "verify.evidence.relearn: the model with its forgotten head rows re-initialised is fine-tuned "
+                   "on k held-out samples of each forgotten class plus as many retained ones (fixed SGD budget); "
+                   "steps until Acc_F reaches 0.5 and the area under its Acc_F curve (relearn AUC), beside the "
+                   "original under the same draws. A class only hidden comes back as fast as in the original."),
 )
 
 
@@ -85,6 +89,22 @@ class ReportView:
     delta_acc_r: Interval
     classes: list[ClassRow]
     files: list[tuple[str, str, int]] = field(default_factory=list)  # (path, sha256, bytes)
+    relearn: list[tuple[str, Any, Any]] = field(default_factory=list)  # (figure, original, unlearned)
+    relearn_steps_relative: float | None = None  # the relearn gate's value (None: not measured)
+
+
+def relearn_rows(block) -> list[tuple[str, Any, Any]]:
+    """The relearning figures of both models (``metrics.evidence.relearn``) as report rows."""
+    o, u = block.original, block.unlearned
+
+    def label(key: str) -> str:
+        if key.startswith("relearn_steps_k"):
+            return f"steps to Acc_F ≥ 0.5, k = {key.removeprefix('relearn_steps_k')} (none: not within the budget)"
+        if key.startswith("relearn_auc_k"):
+            return f"relearn AUC, k = {key.removeprefix('relearn_auc_k')}"
+        return {"relearn_auc": "relearn AUC, mean over k", "passive_acc_f": "Acc_F after fine-tuning on retained data only"}.get(key, key)
+
+    return [(label(k), o.get(k), u.get(k)) for k in u if k != "curves"]
 
 
 def created_at() -> str:
@@ -118,8 +138,10 @@ def build_view(m: Manifest, created: str | None = None) -> ReportView:
     ]
     model = m.files.get("model.onnx")
     files = [(k, v.sha256, v.bytes) for k, v in m.files.items()]
+    block = met.evidence.relearn
     return ReportView(created or created_at(), model.sha256 if model else None, model.bytes if model else None,
-                      names, acc, delta, classes, files)
+                      names, acc, delta, classes, files, relearn_rows(block) if block else [],
+                      block.steps_relative if block else None)
 
 
 def fmt(v: Any, spec: str = ".4f") -> str:

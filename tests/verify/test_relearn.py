@@ -126,6 +126,12 @@ def test_pipeline_records_relearning_and_gates_on_it(make_config):
     assert rl["original"]["passive_acc_f"] > 0.9 and rl["unlearned"]["passive_acc_f"] == 0.0  # CWM holds
     assert rl["original"]["curves"]["settings"]["n_eval"] == int((cfg_test_y() == 0).sum())
     assert rl["steps_relative"] > 0 and rl["seconds"] > 0
+    # both reports show the figures, with the manifest's numbers
+    md = (result.path / "report.md").read_text()
+    html = (result.path / "report.html").read_text()
+    passive = f"| Acc_F after fine-tuning on retained data only | {rl['original']['passive_acc_f']:.4f} | 0.0000 |"
+    assert "## Relearning (verify.evidence.relearn)" in md and passive in md
+    assert '<table id="relearn">' in html and "relearn AUC, mean over k" in html
     # a threshold no model meets: exit 1, the gate named
     strict = load_config(make_config("gate.yaml", release={"name": "gate"}, verify={
         "evidence": {"relearn": True}, "gates": {"relearn_steps_min_relative": 1000.0}}))
