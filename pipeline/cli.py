@@ -52,6 +52,13 @@ def _trusting_code(cfg, trust_code: bool):
 
 INTERRUPTED = "interrupted; nothing was released and nothing half-made was kept"
 TERMINATED = "terminated (SIGTERM); nothing was released and nothing half-made was kept"
+# pipeline train keeps its state on purpose (pipeline/train.py: the same command resumes)
+TRAIN_STOPPED = "; no weights were written (the training state is kept: run the same command to resume)"
+
+
+def _stopped(fn, terminated: bool) -> str:
+    head = TERMINATED if terminated else INTERRUPTED
+    return head.split(";")[0] + TRAIN_STOPPED if fn.__name__ == "train" else head
 
 
 class Terminated(KeyboardInterrupt):
@@ -89,10 +96,10 @@ def handle_errors(fn):
                 click.echo(f"report kept in {e.report_dir}", err=True)
             sys.exit(EXIT_GATE_FAILED)
         except Terminated:
-            _err(TERMINATED)
+            _err(_stopped(fn, True))
             sys.exit(EXIT_TERMINATED)
         except KeyboardInterrupt:
-            _err(INTERRUPTED)
+            _err(_stopped(fn, False))
             sys.exit(EXIT_INTERRUPTED)
         except Exception as e:
             _exit_if_disk_full(e)
@@ -102,7 +109,7 @@ def handle_errors(fn):
             cause = _cause(e, lambda x: isinstance(x, KeyboardInterrupt))
             if cause is not None:  # Ctrl-C re-raised as a library's own error
                 terminated = isinstance(cause, Terminated)  # (onnxruntime's import turns it into ImportError)
-                _err(TERMINATED if terminated else INTERRUPTED)
+                _err(_stopped(fn, terminated))
                 sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
             # A real crash (a bug): keep the traceback for the report, and an
             # exit code CI can tell apart from "a gate failed" (1).

@@ -203,3 +203,18 @@ def test_init_refuses_a_dangling_symlink_and_an_unwritable_folder(tmp_path, monk
     monkeypatch.setattr(Path, "write_text", read_only)
     r = invoke("init", tmp_path / "q.yaml")
     assert r.exit_code == 2 and r.output.strip() == f"error: {tmp_path / 'q.yaml'}: cannot write it (Permission denied)"
+
+
+def test_an_interrupted_train_says_its_state_is_kept(make_config, monkeypatch):
+    """Ctrl-C in `pipeline train`: exit 130, one line saying the state is kept for a resume."""
+    import nhle_pipeline.pipeline.train as train_mod
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "train_classifier", stopped)
+    r = CliRunner().invoke(cli, ["train", str(make_config()), "--force"])
+    assert r.exit_code == 130, r.output
+    err = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert err == ["error: interrupted; no weights were written (the training state is kept: run the same command "
+                   "to resume)"], r.stderr
