@@ -8,6 +8,7 @@ Defaults are float32, no augmentation, constant rate: exact and reproducible.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from collections.abc import Callable
@@ -103,10 +104,18 @@ class TrainState:
 
     def save(self, state: dict) -> None:
         """Written to a temporary file, then renamed: a kill mid-write keeps the previous state."""
+        from nhle_pipeline.pipeline.errors import ModelError
+
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
-        os.replace(tmp, self.path)
+        try:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+            os.replace(tmp, self.path)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # a full disk: the CLI's own one line and exit code
+            # os.access() can say yes (root, read-only mounts) where writing says no
+            raise ModelError(f"model.weights: cannot write the training state '{self.path}' ({e.strerror or e})") from e
         self._last = time.monotonic()
 
     def remove(self) -> None:
