@@ -192,7 +192,8 @@ def cli() -> None:
     """Class unlearning to a verified ONNX release (NHLE + CWM).
 
     Exit codes: 0 released/passed, 1 a gate failed, 2 bad input,
-    3 internal error, 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+    3 internal error, 4 no space left on the device, 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM).
     """
 
 
