@@ -84,10 +84,20 @@ def train_fresh(arch: str, data_train, input_shape, recipe: TrainConfig, seed: i
 
 
 def cached_original(
-    cache_dir: Path, dataset: str, arch: str, data: Dataset, recipe: TrainConfig, seed: int, device: torch.device
+    cache_dir: Path, dataset: str, arch: str, data: Dataset, recipe: TrainConfig, seed: int, device: torch.device,
+    trained: Path | None = None,
 ) -> tuple[nn.Module, dict]:
-    """The original model for (dataset, model, recipe, seed): trained once, then read from safetensors."""
-    from nhle_pipeline.pipeline.checkpoint import load_weights, save_weights
+    """The original model for (dataset, model, recipe, seed): trained once, then read from safetensors.
+
+    ``trained``: weights ``pipeline train`` wrote for this seed and recipe (``--config``),
+    used instead of the cache when the file exists."""
+    from nhle_pipeline.pipeline.checkpoint import load_weights, save_weights, sha256_file
+
+    if trained is not None and trained.is_file():
+        model = build_model(arch, num_classes=NUM_CLASSES, input_shape=data.input_shape)
+        load_weights(model, trained)
+        return model.to(device).eval(), {"path": str(trained), "cached": True, "sha256": sha256_file(trained),
+                                         "from": "pipeline train"}
 
     key = {
         "version": CACHE_VERSION, "data": data_fingerprint(dataset, data), "arch": arch,

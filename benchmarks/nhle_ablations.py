@@ -12,8 +12,11 @@ list; README ("CWM and NHLE defaults") quotes what they measured.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from benchmarks.methods import FORGET, Method, Result, Task, _cwm
 from nhle_pipeline.pipeline.config import NHLEConfig
@@ -125,7 +128,66 @@ def margin_10(task: Task) -> Result:
     return _run(task, NHLEConfig(stop_margin=10.0))
 
 
+def _anchored_subset(task: Task, moves: Callable[[str, nn.Module], bool]) -> Result:
+    """anchored (defaults), moving only the parameters of the modules ``moves(name, module)`` selects."""
+    model = task.copy_original()
+    cfg = NHLEConfig()
+    params = [p for name, m in model.named_modules() if moves(name, m) for p in m.parameters(recurse=False)]
+    opt = make_optimizer(params, cfg.resolved())
+    r = nhle_finetune(model, task.forget_x, task.forget_y, task.num_classes, cfg, optimizer=opt)
+    _cwm(model, task)
+    return model, {"steps": r.steps, "stopped": r.stopped, "moved_tensors": len(params)}
+
+
+def anchored_bn_frozen(task: Task) -> Result:
+    """anchored, the BatchNorm scales and shifts held (only weights of convolutions and linears move)."""
+    return _anchored_subset(task, lambda _n, m: not isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+def anchored_head_frozen(task: Task) -> Result:
+    """anchored, the classifier head held: only the feature extractor moves."""
+    head_name, _ = find_head(task.original, task.num_classes)
+    return _anchored_subset(task, lambda n, _m: not (n == head_name or n.startswith(head_name + ".")))
+
+
+def anchored_head_only(task: Task) -> Result:
+    """anchored, only the classifier head moves (the features stay exactly where they were)."""
+    head_name, _ = find_head(task.original, task.num_classes)
+    return _anchored_subset(task, lambda n, _m: n == head_name)
+
+
+class GlobalRelativeStep(torch.optim.Optimizer):
+    """One trust ratio for the whole model: the parameters move by ``lr`` x their joint norm per step,
+    along the joint gradient (each tensor in proportion to its gradient, unlike RelativeStep)."""
+
+    def __init__(self, params, lr: float) -> None:
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - torch.optim.Optimizer's signature
+        ps = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        g_norm = torch.sqrt(sum(p.grad.pow(2).sum() for p in ps))
+        p_norm = torch.sqrt(sum(p.pow(2).sum() for p in ps))
+        if g_norm > 0:
+            for p in ps:
+                p.sub_(p.grad * (self.param_groups[0]["lr"] * p_norm / g_norm))
+
+
+def anchored_global_step(task: Task) -> Result:
+    """anchored, with one trust ratio for the whole model instead of one per tensor."""
+    model = task.copy_original()
+    cfg = NHLEConfig()
+    opt = GlobalRelativeStep(list(model.parameters()), lr=cfg.resolved()["lr"])
+    r = nhle_finetune(model, task.forget_x, task.forget_y, task.num_classes, cfg, optimizer=opt)
+    _cwm(model, task)
+    return model, {"steps": r.steps, "stopped": r.stopped}
+
+
 ABLATIONS: dict[str, Method] = {
+    "abl-anchored-global-step": Method(anchored_global_step, FORGET, by_default=False),
+    "abl-anchored-bn-frozen": Method(anchored_bn_frozen, FORGET, by_default=False),
+    "abl-anchored-head-frozen": Method(anchored_head_frozen, FORGET, by_default=False),
+    "abl-anchored-head-only": Method(anchored_head_only, FORGET, by_default=False),
     "abl-head-frozen": Method(head_frozen, FORGET, by_default=False),
     "abl-retained-mass": Method(retained_mass, FORGET, by_default=False),
     "abl-kl-retained": Method(kl_retained, FORGET, by_default=False),

@@ -4,9 +4,12 @@
     python -m benchmarks.unlearning --dataset fashion-mnist --data-root ../shared/datasets \\
         --model lenet --forget 0,4 --seeds 3 --methods nhle-cwm,retrain,finetune
     python -m benchmarks.unlearning --quick    # smoke mode: digits, MLP, one seed, every method
+    python -m benchmarks.unlearning --dataset cifar10 --config benchmarks/configs/cifar10-resnet18.yaml \
+        --forget 0 --methods nhle-cwm,nhle-cwm-paper,cwm-only,retrain --threads 2
 
 For each seed: the original model (trained once per dataset, model, recipe and
-seed, cached under benchmarks/cache/), then every method on a copy of it,
+seed, cached under benchmarks/cache/; with ``--config``, the config's architecture and
+``train:`` recipe, and for the config's seed the weights ``pipeline train CONFIG`` wrote), then every method on a copy of it,
 timed, then scored with verify/'s metric functions on the test split (and a
 training subset for the probe and the membership attack), then attacked by
 relearning (verify/relearn.py: k = 1, 4, 16 held-out samples per forgotten
@@ -71,11 +74,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--dataset", choices=DATASETS, default="digits")
     ap.add_argument("--data-root", default=None, help="folder with train.npz/test.npz, or its parent")
     ap.add_argument("--model", choices=MODELS, default="mlp")
+    ap.add_argument("--config", default=None,
+                    help="a pipeline config (e.g. benchmarks/configs/cifar10-resnet18.yaml): its model.arch "
+                         "replaces --model, its train: section is the recipe of the original and of retrain, "
+                         "and its model.weights (when written by 'pipeline train') is the original of its seed; "
+                         "the data still comes from --dataset/--data-root")
     ap.add_argument("--forget", default="0", help="comma-separated class ids, e.g. 0 or 0,4")
     ap.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
     ap.add_argument("--methods", default=None,
                     help=f"comma-separated, from {list(REGISTRY)} (default: all but nhle-cwm-retained and "
                          "the abl-* ablations; --quick: all but the ablations)")
+    ap.add_argument("--no-relearn", dest="relearn", action="store_false",
+                    help="skip the relearning attack (on a ResNet-18 on 2 CPU cores it costs several minutes "
+                         "per method); its columns then read '—' and the gap to retrain leaves it out")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--cache", default="benchmarks/cache", help="where original models are cached")
     ap.add_argument("--threads", type=int, default=1,
@@ -103,6 +114,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         ap.error(f"--methods: unknown {unknown}; expected some of {list(REGISTRY)}")
     if args.seeds < 1:
         ap.error("--seeds: at least 1")
+    args.pipeline_config = None
+    if args.config is not None:
+        from nhle_pipeline.pipeline.config import load_config
+
+        try:
+            args.pipeline_config = load_config(args.config)
+        except PipelineError as e:
+            ap.error(f"--config: {e}")
+        if args.pipeline_config.model.num_classes != NUM_CLASSES:
+            ap.error(f"--config: model.num_classes must be {NUM_CLASSES} for the benchmark datasets")
+        args.model = args.pipeline_config.model.arch
     return args
 
 
@@ -131,7 +153,9 @@ def relearn_figures(model, data, forget: list[int], exclude: np.ndarray, seed: i
 def harness_gap(r: dict, ref: dict) -> float:
     """Mean |method - retrain| over ``HARNESS_GAP_KEYS`` (the finite ones)."""
     gaps = gap_to_reference(r, ref)
-    vals = [gaps[k] for k in GAP_KEYS] + [abs(r["relearn_auc"] - ref["relearn_auc"])]
+    vals = [gaps[k] for k in GAP_KEYS]
+    if "relearn_auc" in r and "relearn_auc" in ref:
+        vals.append(abs(r["relearn_auc"] - ref["relearn_auc"]))
     finite = [v for v in vals if np.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
 
@@ -139,7 +163,10 @@ def harness_gap(r: dict, ref: dict) -> float:
 def run_seed(args: argparse.Namespace, data, seed: int, recipe, budget, device: torch.device) -> dict:
     """The original and every method for one seed: metrics, wall time, method info."""
     forget = args.forget_classes
-    original, orig_info = cached_original(Path(args.cache), args.dataset, args.model, data, recipe, seed, device)
+    cfg = args.pipeline_config
+    trained = Path(cfg.model.weights) if cfg is not None and cfg.model.weights and seed == cfg.seed else None
+    original, orig_info = cached_original(Path(args.cache), args.dataset, args.model, data, recipe, seed, device,
+                                          trained)
     log(f"seed {seed}: original {'from cache' if orig_info['cached'] else 'trained'} ({orig_info['path']})")
     base = evaluate(original, data, forget, seed, device)
     per_class = SAMPLES_ONE_CLASS if len(forget) == 1 else SAMPLES_PER_CLASS_MULTI
@@ -151,7 +178,8 @@ def run_seed(args: argparse.Namespace, data, seed: int, recipe, budget, device: 
         recipe=recipe, budget=budget, seed=seed, device=device,
     )
     out = {"original": {**base, "d_acc_r": 0.0, "train_s": orig_info.get("train_s"),
-                        **relearn_figures(original, data, forget, idx, seed, device)}}
+                        "weights": {k: orig_info[k] for k in ("path", "sha256", "from") if k in orig_info},
+                        **(relearn_figures(original, data, forget, idx, seed, device) if args.relearn else {})}}
     warm_up(task)
     for name in args.method_names:
         seed_everything(seed)
@@ -163,12 +191,14 @@ def run_seed(args: argparse.Namespace, data, seed: int, recipe, budget, device: 
         ev = evaluate(model, data, forget, seed, device)
         out[name] = {**ev, "d_acc_r": ev["acc_r"] - base["acc_r"], "time_s": elapsed,
                      "forget_sample_acc": forget_sample_acc, "info": info,
-                     **relearn_figures(model, data, forget, idx, seed, device)}
+                     **(relearn_figures(model, data, forget, idx, seed, device) if args.relearn else {})}
         r = out[name]
+        relearned = (f"; relearn steps {_steps_text([r[f'relearn_steps_k{k}'] for k in RELEARN.ks])} "
+                     f"AUC {r['relearn_auc']:.2f} passive {r['passive_acc_f']:.2f} ({r['relearn_s']:.1f}s)"
+                     if args.relearn else "")
         log(f"seed {seed}: {name:17s} Acc_F {ev['acc_f']:.3f} ΔAcc_R {r['d_acc_r']:+.3f} "
-            f"Ratio_D {ev['ratio_d']:.2f} AUC {ev['probe_auc']:.3f} MIA {ev['mia_efficacy']:.3f} {elapsed:.2f}s; "
-            f"relearn steps {_steps_text([r[f'relearn_steps_k{k}'] for k in RELEARN.ks])} "
-            f"AUC {r['relearn_auc']:.2f} passive {r['passive_acc_f']:.2f} ({r['relearn_s']:.1f}s)")
+            f"Ratio_D {ev['ratio_d']:.2f} AUC {ev['probe_auc']:.3f} MIA {ev['mia_efficacy']:.3f} {elapsed:.2f}s"
+            + relearned)
     if REFERENCE in out:
         ref = out[REFERENCE]
         for name in args.method_names:
@@ -254,7 +284,8 @@ def render_markdown(record: dict) -> str:
         "harder to relearn); *relearn AUC*: mean Acc_F over the recorded steps, averaged over k (lower = "
         "harder to relearn); *passive Acc_F*: Acc_F of the model as released after "
         f"{RELEARN.steps} SGD steps on retained data only (batches of {RELEARN.passive_batch}; a masked row cannot "
-        "come back this way).",
+        "come back this way)." if record.get("relearn") else
+        "*Relearning*: not run (`--no-relearn`); its columns read — and the gap to retrain leaves it out.",
         "",
         "| method | data needed | Acc_F | Acc_R | ΔAcc_R | Ratio_D | probe AUC | MIA-efficacy "
         f"| relearn steps (k={'·'.join(map(str, RELEARN.ks))}) | relearn AUC | passive Acc_F "
@@ -392,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     recipe = QUICK_RECIPE if args.quick else RECIPES[args.dataset]
+    if args.pipeline_config is not None:
+        recipe = args.pipeline_config.train
     budget = QUICK_BUDGET if args.quick else BUDGETS[args.dataset]
     log(f"{args.dataset} {args.model} forget {args.forget_classes}: {len(data.train)} train / "
         f"{len(data.test)} test, seeds {args.seeds}, methods {args.method_names}")
@@ -400,14 +433,15 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarks.unlearning " + " ".join(argv),
         "setting": {
             "dataset": args.dataset, "model": args.model, "forget_classes": args.forget_classes,
-            "seeds": args.seeds, "quick": args.quick,
+            "seeds": args.seeds, "quick": args.quick, "config": args.config,
             "forget_samples_per_class": SAMPLES_ONE_CLASS if len(args.forget_classes) == 1 else SAMPLES_PER_CLASS_MULTI,
         },
         "methods": args.method_names,
         "data_needed": {n: REGISTRY[n].data for n in args.method_names},
         "recipe": recipe.model_dump(), "budget": budget_dict(budget),
         "nhle": NHLEConfig().resolved(), "cwm": CWMConfig().model_dump(),
-        "relearn": {**RELEARN.__dict__, "ks": list(RELEARN.ks), "eval_steps": list(RELEARN.eval_steps)},
+        "relearn": {**RELEARN.__dict__, "ks": list(RELEARN.ks), "eval_steps": list(RELEARN.eval_steps)}
+        if args.relearn else None,
         "machine": machine,
         "summary": summarise(per_seed, args.method_names),
         "per_seed": {str(s): r for s, r in per_seed.items()},
