@@ -160,3 +160,18 @@ def test_kodge_projection_is_gradient_free_and_forgets_its_samples(quick_task):
     assert changed and all(k.endswith("weight") for k in changed)  # W <- W (I - P_dis); biases kept
     for k, v in quick_task.original.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_head_frozen_anchored_ablation_moves_only_the_features(quick_task):
+    """abl-anchored-head-frozen leaves the head's retained rows alone (CWM rewrites only the
+    forgotten ones) and moves the features."""
+    from benchmarks.nhle_ablations import anchored_head_frozen
+
+    keep = [c for c in range(10) if c not in (0, 4)]
+    model, info = anchored_head_frozen(quick_task)
+    orig = quick_task.original.classifier
+    assert torch.equal(model.classifier.weight.detach()[keep], orig.weight.detach()[keep])
+    assert torch.equal(model.classifier.bias.detach()[keep], orig.bias.detach()[keep])
+    moved = [n for n, p in model.named_parameters()
+             if not torch.equal(p.detach(), quick_task.original.state_dict()[n])]
+    assert any(n.startswith("features.") for n in moved) and info["stopped"] == "forgotten"
