@@ -224,7 +224,7 @@ class NHLEConfig(_Section):
     # The loss on the forget samples (pipeline/nhle.py):
     # "anchored" (default): soft-ce on the forgotten logit plus `anchor` x the
     #   mean squared change of the retained logits (the original's, on the same
-    #   forget samples), relative steps, stop on a logit margin;
+    #   forget samples), relative steps, stop once half the forget samples are no longer top-1;
     # "soft-ce": PyTorch soft-target cross-entropy with y~ (gradient -y~);
     # "paper": the loss whose logit gradient is y - y~ (Eq. 2).
     variant: Literal["anchored", "soft-ce", "paper"] = "anchored"
