@@ -36,8 +36,8 @@ def test_run_releases_verified_artifact_and_verify_inspect_agree(make_config, tm
     # what NHLE ran with is recorded (the default variant's presets, resolved) and reported
     nh = m["metrics"]["nhle"]
     assert nh["settings"]["variant"] == "anchored" and nh["settings"]["optimizer"] == "relative"
-    assert nh["stopped"] == "forgotten" and nh["forget_acc_end"] == 0.0
-    assert "NHLE settings: variant anchored, optimizer relative, lr 0.001" in (rel / "report.md").read_text()
+    assert nh["stopped"] == "forgotten" and nh["forget_acc_end"] <= 0.5  # the default stops at half
+    assert "NHLE settings: variant anchored, optimizer relative, lr 0.0003" in (rel / "report.md").read_text()
     assert "variant anchored" in (rel / "report.html").read_text()
     ev = m["metrics"]["evidence"]
     # the original separates class 0 (Ratio_D > 1); the unlearned model's MIA-efficacy rises above the original's
