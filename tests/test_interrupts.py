@@ -38,9 +38,9 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     """The repo importable; one intra-op thread (on a busy 2-core machine, torch's spinning
     thread pool makes these tiny runs several times slower)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", **extra}
-    env.pop("PIPELINE_TEST_PAUSE_AT", None)
-    return env
+           "OMP_NUM_THREADS": "1"}
+    env.pop("PIPELINE_TEST_PAUSE_AT", None)  # an outer setting never leaks in; ``extra`` may set one
+    return {**env, **extra}
 
 
 class Run:
