@@ -56,6 +56,9 @@ class Run:
                 # --no-cache: the baseline kill point waits for the original's export
                 [sys.executable, "-m", "nhle_pipeline.pipeline", "run", str(cfg), "--no-cache", *args],
                 stdout=out, stderr=err, env=env, cwd=logs,
+                # a test run started in the background (nohup, `cmd &`) inherits SIGINT ignored;
+                # the run under test must see Ctrl-C as a user's terminal delivers it
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
             )
 
     def staging(self, release_dir: Path) -> Path | None:
