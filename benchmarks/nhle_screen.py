@@ -37,13 +37,11 @@ from benchmarks.common import (
     logits_and_features,
     machine_facts,
 )
-from benchmarks.methods import Task, nhle_cwm
-from benchmarks.unlearning import REGISTRY, SAMPLES_ONE_CLASS, SAMPLES_PER_CLASS_MULTI
+from benchmarks.methods import nhle_cwm
+from benchmarks.unlearning import REGISTRY, protocol_task
 from nhle_pipeline.pipeline.config import NHLEConfig, load_config
-from nhle_pipeline.pipeline.data import select_forget_indices
 from nhle_pipeline.pipeline.device import resolve_device, seed_everything
 from nhle_pipeline.pipeline.errors import PipelineError
-from nhle_pipeline.pipeline.train import retained_only
 from nhle_pipeline.verify.evidence import separability
 from nhle_pipeline.verify.metrics import accuracy
 
@@ -110,12 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = test_subset(data.test.y, args.test_samples or len(data.test), seed)
     x, y = data.test.get(sub), data.test.y[sub]
     base = score(original, x, y, forget, device)
-    per_class = SAMPLES_ONE_CLASS if len(forget) == 1 else SAMPLES_PER_CLASS_MULTI
-    idx = select_forget_indices(data.train.y, forget, per_class, "first", seed)
-    task = Task(original=original, arch=cfg.model.arch, input_shape=data.input_shape, num_classes=NUM_CLASSES,
-                forget_classes=forget, forget_x=torch.from_numpy(data.train.x[idx]).to(device),
-                forget_y=torch.from_numpy(data.train.y[idx]).to(device), retained=retained_only(data.train, forget),
-                recipe=cfg.train, budget=None, seed=seed, device=device)
+    task, _ = protocol_task(original, cfg.model.arch, data, forget, cfg.train, None, seed, device)
     keep = ~np.isin(y, forget)
     rows = {"original": {k: v for k, v in base.items() if k != "pred"}}
     print(f"original: Acc_F {base['acc_f']:.3f} Acc_R {base['acc_r']:.3f} Ratio_D {base['ratio_d']:.3f}",

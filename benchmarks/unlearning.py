@@ -160,6 +160,20 @@ def harness_gap(r: dict, ref: dict) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
+def protocol_task(original, arch: str, data, forget: list[int], recipe, budget, seed: int, device) -> tuple[Task, np.ndarray]:
+    """The paper's protocol as a Task: 16 forget samples of one class (8 per class for several), in dataset
+    order, and the retained split; with the forget samples' indices in the training split."""
+    per_class = SAMPLES_ONE_CLASS if len(forget) == 1 else SAMPLES_PER_CLASS_MULTI
+    idx = select_forget_indices(data.train.y, forget, per_class, "first", seed)
+    task = Task(
+        original=original, arch=arch, input_shape=data.input_shape, num_classes=NUM_CLASSES,
+        forget_classes=forget, forget_x=torch.from_numpy(data.train.x[idx]).to(device),
+        forget_y=torch.from_numpy(data.train.y[idx]).to(device), retained=retained_only(data.train, forget),
+        recipe=recipe, budget=budget, seed=seed, device=device,
+    )
+    return task, idx
+
+
 def run_seed(args: argparse.Namespace, data, seed: int, recipe, budget, device: torch.device) -> dict:
     """The original and every method for one seed: metrics, wall time, method info."""
     forget = args.forget_classes
@@ -169,14 +183,7 @@ def run_seed(args: argparse.Namespace, data, seed: int, recipe, budget, device: 
                                           trained)
     log(f"seed {seed}: original {'from cache' if orig_info['cached'] else 'trained'} ({orig_info['path']})")
     base = evaluate(original, data, forget, seed, device)
-    per_class = SAMPLES_ONE_CLASS if len(forget) == 1 else SAMPLES_PER_CLASS_MULTI
-    idx = select_forget_indices(data.train.y, forget, per_class, "first", seed)
-    task = Task(
-        original=original, arch=args.model, input_shape=data.input_shape, num_classes=NUM_CLASSES,
-        forget_classes=forget, forget_x=torch.from_numpy(data.train.x[idx]).to(device),
-        forget_y=torch.from_numpy(data.train.y[idx]).to(device), retained=retained_only(data.train, forget),
-        recipe=recipe, budget=budget, seed=seed, device=device,
-    )
+    task, idx = protocol_task(original, args.model, data, forget, recipe, budget, seed, device)
     out = {"original": {**base, "d_acc_r": 0.0, "train_s": orig_info.get("train_s"),
                         "weights": {k: orig_info[k] for k in ("path", "sha256", "from") if k in orig_info},
                         **(relearn_figures(original, data, forget, idx, seed, device) if args.relearn else {})}}
