@@ -27,7 +27,9 @@ inside a small wrapper process of its own, so ``RUSAGE_CHILDREN`` (the
 largest process of the run's tree) is not mixed between runs; the wrapper
 also samples ``/proc`` for the main process's and the DataLoader workers'
 own peaks and the tree's total PSS. Results go to ``--out``/scale-cpu.md and
-.json (``scale-cpu-quick.*`` with ``--quick``). Not run by the test suite.
+.json (``scale-cpu-quick.*`` with ``--quick``; ``scale-cuda.*`` or ``scale-auto.*`` with
+``--device``, which sets the runs' device and the floor's onnxruntime provider). Not run by
+the test suite.
 """
 
 from __future__ import annotations
@@ -241,11 +243,11 @@ def write_config(path: Path, data: dict) -> tuple[list[str], str | None]:
 
 def base_config(
     work: Path, name: str, arch: str, weights: Path, data: dict, forget: list[int],
-    samples_per_class: int = FORGET_SAMPLES,
+    samples_per_class: int = FORGET_SAMPLES, device: str = "cpu",
 ) -> dict:
     return {
         "seed": SEED,
-        "device": "cpu",
+        "device": device,
         "model": {"arch": arch, "weights": str(weights), "num_classes": NUM_CLASSES},
         "data": data,
         "forget": {"classes": forget, "samples_per_class": samples_per_class},
@@ -283,7 +285,7 @@ def train_subset(n: int, seed: int = SEED) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, FLOOR_MAX_TRAIN, replace=False))
 
 
-def _session(model, input_shape, onnx_path: Path) -> tuple[object, str, float, float]:
+def _session(model, input_shape, onnx_path: Path, device: str) -> tuple[object, str, float, float]:
     from nhle_pipeline.export.onnx_export import export_onnx
     from nhle_pipeline.verify.ort import open_session
 
@@ -291,13 +293,13 @@ def _session(model, input_shape, onnx_path: Path) -> tuple[object, str, float, f
     t0 = time.perf_counter()
     export_onnx(model, input_shape, onnx_path, opset=OPSET)
     t1 = time.perf_counter()
-    sess, provider = open_session(onnx_path, "cpu")
+    sess, provider = open_session(onnx_path, device)
     return sess, provider, t1 - t0, time.perf_counter() - t1
 
 
-def floor_npz(model, input_shape, folder: Path, onnx_path: Path) -> Floor:
+def floor_npz(model, input_shape, folder: Path, onnx_path: Path, device: str = "cpu") -> Floor:
     """One pass over test + the training subset, uint8 NHWC -> float32 NCHW / 255 per batch."""
-    sess, provider, export_s, session_s = _session(model, input_shape, onnx_path)
+    sess, provider, export_s, session_s = _session(model, input_shape, onnx_path, device)
     name = sess.get_inputs()[0].name
 
     def run(x_u8: np.ndarray) -> None:
@@ -347,11 +349,12 @@ def imagefolder_files(root: Path, split: str) -> list[str]:
     return out
 
 
-def floor_imagefolder(model, input_shape, root: Path, preset: str | None, onnx_path: Path) -> Floor:
+def floor_imagefolder(model, input_shape, root: Path, preset: str | None, onnx_path: Path,
+                      device: str = "cpu") -> Floor:
     """One pass over test + the training subset: decode, resize 256, crop 224, normalise, 2 workers."""
     from torch.utils.data import DataLoader
 
-    sess, provider, export_s, session_s = _session(model, input_shape, onnx_path)
+    sess, provider, export_s, session_s = _session(model, input_shape, onnx_path, device)
     name = sess.get_inputs()[0].name
     test = imagefolder_files(root, "test")
     train = imagefolder_files(root, "train")
@@ -563,7 +566,7 @@ def case_cifar(args, work: Path) -> CaseResult:
         return res
     shape = (3, 32, 32)
     weights = _weights(work, arch, shape)
-    fl = floor_npz(_model(arch, shape, weights), shape, folder, work / "floor" / f"{arch}-cifar10.onnx")
+    fl = floor_npz(_model(arch, shape, weights), shape, folder, work / "floor" / f"{arch}-cifar10.onnx", args.device)
     res.floor = {**asdict(fl), "run_s": fl.run_s, "cached_s": fl.cached_s}
     _print_floor(fl)
     data = {"dataset": "npz", "root": str(folder)}
@@ -576,7 +579,7 @@ def case_cifar(args, work: Path) -> CaseResult:
     goals = [g for *_, g in plan]
     for label, forget, kind, goal_ratio in plan:
         name = res.case if kind == "run" else f"{res.case}-cached"
-        cfg = base_config(work, name, arch, weights, data, forget)
+        cfg = base_config(work, name, arch, weights, data, forget, device=args.device)
         cfg["cache"] = dict(cache)  # the same for both runs: the first fills it
         cfg_path = work / "configs" / f"{name}.yaml"
         dropped, error = write_config(cfg_path, cfg)
@@ -590,7 +593,8 @@ def case_cifar(args, work: Path) -> CaseResult:
         res.goals[label] = None if run.ratio is None else run.ratio <= goal_ratio
         print_run(run)
     if args.floor_after and any(r.wall_s is not None for r in res.runs):
-        after = floor_npz(_model(arch, shape, weights), shape, folder, work / "floor" / f"{arch}-cifar10.onnx")
+        after = floor_npz(_model(arch, shape, weights), shape, folder, work / "floor" / f"{arch}-cifar10.onnx",
+                          args.device)
         res.floor = refloor(res.floor, after, res.runs)
         res.goals = {r.label: None if r.ratio is None else r.ratio <= g for r, g in zip(res.runs, goals, strict=True)}
     if dropped := sorted({k for r in res.runs for k in r.dropped_keys}):
@@ -634,7 +638,7 @@ def case_imagefolder(args, work: Path) -> CaseResult:
         make_imagefolder(root, n, size=px, classes=NUM_CLASSES, seed=SEED)
         print(f"  data: {root} ({n} images, ready in {time.perf_counter() - t0:.1f}s)", flush=True)
         fl = floor_imagefolder(_model(arch, shape, weights), shape, root, preset,
-                               work / "floor" / f"{arch}-{px}px.onnx")
+                               work / "floor" / f"{arch}-{px}px.onnx", args.device)
         floors[n] = {**asdict(fl), "run_s": fl.run_s, "cached_s": fl.cached_s}
         _print_floor(fl)
         name = f"imagefolder-{n}"
@@ -643,7 +647,7 @@ def case_imagefolder(args, work: Path) -> CaseResult:
             data["transform"] = {"preset": preset}
         cfg_path = work / "configs" / f"{name}.yaml"
         per_class = min(FORGET_SAMPLES, min(n_train for n_train, _ in split_counts(n, NUM_CLASSES)))
-        cfg = base_config(work, name, arch, weights, data, [0], per_class)
+        cfg = base_config(work, name, arch, weights, data, [0], per_class, device=args.device)
         cfg["cache"] = fresh_cache(work, name)  # cold: nothing from an earlier invocation serves it
         dropped, error = write_config(cfg_path, cfg)
         run = Run(res.case, f"{n} images", str(cfg_path), "run", fl.run_s,
@@ -657,7 +661,7 @@ def case_imagefolder(args, work: Path) -> CaseResult:
         res.runs.append(run)
         if args.floor_after and run.wall_s is not None:
             after = floor_imagefolder(_model(arch, shape, weights), shape, root, preset,
-                                      work / "floor" / f"{arch}-{px}px.onnx")
+                                      work / "floor" / f"{arch}-{px}px.onnx", args.device)
             floors[n] = refloor(floors[n], after, [run])
         print_run(run)
     res.floor = floors
@@ -852,6 +856,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--sizes", default=None, help="imagefolder sizes, comma-separated (default 2000,20000)")
     ap.add_argument("--data-root", type=Path, default=None, help="folder holding cifar10/ (default ../shared/datasets)")
     ap.add_argument("--work-dir", type=Path, default=DEFAULT_WORK)
+    ap.add_argument("--device", choices=("cpu", "auto", "cuda"), default="cpu",
+                    help="the runs' `device` and the floor's onnxruntime provider (auto: CUDA where usable)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--torchrun", action="store_true", help="also run the first case with torchrun, 2 processes")
     ap.add_argument("--quick", action="store_true", help="tiny: cnn, 200 images at 32 px")
@@ -889,7 +895,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(case_torchrun(results, work))
     env["loadavg_end"] = list(os.getloadavg())
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "scale-cpu-quick" if args.quick else "scale-cpu"
+    stem = f"scale-{args.device}" + ("-quick" if args.quick else "")  # scale-cpu[-quick] by default
     (args.out / f"{stem}.json").write_text(json.dumps(to_json(env, results, notes), indent=1, default=str) + "\n")
     (args.out / f"{stem}.md").write_text(to_markdown(env, results, notes))
     print(f"\nwrote {args.out / stem}.md and .json", flush=True)
