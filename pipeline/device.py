@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
 from nhle_pipeline.pipeline.errors import InputError
@@ -20,3 +23,17 @@ def seed_everything(seed: int) -> None:
     """One seed drives torch (CPU and CUDA) and numpy draws made from it."""
     torch.manual_seed(seed)
     torch.cuda.manual_seed_all(seed)
+
+
+@contextmanager
+def exact_fp32() -> Iterator[None]:
+    """fp32 matrix products and convolutions in full fp32 on CUDA for the duration, not TF32
+    (PyTorch's default for cuDNN convolutions on Ampere and later: inputs rounded to a 10-bit
+    mantissa). For values that `pipeline verify` recomputes in fp32 with onnxruntime, such
+    as the calibrated CWM bias. No effect on the CPU."""
+    matmul, conv = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, conv

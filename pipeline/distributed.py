@@ -54,6 +54,15 @@ class Group:
     def sharded(self) -> bool:
         return self.world > 1
 
+    @property
+    def gpu(self) -> int:
+        """This rank's GPU: LOCAL_RANK over the GPUs the process sees (more ranks than GPUs share
+        them; a launcher that shows each process one GPU gives every rank GPU 0)."""
+        import torch
+
+        count = torch.cuda.device_count()
+        return self.local_rank % count if count else 0
+
     def broadcast(self, obj):
         """Rank 0's ``obj`` on every rank."""
         if not self.sharded:
@@ -108,7 +117,12 @@ def join_group() -> Group:
         where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
         raise GroupError(f"torch.distributed: rank {rank} of {world_n} cannot form the group at {where} "
                          f"({_first_line(e)})") from e
-    return Group(rank, world_n, local)
+    group = Group(rank, world_n, local)
+    import torch
+
+    if torch.cuda.is_available():  # "cuda" then means this rank's GPU, not every rank's GPU 0
+        torch.cuda.set_device(group.gpu)
+    return group
 
 
 def leave_group(group: Group) -> None:

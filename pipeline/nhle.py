@@ -159,9 +159,11 @@ def nhle_finetune(
     benchmarks' simple-label ablation and gradient ascent run through here.
 
     ``micro_batch``: run each step's forward and backward over the forget
-    samples this many at a time, summing the gradients (NHLE's loss is a mean
-    over samples and BatchNorm is frozen, so the step is the same): memory
-    then grows with the micro-batch, not with the samples (224-px models).
+    samples, and over the retained ones, this many at a time, summing the
+    gradients (NHLE's loss and the anchor are means over samples and BatchNorm
+    is frozen, so the step is the same): memory then grows with the
+    micro-batch, not with the samples (224-px models; the retained mode reads
+    ``retained_per_class`` samples of every retained class).
     """
     s = cfg.resolved()
     if not cfg.enabled:
@@ -171,11 +173,15 @@ def nhle_finetune(
     with torch.no_grad():
         original = model(x)
     margin = required_margin(s, original_lead(original, y, retained))
-    chunked = loss_fn is None and micro_batch is not None and 0 < micro_batch < len(x)
+    n_retained = 0 if retained_x is None else len(retained_x)
+    chunked = loss_fn is None and micro_batch is not None and 0 < micro_batch < max(len(x), n_retained)
     if loss_fn is None:
         targets = nhle_targets(y, num_classes)
         with torch.no_grad():
-            original_r = model(retained_x) if retained_x is not None and len(retained_x) else None
+            original_r = None
+            if n_retained:
+                step_r = micro_batch if chunked else n_retained
+                original_r = torch.cat([model(retained_x[i : i + step_r]) for i in range(0, n_retained, step_r)])
         anchor = s["anchor"]
 
         def loss_fn(z: torch.Tensor) -> torch.Tensor:
@@ -199,9 +205,12 @@ def nhle_finetune(
                 loss.backward()
                 total, outs = total + loss.detach(), [*outs, z.detach()]
             if anchor > 0 and original_r is not None:
-                loss = anchor * anchor_loss(model(retained_x), original_r, retained)
-                loss.backward()
-                total = total + loss.detach()
+                for i in range(0, n_retained, micro_batch):
+                    part = slice(i, i + micro_batch)
+                    z_r = model(retained_x[part])
+                    loss = anchor * anchor_loss(z_r, original_r[part], retained) * (len(z_r) / n_retained)
+                    loss.backward()
+                    total = total + loss.detach()
             return torch.cat(outs), total
 
     params = list(model.parameters())

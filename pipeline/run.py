@@ -41,7 +41,7 @@ from nhle_pipeline.pipeline.cwm import (
     masked_bias,
 )
 from nhle_pipeline.pipeline.data import eval_batch_size
-from nhle_pipeline.pipeline.device import seed_everything
+from nhle_pipeline.pipeline.device import exact_fp32, seed_everything
 from nhle_pipeline.pipeline.distributed import Group
 from nhle_pipeline.pipeline.errors import GateFailure
 from nhle_pipeline.pipeline.inference import torch_logits
@@ -189,7 +189,7 @@ def _shard_outputs(cfg: Config, inp: Loaded, onnx_path: Path, scratch: Path, gro
     data = inp.data
     return run_model(onnx_path, inp.head_name, data.train, data.test, cfg.model.num_classes, seed=cfg.seed,
                      device=_ort_device(inp), batch_size=eval_batch_size(cfg.data, data.input_shape),
-                     scratch=scratch, shard=(group.rank, group.world), device_id=group.local_rank)
+                     scratch=scratch, shard=(group.rank, group.world), device_id=group.gpu)
 
 
 def serve_shards(cfg: Config, group: Group, device: str | None = None) -> tuple[int, str]:
@@ -268,10 +268,11 @@ def _calibrate(run: _Run, model: nn.Module) -> Calibration:
     train = run.inp.data.train
     idx = subsample(len(train), CALIBRATION_SAMPLES, run.cfg.seed)
     retained = [c for c in range(run.cfg.model.num_classes) if c not in run.forget]
-    logits = np.concatenate([
-        torch_logits(model, x, run.batch_size, run.inp.device)
-        for x in train.image_batches(idx, run.batch_size)
-    ])
+    with exact_fp32():  # verify recomputes the bias with onnxruntime in fp32 (cwm_calibration gate)
+        logits = np.concatenate([
+            torch_logits(model, x, run.batch_size, run.inp.device)
+            for x in train.image_batches(idx, run.batch_size)
+        ])
     return calibrated_bias(logits[:, retained])
 
 

@@ -160,6 +160,8 @@ def train_classifier(
         gen.set_state(saved["shuffle"])
         aug_gen.set_state(saved["augment"])
         torch.set_rng_state(saved["torch_rng"])
+        if device.type == "cuda" and saved.get("cuda_rng") is not None:  # dropout draws on the GPU
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)
         first_epoch, first_batch = int(saved["epoch"]), int(saved["batch"])
         carried = (float(saved["loss_total"]), int(saved["loss_count"]))
         if on_resume is not None:
@@ -169,6 +171,7 @@ def train_classifier(
         return {"model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict() if sched is not None else None,
                 "shuffle": epoch_start, "augment": aug_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "epoch": epoch, "batch": batch, "loss_total": total, "loss_count": count}
 
     try:

@@ -24,6 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
+from nhle_pipeline.verify.errors import ProviderUnavailable
 from nhle_pipeline.verify.evidence import (
     PROBE_MAX_TRAIN,
     Evidence,
@@ -171,6 +172,10 @@ def merge_outputs(parts: list[ModelOutputs]) -> ModelOutputs:
     test_idx, test_logits, test_feats = joined("test_idx", "test_logits", "test_features")
     train_idx, train_logits, train_feats = joined("train_idx", "train_logits", "train_features")
     checks = [p.copy_max_abs for p in parts if not np.isnan(p.copy_max_abs)]
+    providers = sorted({p.provider for p in parts})
+    if len(providers) > 1:  # one provider per verification: a shard on the CPU is not a CUDA result
+        raise ProviderUnavailable(f"the shards ran on different onnxruntime providers ({', '.join(providers)}); "
+                                  "give each rank a GPU it can use, or run with device: cpu")
     return ModelOutputs(
         correct=np.sum([p.correct for p in parts], axis=0), total=parts[0].total,
         test_idx=test_idx, test_logits=test_logits, test_features=test_feats,

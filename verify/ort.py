@@ -17,6 +17,12 @@ from nhle_pipeline.verify.errors import ProviderUnavailable
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+# The CUDA provider's options. Its default computes fp32 matrix products and convolutions in
+# TF32 on Ampere and later GPUs (inputs rounded to a 10-bit mantissa: about 5e-3 on the digits
+# logits, five times the parity gate), and times cuDNN's convolution algorithms anew in each
+# session, so two sessions of one model may pick different ones (the evidence-copy check wants
+# 1e-6). Verification is in exact fp32 with a fixed choice of algorithm.
+CUDA_OPTIONS = {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
 ORT_LOG_ERROR = 3  # onnxruntime severity: 0 verbose .. 3 error, 4 fatal
 
 
@@ -49,7 +55,7 @@ def open_session(path: str | Path, device: str = "auto", device_id: int = 0):
         device in ("auto", "cuda") and CUDA in ort.get_available_providers() and cuda_driver_present()
     )
     # device_id: the GPU of this process (torchrun: LOCAL_RANK), so ranks do not share GPU 0
-    providers = [(CUDA, {"device_id": device_id}), CPU] if want_cuda else [CPU]
+    providers = [(CUDA, {"device_id": str(device_id), **CUDA_OPTIONS}), CPU] if want_cuda else [CPU]
     if want_cuda and hasattr(ort, "preload_dlls"):
         try:  # use the CUDA/cuDNN libraries that PyTorch's wheels installed
             ort.preload_dlls()

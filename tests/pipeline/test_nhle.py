@@ -253,3 +253,32 @@ def test_micro_batches_take_the_same_steps_as_the_full_batch(variant):
     assert full.steps > (1 if variant == "anchored" else 0)
     assert micro_batch_for((3, 224, 224)) == 4 and micro_batch_for((3, 32, 32)) == 256
     assert micro_batch_for((1, 8, 8)) >= 16
+
+
+def test_micro_batches_cover_the_retained_samples_too():
+    """The retained mode's anchor samples go through the micro-batches as well (their count, not
+    the forget samples', can be the large one): the same stop and weights as one full batch,
+    also when the forget samples fit in one micro-batch and only the retained ones are split."""
+    import copy
+
+    from nhle_pipeline.pipeline.config import NHLEConfig
+    from nhle_pipeline.pipeline.nhle import nhle_finetune
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 4))
+    x, y = torch.rand(6, 1, 8, 8), torch.zeros(6, dtype=torch.long)
+    retained_x = torch.rand(27, 1, 8, 8)  # 9 per retained class, as retained_per_class would pick
+    cfg = NHLEConfig(max_steps=30, stop_margin=5.0, retained_per_class=9)
+    runs = []
+    for micro in (None, 8, 5):  # 8: x in one chunk, the retained samples in four
+        model = copy.deepcopy(base)
+        seen = []  # every forward's batch size: the memory bound the micro-batch promises
+        model[0].register_forward_pre_hook(lambda _m, args, seen=seen: seen.append(len(args[0])))
+        result = nhle_finetune(model, x, y, 4, cfg, retained_x=retained_x, micro_batch=micro)
+        runs.append((result, torch.cat([p.detach().flatten() for p in model.parameters()])))
+        assert max(seen) == (27 if micro is None else max(micro, len(x)))  # x: its no-grad passes
+    (full, w_full), *chunked = runs
+    assert full.steps > 1
+    for result, weights in chunked:
+        assert (result.steps, result.stopped) == (full.steps, full.stopped)
+        torch.testing.assert_close(weights, w_full, rtol=1e-5, atol=1e-6)

@@ -35,3 +35,24 @@ def test_merged_shards_equal_one_pass(tmp_path):
                  "train_features"):
         np.testing.assert_array_equal(getattr(merged, name), getattr(whole, name), err_msg=name)
     assert merged.copy_max_abs == 0.0
+
+
+def test_shards_from_different_providers_are_refused(tmp_path):
+    """A rank whose onnxruntime fell back to the CPU while the others ran on CUDA: the merged
+    pass would be recorded as CUDA's, so the merge refuses it (one provider per verification)."""
+    import dataclasses
+
+    import pytest
+
+    from nhle_pipeline.verify.errors import ProviderUnavailable
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    export_onnx(model, (1, 8, 8), tmp_path / "m.onnx", opset=18)
+    data = load_dataset(DataConfig())
+    kw = dict(seed=0, device="cpu", batch_size=64, scratch=tmp_path)
+    parts = [run_model(tmp_path / "m.onnx", "1", data.train, data.test, 10, shard=(r, 2), **kw) for r in range(2)]
+    assert merge_outputs(parts).provider == "CPUExecutionProvider"
+    parts[1] = dataclasses.replace(parts[1], provider="CUDAExecutionProvider")
+    with pytest.raises(ProviderUnavailable, match="different onnxruntime providers"):
+        merge_outputs(parts)
