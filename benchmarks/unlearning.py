@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="torch threads (1: the 2 cores are shared; oversubscribing them is slower)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     ap.add_argument("--quick", action="store_true", help="smoke mode: digits, MLP, forget 0, one seed, small budgets")
-    ap.add_argument("--readme-table", nargs="?", const="evidence", choices=("evidence", "nhle"), default=None,
+    ap.add_argument("--readme-table", nargs="?", const="evidence", choices=("evidence", "nhle", "retained"), default=None,
                     help="print one of the README's tables from the results in --out, run nothing")
     args = ap.parse_args(argv)
     if args.quick:
@@ -376,14 +376,21 @@ def relearn_table(results: Path) -> str:
 NHLE_TABLE_METHODS = {"original": "original", "nhle-cwm": "**nhle-cwm (anchored, default)**",
                       "nhle-cwm-paper": "nhle-cwm-paper", "nhle-cwm-soft-ce": "nhle-cwm-soft-ce",
                       "cwm-only": "cwm-only", "retrain": "retrain"}
+RETAINED_TABLE_METHODS = {"original": "original", "nhle-cwm-retained": "**nhle-cwm-retained (8 per class)**",
+                          "nhle-cwm": "nhle-cwm (default)", "nhle-cwm-paper": "nhle-cwm-paper",
+                          "cwm-only": "cwm-only", "retrain": "retrain"}
 
 
-def nhle_table(results: Path) -> str:
-    """The README's table of NHLE's variants (``--readme-table nhle``), every setting in ``results``."""
+def nhle_table(results: Path, methods: dict[str, str] = NHLE_TABLE_METHODS, relearn: bool = True) -> str:
+    """The README's table of NHLE's variants (``--readme-table nhle``), every setting in ``results``;
+    with ``RETAINED_TABLE_METHODS`` and no relearning column, the retained mode's table
+    (``--readme-table retained --out benchmarks/results/retained``)."""
+    metrics = (("acc_f", 3), ("d_acc_r", 3), ("ratio_d", 2), ("probe_auc", 3), ("mia_efficacy", 3),
+               *((("relearn_auc", 2),) if relearn else ()))
     lines = [
-        "| setting (seeds) | method | Acc_F | ΔAcc_R | Ratio_D | probe AUC | MIA-efficacy | relearn AUC "
-        "| time / retrain | gap to retrain (rank) |",
-        "| --- | --- | " + " | ".join(["---:"] * 8) + " |",
+        "| setting (seeds) | method | Acc_F | ΔAcc_R | Ratio_D | probe AUC | MIA-efficacy "
+        + ("| relearn AUC " if relearn else "") + "| time / retrain | gap to retrain (rank) |",
+        "| --- | --- | " + " | ".join(["---:"] * (len(metrics) + 2)) + " |",
     ]
     for stem, label in README_SETTINGS:
         path = results / f"{stem}.json"
@@ -393,13 +400,11 @@ def nhle_table(results: Path) -> str:
         summary = record["summary"]
         n_ranked = sum("rank" in summary[n] for n in record["methods"])
         first = True
-        for name, shown in NHLE_TABLE_METHODS.items():
+        for name, shown in methods.items():
             row = summary.get(name)
             if row is None:
                 continue
-            cells = [_cell(row.get(k), d, signed=(k == "d_acc_r")) for k, d in
-                     (("acc_f", 3), ("d_acc_r", 3), ("ratio_d", 2), ("probe_auc", 3), ("mia_efficacy", 3),
-                      ("relearn_auc", 2))]
+            cells = [_cell(row.get(k), d, signed=(k == "d_acc_r")) for k, d in metrics]
             cells.append(_cell(row.get("time_ratio"), 4))
             gap = _cell(row.get("gap_to_retrain"), 3)
             cells.append(gap + (f" ({row['rank']} of {n_ranked})" if "rank" in row else ""))
@@ -418,7 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.readme_table:
-        print((nhle_table if args.readme_table == "nhle" else relearn_table)(Path(args.out)))
+        tables = {"evidence": relearn_table, "nhle": nhle_table,
+                  "retained": lambda out: nhle_table(out, RETAINED_TABLE_METHODS, relearn=False)}
+        print(tables[args.readme_table](Path(args.out)))
         return 0
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
