@@ -12,7 +12,7 @@ import torch
 from benchmarks.common import QUICK_BUDGET, QUICK_RECIPE, load_benchmark_data
 from benchmarks.methods import METHODS, Task, _forget_loop, nhle_cwm
 from benchmarks.nhle_ablations import ABLATIONS
-from benchmarks.unlearning import main
+from benchmarks.unlearning import _cell, main
 from nhle_pipeline.pipeline.config import NHLEConfig
 from nhle_pipeline.pipeline.data import select_forget_indices
 from nhle_pipeline.pipeline.models import build_model
@@ -61,7 +61,7 @@ def test_forget_loop_matches_nhle_finetune():
 
 
 @pytest.mark.slow
-def test_quick_mode_table_and_sanity(tmp_path):
+def test_quick_mode_table_and_sanity(tmp_path, capsys):
     out = tmp_path / "results"
     assert main(["--quick", "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
     md = (out / "digits-mlp-forget-0-quick.md").read_text()
@@ -102,6 +102,22 @@ def test_quick_mode_table_and_sanity(tmp_path):
     assert seed0["cwm-only"]["relearn"]["active"] == seed0["original"]["relearn"]["active"]
     assert seed0["original"]["passive_acc_f"] > 0.9 and seed0["cwm-only"]["passive_acc_f"] == 0.0
     assert 0 <= s["retrain"]["relearn_auc"]["mean"] < s["cwm-only"]["relearn_auc"]["mean"]
+
+    # The README's generated tables, read from a results folder holding this run as the digits setting:
+    # the NHLE table has the relearn AUC column, the retained-mode table (run with --no-relearn) not.
+    readme = tmp_path / "readme"
+    readme.mkdir()
+    (readme / "digits-mlp-forget-0.json").write_text(json.dumps(record))
+    capsys.readouterr()
+    for kind, columns, relearn_col in (("nhle", 10, True), ("retained", 9, False)):
+        assert main(["--readme-table", kind, "--out", str(readme)]) == 0
+        lines = capsys.readouterr().out.strip().splitlines()
+        assert ("relearn AUC" in lines[0]) is relearn_col
+        rows = {cells[1]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+        assert all(len(cells) == columns for cells in rows.values()), kind
+        default = rows["**nhle-cwm (anchored, default)**" if kind == "nhle" else "nhle-cwm (default)"]
+        assert rows["original"][0] == "digits MLP, forget 0 (1)" and default[0] == ""
+        assert default[3] == _cell(s["nhle-cwm"]["d_acc_r"], 3, signed=True)  # ΔAcc_R, as the record has it
 
 
 @pytest.fixture(scope="module")
