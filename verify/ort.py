@@ -18,8 +18,8 @@ from nhle_pipeline.verify.errors import ProviderUnavailable
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 # The CUDA provider's options. Its default computes fp32 matrix products and convolutions in
-# TF32 on Ampere and later GPUs (inputs rounded to a 10-bit mantissa: about 5e-3 on the digits
-# logits, five times the parity gate), and times cuDNN's convolution algorithms anew in each
+# TF32 on Ampere and later GPUs (inputs rounded to a 10-bit mantissa: up to 5e-3 on the digits
+# logits when simulated, five times the parity gate), and times cuDNN's convolution algorithms anew in each
 # session, so two sessions of one model may pick different ones (the evidence-copy check wants
 # 1e-6). Verification is in exact fp32 with a fixed choice of algorithm.
 CUDA_OPTIONS = {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
