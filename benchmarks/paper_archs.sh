@@ -10,7 +10,9 @@
 # H200 (benchmarks/results/gpu/README.md): one seed of all four settings in 6.3 min (each
 # training 25-34 s); three seeds of one architecture (both requests) take about 8-9 min, so
 # where a command may run 10 minutes, run one architecture per command: ARCHS=resnet18, then
-# ARCHS=vgg16 (the cache keeps the originals between them on the same machine).
+# ARCHS=vgg16 (the cache keeps the originals between them on the same machine). Every finished
+# seed is kept under benchmarks/cache/seeds/ and the harness runs with --resume: run the same
+# command again after a cut and it goes on from the seed it lost.
 # On a CPU: SEEDS=1, RESULTS=benchmarks/results; seed 0's original is the config's model.weights
 # (`pipeline train CONFIG`, about 45 min per architecture on 2 cores), RELEARN=off skips the
 # relearning attack (minutes per method on a ResNet-18), METHODS can drop retrain (about 45 min
@@ -32,7 +34,7 @@ for arch in ${ARCHS:-resnet18 vgg16}; do
     echo "== $arch forget $forget ($DEVICE, $SEEDS seed(s)) -> $RESULTS"
     "$PY" -m benchmarks.unlearning --dataset cifar10 --data-root "$DATA_ROOT" \
         --config "benchmarks/configs/cifar10-$arch.yaml" --forget "$forget" --seeds "$SEEDS" \
-        --methods "$METHODS" --device "$DEVICE" --threads "$THREADS" --out "$RESULTS" "${EXTRA[@]}"
+        --methods "$METHODS" --device "$DEVICE" --threads "$THREADS" --out "$RESULTS" --resume "${EXTRA[@]}"
     echo "   ($((SECONDS - t0)) s)"
   done
 done

@@ -14,13 +14,17 @@ timed, then scored with verify/'s metric functions on the test split (and a
 training subset for the probe and the membership attack), then attacked by
 relearning (verify/relearn.py: k = 1, 4, 16 held-out samples per forgotten
 class, 64 small SGD steps, and the passive retained-only drift). Writes
-``<dataset>-<model>-forget-<ids>.md`` and ``.json`` to ``--out``.
+``<dataset>-<model>-forget-<ids>.md`` and ``.json`` to ``--out``. Each finished seed's
+results are also kept under ``--cache``/seeds/; ``--resume`` takes them from there, so a run
+cut short (or split over several commands of limited time) goes on from the seed it lost.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,6 +40,8 @@ from benchmarks.common import (
     RECIPES,
     budget_dict,
     cached_original,
+    code_version,
+    data_fingerprint,
     evaluate,
     load_benchmark_data,
     machine_facts,
@@ -88,7 +94,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="skip the relearning attack (on a ResNet-18 on 2 CPU cores it costs several minutes "
                          "per method); its columns then read '—' and the gap to retrain leaves it out")
     ap.add_argument("--out", default="benchmarks/results")
-    ap.add_argument("--cache", default="benchmarks/cache", help="where original models are cached")
+    ap.add_argument("--cache", default="benchmarks/cache",
+                    help="where original models are cached, and each finished seed's results (seeds/)")
+    ap.add_argument("--resume", action="store_true",
+                    help="take a seed's results from --cache/seeds/ where an earlier run of the same setting, "
+                         "methods, recipe, budgets, device and code finished it (a run cut short, or one "
+                         "split over several commands), instead of running it again")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: the 2 cores are shared; oversubscribing them is slower)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
@@ -212,6 +223,42 @@ def run_seed(args: argparse.Namespace, data, seed: int, recipe, budget, device: 
             r = out[name]
             r["gap_to_retrain"] = harness_gap(r, ref)
             r["time_ratio"] = r["time_s"] / ref["time_s"]
+    return out
+
+
+def seed_results_path(args: argparse.Namespace, data, seed: int, recipe, budget, device: torch.device) -> Path:
+    """Where one seed's results are kept (``--cache``/seeds/): keyed by everything that decides them
+    (data, model, forget request, methods, recipe, budgets, NHLE/CWM/relearning settings, the trained
+    original of ``--config``, the device type and the code's commit)."""
+    from nhle_pipeline.pipeline.checkpoint import sha256_file
+
+    cfg = args.pipeline_config
+    weights = Path(cfg.model.weights) if cfg is not None and cfg.model.weights else None
+    key = {
+        "data": data_fingerprint(args.dataset, data), "model": args.model, "forget": args.forget_classes,
+        "methods": args.method_names, "recipe": recipe.model_dump(), "budget": budget_dict(budget),
+        "nhle": NHLEConfig().resolved(), "cwm": CWMConfig().model_dump(),
+        "relearn": {**RELEARN.__dict__, "ks": list(RELEARN.ks), "eval_steps": list(RELEARN.eval_steps)}
+        if args.relearn else None,
+        "original": sha256_file(weights) if weights is not None and weights.is_file() and seed == cfg.seed else None,
+        "device": device.type, "code": code_version(), "seed": seed,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return Path(args.cache) / "seeds" / f"{result_stem(args)}-seed{seed}-{digest}.json"
+
+
+def seed_results(args: argparse.Namespace, data, seed: int, recipe, budget, device: torch.device) -> dict:
+    """One seed's results: run, then kept under ``--cache``/seeds/ (written whole, then renamed), or,
+    with ``--resume``, read from there when an identical earlier run finished that seed."""
+    path = seed_results_path(args, data, seed, recipe, budget, device)
+    if args.resume and path.is_file():
+        log(f"seed {seed}: results from {path} (--resume)")
+        return json.loads(path.read_text())
+    out = run_seed(args, data, seed, recipe, budget, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(out) + "\n")
+    os.replace(tmp, path)
     return out
 
 
@@ -442,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     budget = QUICK_BUDGET if args.quick else BUDGETS[args.dataset]
     log(f"{args.dataset} {args.model} forget {args.forget_classes}: {len(data.train)} train / "
         f"{len(data.test)} test, seeds {args.seeds}, methods {args.method_names}")
-    per_seed = {seed: run_seed(args, data, seed, recipe, budget, device) for seed in range(args.seeds)}
+    per_seed = {seed: seed_results(args, data, seed, recipe, budget, device) for seed in range(args.seeds)}
     record = {
         "command": "python -m benchmarks.unlearning " + " ".join(argv),
         "setting": {

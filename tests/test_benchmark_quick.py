@@ -191,3 +191,36 @@ def test_head_frozen_anchored_ablation_moves_only_the_features(quick_task):
     moved = [n for n, p in model.named_parameters()
              if not torch.equal(p.detach(), quick_task.original.state_dict()[n])]
     assert any(n.startswith("features.") for n in moved) and info["stopped"] == "forgotten"
+
+
+def test_resume_takes_finished_seeds_and_runs_only_the_missing_one(tmp_path, monkeypatch):
+    """A run cut short keeps every finished seed (--cache/seeds/); --resume takes them and runs only
+    the seeds that are missing, and the record is the one an uncut run writes."""
+    import benchmarks.unlearning as harness
+
+    base = ["--dataset", "digits", "--model", "mlp", "--forget", "0", "--no-relearn", "--cache", str(tmp_path / "cache")]
+    common = [*base, "--methods", "cwm-only,retrain"]
+    assert main([*common, "--seeds", "2", "--out", str(tmp_path / "full")]) == 0
+    full = json.loads((tmp_path / "full" / "digits-mlp-forget-0.json").read_text())
+    kept = sorted(p.name for p in (tmp_path / "cache" / "seeds").glob("*.json"))
+    assert [n.split("-seed")[1][0] for n in kept] == ["0", "1"]
+
+    (tmp_path / "cache" / "seeds" / kept[1]).unlink()  # as if the run had been cut in seed 1
+    ran = []
+    real = harness.run_seed
+    monkeypatch.setattr(harness, "run_seed", lambda args, data, seed, *a: ran.append(seed) or real(args, data, seed, *a))
+    assert main([*common, "--seeds", "2", "--resume", "--out", str(tmp_path / "resumed")]) == 0
+    assert ran == [1]
+    resumed = json.loads((tmp_path / "resumed" / "digits-mlp-forget-0.json").read_text())
+    for seed in ("0", "1"):
+        for name in ("cwm-only", "retrain"):
+            for key in ("acc_f", "acc_r", "ratio_d", "probe_auc", "mia_efficacy", "gap_to_retrain"):
+                assert resumed["per_seed"][seed][name][key] == pytest.approx(full["per_seed"][seed][name][key]), key
+    # without --resume every seed runs again; another method list is another key
+    ran.clear()
+    assert main([*common, "--seeds", "2", "--out", str(tmp_path / "again")]) == 0
+    assert ran == [0, 1]
+    ran.clear()
+    other = [*base, "--methods", "cwm-only,nhle-cwm,retrain"]
+    assert main([*other, "--seeds", "1", "--resume", "--out", str(tmp_path / "other")]) == 0
+    assert ran == [0]
