@@ -86,6 +86,16 @@ def logit_margin(logits: torch.Tensor, labels: torch.Tensor, retained: torch.Ten
     return logits[:, retained].max(dim=1).values - own
 
 
+def micro_batches(n: int, size: int) -> list[slice]:
+    """``range(n)`` as slices of ``size``; a last slice of one sample joins the one before it
+    (with ``freeze_batchnorm: false`` BatchNorm normalises each micro-batch, and one sample
+    cannot be normalised)."""
+    starts = list(range(0, n, size))
+    if len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [slice(a, b) for a, b in zip(starts, [*starts[1:], n], strict=True)]
+
+
 def _set_mode(model: nn.Module, freeze_batchnorm: bool) -> None:
     # Eval mode freezes BatchNorm running statistics and disables dropout; a
     # handful of forget samples would otherwise overwrite the statistics.
@@ -181,7 +191,7 @@ def nhle_finetune(
             original_r = None
             if n_retained:
                 step_r = micro_batch if chunked else n_retained
-                original_r = torch.cat([model(retained_x[i : i + step_r]) for i in range(0, n_retained, step_r)])
+                original_r = torch.cat([model(retained_x[part]) for part in micro_batches(n_retained, step_r)])
         anchor = s["anchor"]
 
         def loss_fn(z: torch.Tensor) -> torch.Tensor:
@@ -195,8 +205,7 @@ def nhle_finetune(
         def forward_backward() -> tuple[torch.Tensor, torch.Tensor]:
             """Logits (detached) and the loss of one step, its gradient accumulated micro-batch by micro-batch."""
             total, outs = torch.zeros((), device=x.device), []
-            for i in range(0, len(x), micro_batch):
-                part = slice(i, i + micro_batch)
+            for part in micro_batches(len(x), micro_batch):
                 z = model(x[part])
                 share = len(z) / len(x)
                 loss = nhle_loss(z, targets[part], cfg.variant) * share
@@ -205,8 +214,7 @@ def nhle_finetune(
                 loss.backward()
                 total, outs = total + loss.detach(), [*outs, z.detach()]
             if anchor > 0 and original_r is not None:
-                for i in range(0, n_retained, micro_batch):
-                    part = slice(i, i + micro_batch)
+                for part in micro_batches(n_retained, micro_batch):
                     z_r = model(retained_x[part])
                     loss = anchor * anchor_loss(z_r, original_r[part], retained) * (len(z_r) / n_retained)
                     loss.backward()

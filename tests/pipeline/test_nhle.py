@@ -282,3 +282,22 @@ def test_micro_batches_cover_the_retained_samples_too():
     for result, weights in chunked:
         assert (result.steps, result.stopped) == (full.steps, full.stopped)
         torch.testing.assert_close(weights, w_full, rtol=1e-5, atol=1e-6)
+
+
+def test_micro_batches_never_leave_one_sample_alone():
+    """With freeze_batchnorm: false BatchNorm normalises each micro-batch; a last micro-batch of
+    one sample would stop NHLE with 'Expected more than 1 value per channel'. It joins the one
+    before it."""
+    from nhle_pipeline.pipeline.config import NHLEConfig
+    from nhle_pipeline.pipeline.nhle import micro_batches, nhle_finetune
+
+    assert micro_batches(9, 4) == [slice(0, 4), slice(4, 9)]
+    assert micro_batches(8, 4) == [slice(0, 4), slice(4, 8)]
+    assert micro_batches(1, 4) == [slice(0, 1)]
+    assert micro_batches(10, 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))
+    x, y = torch.rand(9, 1, 8, 8), torch.zeros(9, dtype=torch.long)
+    result = nhle_finetune(model, x, y, 4, NHLEConfig(freeze_batchnorm=False, max_steps=5, stop_margin=5.0),
+                           micro_batch=4)
+    assert result.steps == 5 and result.stopped == "max_steps"
