@@ -46,7 +46,8 @@ def test_harness_uses_the_configs_weights_and_recipe_without_relearning(digits_c
     record = json.loads((out / "digits-mlp-forget-0.json").read_text())
     original = record["per_seed"]["0"]["original"]
     assert original["weights"] == {"path": str(weights), "sha256": sha256_file(weights), "from": "pipeline train"}
-    assert not (tmp_path / "cache").exists()  # nothing trained, nothing cached
+    cached = sorted(p.relative_to(tmp_path / "cache").as_posix() for p in (tmp_path / "cache").rglob("*.*"))
+    assert [p.split("-seed")[0] for p in cached] == ["seeds/digits-mlp-forget-0"]  # no original trained
     assert record["recipe"] == RECIPE.model_dump() and record["relearn"] is None
     assert "relearn_auc" not in original and "relearn_auc" not in record["per_seed"]["0"]["nhle-cwm"]
     md = (out / "digits-mlp-forget-0.md").read_text()
