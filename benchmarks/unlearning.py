@@ -226,6 +226,16 @@ def run_seed(args: argparse.Namespace, data, seed: int, recipe, budget, device: 
     return out
 
 
+def run_settings(args: argparse.Namespace, recipe, budget) -> dict:
+    """The settings every method ran with (recorded in the results, and part of a seed's key)."""
+    return {
+        "recipe": recipe.model_dump(), "budget": budget_dict(budget),
+        "nhle": NHLEConfig().resolved(), "cwm": CWMConfig().model_dump(),
+        "relearn": {**RELEARN.__dict__, "ks": list(RELEARN.ks), "eval_steps": list(RELEARN.eval_steps)}
+        if args.relearn else None,
+    }
+
+
 def seed_results_path(args: argparse.Namespace, data, seed: int, recipe, budget, device: torch.device) -> Path:
     """Where one seed's results are kept (``--cache``/seeds/): keyed by everything that decides them
     (data, model, forget request, methods, recipe, budgets, NHLE/CWM/relearning settings, the trained
@@ -236,10 +246,7 @@ def seed_results_path(args: argparse.Namespace, data, seed: int, recipe, budget,
     weights = Path(cfg.model.weights) if cfg is not None and cfg.model.weights else None
     key = {
         "data": data_fingerprint(args.dataset, data), "model": args.model, "forget": args.forget_classes,
-        "methods": args.method_names, "recipe": recipe.model_dump(), "budget": budget_dict(budget),
-        "nhle": NHLEConfig().resolved(), "cwm": CWMConfig().model_dump(),
-        "relearn": {**RELEARN.__dict__, "ks": list(RELEARN.ks), "eval_steps": list(RELEARN.eval_steps)}
-        if args.relearn else None,
+        "methods": args.method_names, **run_settings(args, recipe, budget),
         "original": sha256_file(weights) if weights is not None and weights.is_file() and seed == cfg.seed else None,
         "device": device.type, "code": code_version(), "seed": seed,
     }
@@ -499,10 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "methods": args.method_names,
         "data_needed": {n: REGISTRY[n].data for n in args.method_names},
-        "recipe": recipe.model_dump(), "budget": budget_dict(budget),
-        "nhle": NHLEConfig().resolved(), "cwm": CWMConfig().model_dump(),
-        "relearn": {**RELEARN.__dict__, "ks": list(RELEARN.ks), "eval_steps": list(RELEARN.eval_steps)}
-        if args.relearn else None,
+        **run_settings(args, recipe, budget),
         "machine": machine,
         "summary": summarise(per_seed, args.method_names),
         "per_seed": {str(s): r for s, r in per_seed.items()},
