@@ -15,7 +15,7 @@ from nhle_pipeline.pipeline.data import load_dataset
 from nhle_pipeline.pipeline.device import seed_everything
 from nhle_pipeline.pipeline.models import build_model
 from nhle_pipeline.pipeline.train import retained_only, train_classifier
-from nhle_pipeline.verify.relearn import RelearnConfig, find_linear_head, relearn
+from nhle_pipeline.verify.relearn import RelearnConfig, find_linear_head, relearn, reset_rows
 
 FORGET = [0]
 SEEDS = (0, 1, 2)
@@ -56,12 +56,22 @@ def _run(d: Digits, model, seed: int, cfg: RelearnConfig | None = None):
     return relearn(model, FORGET, 10, d.train_x, d.train_y, d.test_x, d.test_y, exclude=d.exclude, seed=seed, cfg=cfg)
 
 
+def _start_acc_f(d: Digits, model, seed: int) -> float:
+    """Acc_F of ``model`` with its forgotten rows reset the way relearn resets them (the same
+    seeded generator), on every forgotten-class test image: what step 0 of a curve must be."""
+    m = copy.deepcopy(model)
+    reset_rows(find_linear_head(m, 10), FORGET, torch.Generator().manual_seed(seed))
+    x = torch.from_numpy(np.ascontiguousarray(d.test_x[np.isin(d.test_y, FORGET)], dtype=np.float32))
+    with torch.no_grad():
+        return int((m(x).argmax(1) == FORGET[0]).sum()) / len(x)
+
+
 def test_hiding_relearns_faster_than_never_learning(models):
     d, _, hidden, retrained = models
     h = [_run(d, hidden, s) for s in SEEDS]
     r = [_run(d, retrained, s) for s in SEEDS]
-    # Measured (seeds 0-2): mean AUC 0.69 vs 0.46 at k = 4, 0.73 vs 0.55 at k = 16;
-    # steps to Acc_F >= 0.5: 4-8 vs 8-16.
+    # The claim the metric exists for, with margins far below the gaps seen on two machines
+    # (a hidden class relearns from a few samples; a never-learned one needs many more steps).
     for k, margin in ((4, 0.15), (16, 0.1)):
         auc_h = np.mean([x.active[k].auc for x in h])
         auc_r = np.mean([x.active[k].auc for x in r])
@@ -69,8 +79,12 @@ def test_hiding_relearns_faster_than_never_learning(models):
         for xh, xr in zip(h, r, strict=True):  # every seed: the hidden class is back first
             sh, sr = xh.active[k].steps_to_target, xr.active[k].steps_to_target
             assert sh is not None and (sr is None or sh < sr), (k, sh, sr)
-    # Both start from a fresh head row: Acc_F near 0 before any step.
-    assert all(x.active[4].acc_f[0] < 0.1 for x in h + r)
+    # Step 0 is the model with fresh seeded rows, whatever they happen to predict on this
+    # machine's trained weights (a fresh row can win some forgotten images: no bound holds).
+    for seed, xh, xr in zip(SEEDS, h, r, strict=True):
+        assert xh.active[4].acc_f[0] == _start_acc_f(d, hidden, seed)
+        assert xr.active[4].acc_f[0] == _start_acc_f(d, retrained, seed)
+        assert xh.active[4].acc_f[0] == xh.active[16].acc_f[0]  # every k starts from the same rows
 
 
 def test_masking_is_irrelevant_after_the_reset(models):
