@@ -9,12 +9,12 @@ public key, whether the signature verifies).
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from nhle_pipeline.export.onnx_file import default_opset, external_data_locations, load_onnx
+from nhle_pipeline.pipeline.jsonio import loads as strict_json
 from nhle_pipeline.pipeline.release.manifest import MANIFEST
 from nhle_pipeline.pipeline.release.signing import SIGNATURE, verify_signature
 
@@ -55,7 +55,7 @@ def typed_provenance(meta: dict[str, str]) -> dict[str, Any]:
             elif k in _INT_LIST_KEYS:
                 out[k] = [int(c) for c in v.split(",")] if v else []
             elif k in _JSON_KEYS:
-                out[k] = json.loads(v)
+                out[k] = strict_json(v)  # a key twice, NaN, a huge number: left a string
             else:
                 out[k] = v if v != "" else None
         except ValueError:

@@ -39,6 +39,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from nhle_pipeline.pipeline.errors import DataError, ModelError, ReleaseError, TamperedReleaseError
+from nhle_pipeline.pipeline.jsonio import loads as _strict_json
 from nhle_pipeline.pipeline.release.manifest import (
     MANIFEST,
     MANIFEST_SEAL,
@@ -130,7 +131,7 @@ def read_manifest(release: Path) -> Manifest:
     if not path.is_file():
         raise ReleaseError(f"{path}: missing; not a release folder")
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
+        m = _strict_json(path.read_text(encoding="utf-8"), allow_nan=True)  # duplicate keys, huge numbers: refused
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise TamperedReleaseError(f"{path}: not valid JSON ({e})") from e
     except RecursionError as e:  # nested deeper than the parser's stack
