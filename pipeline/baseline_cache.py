@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nhle_pipeline.pipeline.jsonio import loads as strict_json
 from nhle_pipeline.verify.evidence import PROBE_MAX_TRAIN
 from nhle_pipeline.verify.measure import EVIDENCE_MAX_TEST, ModelOutputs
 
@@ -109,7 +110,7 @@ class BaselineCache:
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in _ARRAYS}
-                meta = json.loads(str(z["meta"]))
+                meta = strict_json(str(z["meta"]), allow_nan=True)  # a key twice: damaged, rebuilt
                 stored_sum = str(z["checksum"])
             if meta.get("key") != key or stored_sum != _checksum(arrays, meta):
                 raise ValueError("key or checksum mismatch")
@@ -125,15 +126,21 @@ class BaselineCache:
         out = entry.outputs
         arrays = {k: np.asarray(getattr(out, k)) for k in _ARRAYS}
         meta = {"key": key, "provider": out.provider, "copy_max_abs": out.copy_max_abs, "op_types": entry.op_types}
+        tmp = self.path(key).with_name(f".{key}.{os.getpid()}.tmp")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             buf = io.BytesIO()
             np.savez(buf, **arrays, meta=np.array(json.dumps(meta)), checksum=np.array(_checksum(arrays, meta)))
-            tmp = self.path(key).with_name(f".{key}.{os.getpid()}.tmp")
             tmp.write_bytes(buf.getvalue())
             tmp.replace(self.path(key))
-        except OSError:
-            return None
+        except BaseException as e:  # a full disk, a read-only folder, Ctrl-C: no torn temp file left behind
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            if isinstance(e, OSError):  # a cache that cannot be written is skipped, not an error
+                return None
+            raise
         return self.path(key)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -139,10 +140,29 @@ def _is_disk_full(e: BaseException) -> bool:
     return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def _file_being_written(e: BaseException) -> str | None:
+    """The file ``e`` (an OSError without a file name: a failed write(), flush or fsync) was
+    raised while writing: the innermost open-for-writing file object among the raising frames'
+    locals (``with open(path, "wb") as f: f.write(...)`` keeps ``f`` there), or None."""
+    frames = []
+    tb = e.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in list(frame.f_locals.values()):
+            name, mode = getattr(value, "name", None), getattr(value, "mode", None)
+            if (callable(getattr(value, "write", None)) and isinstance(mode, str) and any(c in mode for c in "wax+")
+                    and isinstance(name, (str, bytes, os.PathLike))):
+                return os.fsdecode(name)
+    return None
+
+
 def _exit_if_disk_full(e: BaseException) -> None:
     full = _cause(e, _is_disk_full)
     if full is not None:
-        where = f" writing '{full.filename}'" if getattr(full, "filename", None) else ""
+        filename = getattr(full, "filename", None) or _file_being_written(full)
+        where = f" writing '{filename}'" if filename else ""
         _err(f"no space left on the device{where} ({getattr(full, 'strerror', '')}); nothing was released, "
              "nothing half-made was kept: free some space and run again")
         sys.exit(EXIT_NO_SPACE)

@@ -12,6 +12,7 @@ is reopened in each process, never pickled with its data.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import zipfile
@@ -135,6 +136,8 @@ class NpzMember:
         except DataError:
             raise
         except (OSError, zipfile.BadZipFile, KeyError, ValueError) as e:
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # the cache's disk is full (extraction): the environment, not the archive
             raise DataError(f"{self.archive}: not a readable .npz archive ({e})") from e
         return np.load(path, mmap_mode="r", allow_pickle=False)
 
@@ -150,10 +153,19 @@ class NpzMember:
                 out.unlink(missing_ok=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        with z.open(info) as src, open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 24):
-                dst.write(chunk)
-        tmp.replace(out)
+        try:
+            with z.open(info) as src, open(tmp, "wb") as dst:
+                while chunk := src.read(1 << 24):
+                    dst.write(chunk)
+            tmp.replace(out)
+        except BaseException as e:  # a full cache disk, Ctrl-C: no torn extraction left in the cache
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            if isinstance(e, OSError) and not e.filename:  # write() names no file: name the one being made
+                raise OSError(e.errno, e.strerror or str(e), str(out)) from e
+            raise
         return out
 
 
