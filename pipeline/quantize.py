@@ -122,8 +122,8 @@ def _derive_and_release(parent, pm, parent_model_sha, cfg, data, mode, target, c
     from nhle_pipeline.verify.evidence import subsample
     from nhle_pipeline.verify.measure import measure_onnx
     from nhle_pipeline.verify.ort import read_metadata
-    from nhle_pipeline.verify.precision import agreement, derived_gates, forgotten_logit_spread
-    from nhle_pipeline.verify.verification import gap_to_reference
+    from nhle_pipeline.verify.precision import agreement, derived_gates
+    from nhle_pipeline.verify.verification import forgotten_logit_spread, gap_to_reference
 
     forget = list(pm.forget_classes)
     batch = eval_batch_size(cfg.data, data.input_shape)

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from nhle_pipeline.export.errors import ExportError
 from nhle_pipeline.export.metadata import stamp_metadata
 from nhle_pipeline.export.onnx_export import export_onnx
-from nhle_pipeline.export.onnx_file import check_onnx
+from nhle_pipeline.export.onnx_file import check_onnx, load_onnx
 from nhle_pipeline.pipeline.baseline_cache import (
     BaselineCache,
     CachedBaseline,
@@ -66,6 +67,8 @@ from nhle_pipeline.pipeline.release.staging import (
 from nhle_pipeline.pipeline.release.triton import KINDS, write_triton_repository
 from nhle_pipeline.pipeline.testhooks import die_if_rank, pause_at
 from nhle_pipeline.pipeline.tracking import open_tracker
+from nhle_pipeline.verify.batch_independence import batch_disagreement, batch_sample
+from nhle_pipeline.verify.canonical import graph_problems
 from nhle_pipeline.verify.evidence import subsample
 from nhle_pipeline.verify.gates import GateResult, evaluate_gates
 from nhle_pipeline.verify.graph import op_types, rows_masked
@@ -76,6 +79,7 @@ from nhle_pipeline.verify.measure import (
     merge_outputs,
     run_model,
 )
+from nhle_pipeline.verify.output_masking import forgotten_logits_constant
 from nhle_pipeline.verify.relearn import relearn_block
 from nhle_pipeline.verify.verification import PARITY_MAX_SAMPLES, verification_metrics
 
@@ -282,6 +286,9 @@ def _export(run: _Run, model: nn.Module) -> tuple[Path, list[str], str]:
     external = export_onnx(model, run.inp.data.input_shape, model_onnx, opset=run.cfg.export.opset)
     stamp_metadata(model_onnx, onnx_provenance(run.cfg, run.inp.weights_sha256, run.inp.class_names))
     check_onnx(model_onnx)
+    problems = graph_problems(load_onnx(model_onnx, weights=False))
+    if problems:  # pipeline verify would refuse it: fail before any measurement
+        raise ExportError(f"export: the exported graph is not one verify accepts: {'; '.join(problems)}")
     tri = run.cfg.release.triton  # triton/<name>/{config.pbtxt,1/model.onnx[,labels.txt]}
     write_triton_repository(run.staging, run.name, model_onnx, max_batch_size=tri.max_batch_size,
                             instance_kind=KINDS[tri.kind], instance_count=tri.instances,
@@ -311,9 +318,14 @@ def _verify(run: _Run, model: nn.Module, nh: NHLEResult, model_onnx: Path) -> tu
         torch_logits(model, x, run.batch_size, cpu)
         for x in run.inp.data.test.image_batches(after.test_idx[:PARITY_MAX_SAMPLES], run.batch_size)
     ])
+    rows = batch_sample(after.test_idx, run.inp.data.test.y, run.forget)
+    images = np.concatenate(list(run.inp.data.test.image_batches(after.test_idx[rows], run.batch_size)))
     metrics = verification_metrics(
         run.measured["original"], after, run.measured.get("reference"),
         torch_logits=parity_logits,
+        output_masked_proved=None if bias is None else forgotten_logits_constant(model_onnx, run.forget),
+        forget=run.forget,
+        batch_max_abs=batch_disagreement(model_onnx, images, after.test_logits[rows], device=run.ort_device),
         graph_unchanged=op_types(model_onnx) == run.original_ops,
         cwm_in_graph=None if bias is None else rows_masked(model_onnx, run.inp.head_name, run.forget, bias),
         cwm={"mode": cwm.mode, "bias": bias,

@@ -124,6 +124,8 @@ def _loosen_and_match_original(m: dict) -> None:
     for g in m["gates"]:
         if g["name"] == "acc_f":
             g["value"], g["threshold"] = met["acc_f"], 1.0
+        if g["name"] == "acc_r_drop":
+            g["value"] = 0.0
 
 
 @pytest.fixture(scope="module")
@@ -159,13 +161,21 @@ def test_without_a_key_the_signature_is_not_checked_and_says_so(rel):
 
 def test_forged_release_original_model_gate_raised_resealed_fails(rel, original_onnx, keys, digits_weights):
     """model.onnx replaced by an export of the original (provenance copied), acc_f_max raised to
-    1.0, metrics edited to match, config_sha256 and the seal recomputed: the deployer's default
-    gates and the recomputed cwm_in_graph fail it; the signature fails it outright."""
+    1.0, metrics and gate values edited to match, config_sha256 and the seal recomputed: the
+    masking the manifest records is not the shipped model's (to record it truthfully, the forger
+    would have to record a failed gate, which is refused too); the signature fails it outright.
+    With the masking records dropped, the deployer's default gates fail it."""
     _forge(rel, _loosen_and_match_original, model=original_onnx)
-    r = _verify(rel, code=1, expect="gate(s) failed: acc_f, cwm_in_graph")
-    assert "acc_f_max 1.0 (≠ policy)" in r.output  # shown, not obeyed
-    _verify(rel, "--source-weights", digits_weights, code=1, expect="gate(s) failed: acc_f, cwm_in_graph")
+    _verify(rel, code=2, expect="gate 'output_masked' records True, verify recomputes False")
     _verify(rel, "--public-key", keys["pub"], code=2, expect="release.sig: the release's files differ from the signed ones")
+
+    def drop_masking_records(m):
+        m["gates"] = [g for g in m["gates"] if g["name"] not in ("output_masked", "cwm_in_graph")]
+
+    _forge(rel, drop_masking_records)
+    r = _verify(rel, code=1, expect="gate(s) failed: acc_f, output_masked, cwm_in_graph")
+    assert "acc_f_max 1.0 (≠ policy)" in r.output  # shown, not obeyed
+    _verify(rel, "--source-weights", digits_weights, code=1, expect="gate(s) failed: acc_f, output_masked, cwm_in_graph")
 
 
 def test_forged_release_without_a_new_config_hash_is_refused(rel, original_onnx):
@@ -318,3 +328,72 @@ def test_a_bad_sign_key_fails_before_any_work(make_config, tmp_path):
     assert r.exit_code == 2 and "release.sign_key" in r.output and "not a PEM private key" in r.output, r.output
     new = set(snapshot(tmp_path)) - set(before)
     assert not any(p.startswith("releases") for p in new), new
+
+
+# --- forged graphs and verdicts (the red-team corpus): only the canonical graph verifies -----------
+
+
+@pytest.mark.parametrize("forge, expect", [
+    ("shadowed", "initializers defined twice"),
+    ("local_function", "model-local functions"),
+    ("dead_branch", "do not contribute to the outputs"),
+    ("batch_switch", "not the graph the exporter makes for 'mlp'"),
+])
+def test_forged_graphs_resealed_are_refused(rel, original_onnx, tmp_path, digits_weights, forge, expect):
+    """Each serves the forgotten class somewhere verify's batches do not look; re-sealed, with
+    every digest recomputed: refused as a graph no export makes, with or without the weights."""
+    from tests import forgeries
+
+    shipped, forged = rel / "model.onnx", tmp_path / "forged.onnx"
+    build = {
+        "shadowed": lambda: forgeries.shadowed_head(shipped, original_onnx, forged),
+        "local_function": lambda: forgeries.local_function_head(shipped, forged),
+        "dead_branch": lambda: forgeries.dead_branch(shipped, forged),
+        "batch_switch": lambda: forgeries.batch_one_switch(shipped, original_onnx, forged),
+    }[forge]
+    _forge(rel, model=build())
+    _verify(rel, code=2, expect=expect)
+    _verify(rel, "--source-weights", digits_weights, code=2, expect=expect)
+
+
+def test_the_batch_switch_serves_the_class_at_batch_one(rel, original_onnx, tmp_path):
+    """What the forgery does (why the structure check is needed): masked in verify's batches,
+    the original's answer for one image at a time."""
+    import numpy as np
+
+    from nhle_pipeline.pipeline.config import DataConfig
+    from nhle_pipeline.pipeline.data import load_dataset
+    from nhle_pipeline.verify.ort import open_session, ort_logits
+    from tests import forgeries
+
+    forged = forgeries.batch_one_switch(rel / "model.onnx", original_onnx, tmp_path / "f.onnx")
+    test = load_dataset(DataConfig()).test
+    x = test.get(np.flatnonzero(test.y == 0))
+    sess, _ = open_session(forged, "cpu")
+    assert (ort_logits(sess, x, 256).argmax(1) == 0).mean() == 0.0
+    assert (ort_logits(sess, x, 1).argmax(1) == 0).mean() > 0.5
+
+
+@pytest.mark.parametrize("edit, expect", [
+    (lambda m: m.update(status="gate_failed"), "status 'gate_failed'"),
+    (lambda m: m.update(passed=False), "passed false"),
+    (lambda m: m["gates"][0].update(passed=False), "records failed gate(s) acc_f"),
+    (lambda m: m["gates"][0].update(value=0.9, threshold=1.0), "gate 'acc_f' records 0.9"),
+])
+def test_a_manifest_whose_verdict_is_not_released_or_not_recomputed_is_refused(rel, edit, expect):
+    _forge(rel, edit)
+    _verify(rel, code=2, expect=expect)
+
+
+def test_a_failed_runs_staging_folder_promoted_and_sealed_is_refused(make_config, tmp_path):
+    """A real failed run (a gate no model meets), its staging folder moved where a release goes and
+    sealed: its manifest says gate_failed."""
+    from nhle_pipeline.pipeline.release.manifest import seal_manifest_file
+
+    r = invoke("run", make_config("strict.yaml", release={"name": "strict"}, verify={"gates": {"acc_r_drop_max": 0.0, "acc_f_max": 0.0, "probe_auc_max": 0.0}}))
+    assert r.exit_code == 1, r.output
+    staging = next((tmp_path / "releases" / ".staging").iterdir())
+    promoted = tmp_path / "promoted" / "strict"
+    shutil.copytree(staging, promoted, ignore=shutil.ignore_patterns(".work"))
+    seal_manifest_file(promoted / "manifest.json")
+    _verify(promoted, code=2, expect="status 'gate_failed'")

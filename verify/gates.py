@@ -77,8 +77,9 @@ def gate_result(name: str, value, op: str, threshold, description: str) -> GateR
 def evaluate_gates(
     metrics: dict, gates: GatesConfig, *, with_parity: bool = True, cwm_applied: bool = True
 ) -> list[GateResult]:
-    """Gate results for ``metrics`` (keys: acc_f, delta_acc_r, parity_max_abs, graph_unchanged,
-    cwm_in_graph, and evidence.{original,unlearned} for the optional evidence gates).
+    """Gate results for ``metrics`` (keys: acc_f, delta_acc_r, parity_max_abs, batch_max_abs,
+    graph_unchanged, cwm_in_graph, output_masked, and evidence.{original,unlearned} for the
+    optional evidence gates).
 
     ``with_parity``: the PyTorch model was at hand (a run, not a re-check of a release);
     ``cwm_applied``: CWM ran (``unlearn.cwm.mode`` is not ``none``), so its rows must be in the graph."""
@@ -113,10 +114,16 @@ def evaluate_gates(
         stopped = (metrics.get("nhle") or {}).get("stopped")
         results.append(gate_result("nhle_completed", None if stopped is None else stopped == "forgotten", "==", True,
                               f"NHLE ran and met its stop rule; stopped: {stopped} (verify.gates.nhle_completed)"))
+    if cwm_applied:
+        results.append(gate_result("output_masked", metrics.get("output_masked"), "==", True,
+                                   "every forgotten logit a constant of the graph (proved from its nodes) "
+                                   "and one value over the test split"))
     if with_parity:
         results += [
             gate_result("parity", metrics.get("parity_max_abs"), "<=", gates.parity_atol,
                    "max |ONNX - PyTorch| logits, finite entries"),
+            gate_result("batch_independent", metrics.get("batch_max_abs"), "<=", gates.parity_atol,
+                   "max |logits at batch 1 and 3 - the measuring pass's|, forgotten-class and other test images"),
             gate_result("graph_unchanged", metrics.get("graph_unchanged"), "==", True,
                    "same ONNX nodes as an export of the original model"),
         ]

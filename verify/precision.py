@@ -52,16 +52,6 @@ def agreement(derived: str | Path, parent: str | Path, test: ImageSource, *, bat
     return Agreement(same / n if n else float("nan"), float(worst), n)
 
 
-def forgotten_logit_spread(test_logits: np.ndarray, forget: list[int]) -> float:
-    """max - min of each forgotten class's logit over the test images (the largest); 0 when masked."""
-    if len(test_logits) == 0:
-        return float("nan")
-    cols = test_logits[:, forget].astype(np.float64)
-    if not np.all(np.isfinite(cols)):
-        return float("inf")
-    return float((cols.max(axis=0) - cols.min(axis=0)).max())
-
-
 def derived_gates(metrics: dict, gates: GatesConfig, *, agreement_min: float = AGREEMENT_MIN,
                   cwm_applied: bool = True) -> list[GateResult]:
     """The release gates that apply to a derivative (acc_f, acc_r_drop, the optional evidence gates),
@@ -70,7 +60,10 @@ def derived_gates(metrics: dict, gates: GatesConfig, *, agreement_min: float = A
     ``metrics``: as for ``evaluate_gates``, plus ``agreement`` and ``forgotten_logit_spread``. The
     parity, graph and evidence-copy gates are the fp32 parent's: a derivative's graph is other
     nodes by design, and its features come from a copy whose logits differ by a quantization step."""
-    results = [g for g in evaluate_gates(metrics, gates, with_parity=False) if g.name != "evidence_copy"]
+    # cwm_applied=False: the derivative's masking is judged on its output below (its weights are
+    # no longer float32 rows, and quantized nodes are outside the graph proof)
+    results = [g for g in evaluate_gates(metrics, gates, with_parity=False, cwm_applied=False)
+               if g.name != "evidence_copy"]
     results.append(gate_result("agreement", metrics.get("agreement"), ">=", agreement_min,
                                "top-1 agreement with the fp32 parent release, test split (onnxruntime)"))
     if cwm_applied:

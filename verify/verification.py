@@ -48,11 +48,16 @@ def verification_metrics(
     cwm_in_graph: bool | None,
     nhle: dict,
     cwm: dict | None = None,
+    output_masked_proved: bool | None = None,
+    forget: list[int] | None = None,
+    batch_max_abs: float | None = None,
 ) -> dict:
     """Every number the gates and the reports use, as plain JSON-able values.
 
     ``torch_logits``: the PyTorch model's logits on the first rows of ``after.test_idx``
-    (at most ``PARITY_MAX_SAMPLES``)."""
+    (at most ``PARITY_MAX_SAMPLES``); ``output_masked_proved``: the graph proof of
+    verify/output_masking.py for ``forget`` (None: CWM off); ``batch_max_abs``:
+    verify/batch_independence.py's figure."""
     metrics = {
         "original": before.accuracy.to_dict(),
         "unlearned": after.accuracy.to_dict(),
@@ -69,4 +74,21 @@ def verification_metrics(
     }
     if cwm_in_graph is not None:
         metrics["cwm_in_graph"] = cwm_in_graph
+    if output_masked_proved is not None:
+        spread = forgotten_logit_spread(after.test_logits, forget or [])
+        metrics["forgotten_logit_spread"] = spread
+        metrics["output_masked"] = bool(output_masked_proved and spread == 0.0)
+    if batch_max_abs is not None:
+        metrics["batch_max_abs"] = batch_max_abs
     return metrics
+
+
+def forgotten_logit_spread(test_logits: np.ndarray, forget: list[int]) -> float:
+    """max - min of each forgotten class's logit over the test images (the largest); 0 when masked,
+    inf when a forgotten logit is not finite, NaN without images."""
+    if len(test_logits) == 0 or not forget:
+        return float("nan")
+    cols = test_logits[:, forget].astype(np.float64)
+    if not np.all(np.isfinite(cols)):
+        return float("inf")
+    return float((cols.max(axis=0) - cols.min(axis=0)).max())

@@ -294,6 +294,91 @@ def check_config(release: Path, manifest: Manifest):
     return cfg
 
 
+# --- 5b. the verdict the manifest records, and the graph -------------------------------------------
+
+
+def check_verdict(release: Path, manifest: Manifest) -> None:
+    """Only a release's record verifies: a failed run's manifest (its staging folder promoted,
+    or a released one edited to say so) is refused whatever its seal or signature."""
+    where = release / MANIFEST
+    if manifest.status != "released" or not manifest.passed:
+        raise TamperedReleaseError(f"{where}: status '{manifest.status}', passed {str(manifest.passed).lower()}: "
+                                   "the record of a run that did not release, not a release")
+    failed = [g.name for g in manifest.gates if not g.passed]
+    if failed:
+        raise TamperedReleaseError(f"{where}: records failed gate(s) {', '.join(failed)}: not a release")
+
+
+def check_graph(release: Path, derived: bool) -> None:
+    """``model.onnx`` holds nothing an export of ours does not (verify/canonical.py)."""
+    from nhle_pipeline.export.onnx_file import load_onnx
+    from nhle_pipeline.verify.canonical import DERIVED_DOMAINS, STANDARD_DOMAINS, graph_problems
+
+    problems = graph_problems(load_onnx(release / MODEL, weights=False),
+                              domains=DERIVED_DOMAINS if derived else STANDARD_DOMAINS)
+    if problems:
+        raise TamperedReleaseError(f"{release / MODEL}: not a graph the exporter makes: {'; '.join(problems)}")
+
+
+def check_against_fresh_export(release: Path, fresh: Path, manifest: Manifest) -> None:
+    """The shipped graph is a fresh export of its architecture (node for node, attribute for attribute)."""
+    import torch
+
+    from nhle_pipeline.export.onnx_file import load_onnx
+    from nhle_pipeline.verify.canonical import structure_difference
+
+    diff = structure_difference(load_onnx(release / MODEL), load_onnx(fresh))
+    if diff:
+        made_by = manifest.runtime.versions.get("torch")
+        hint = (f" (the release was exported by torch {made_by}, this verify runs {torch.__version__}: "
+                "verify with the producer's versions)") if made_by and made_by != torch.__version__ else ""
+        raise TamperedReleaseError(f"{release / MODEL}: not the graph the exporter makes for "
+                                   f"'{manifest.source_model.arch}': {diff}{hint}")
+
+
+def check_batch_independence(release: Path, data, got, forget: list[int], atol: float, device: str) -> float:
+    """The shipped model's logits at batch 1 and 3 are the measuring pass's (else it would be
+    served another model than the one measured)."""
+    import numpy as np
+
+    from nhle_pipeline.verify.batch_independence import (
+        BATCH_SIZES,
+        batch_disagreement,
+        batch_sample,
+    )
+
+    rows = batch_sample(got.test_idx, data.test.y, forget)
+    images = np.concatenate(list(data.test.image_batches(got.test_idx[rows], len(rows))))
+    worst = batch_disagreement(release / MODEL, images, got.test_logits[rows], device=device)
+    if not worst <= atol:
+        raise TamperedReleaseError(
+            f"{release / MODEL}: its logits depend on the batch: max |Δ| {worst:.3g} between batches of "
+            f"{', '.join(map(str, BATCH_SIZES))} and the measuring pass's on {len(rows)} test images (> {atol:g})")
+    return worst
+
+
+# Gates whose recorded value verify recomputes the same way (the rest are producer-side or depend
+# on the verifying machine's floats: parity, evidence_copy, batch_independent).
+RECOMPUTED_GATES = ("acc_f", "acc_r_drop", "ratio_d_relative", "probe_auc", "mia_efficacy",
+                    "cwm_in_graph", "output_masked")
+
+
+def check_recorded_gates(release: Path, manifest: Manifest, gates: list[GateResult]) -> None:
+    """Each recorded gate verify also computes must record the value verify finds."""
+    got = {g.name: g.value for g in gates}
+    for g in manifest.gates:
+        if g.name not in RECOMPUTED_GATES or g.name not in got:
+            continue
+        a, b = g.value, got[g.name]
+        if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None:
+            same = a == b
+        else:
+            same = _drift([(float(a), float(b))]) <= REPRODUCE_ATOL
+        if not same:
+            raise TamperedReleaseError(f"{release / MANIFEST}: gate '{g.name}' records {a!r}, "
+                                       f"verify recomputes {b!r}: the record is not this model's")
+
+
 # --- 6. recomputed metrics ------------------------------------------------------------------------
 
 
@@ -441,6 +526,22 @@ def _export_original(cfg, data, manifest: Manifest, weights: Path, scratch: Path
     return path
 
 
+def _export_fresh(cfg, data, manifest: Manifest, scratch: Path) -> Path:
+    """A fresh export of the release's (registry) architecture, seeded random weights."""
+    import torch
+
+    from nhle_pipeline.export.onnx_export import export_onnx
+    from nhle_pipeline.pipeline.loading import build_configured_model
+
+    torch.manual_seed(cfg.seed)
+    model, head = build_configured_model(cfg, data)
+    if head != manifest.head:
+        raise TamperedReleaseError(f"{MANIFEST}: head '{manifest.head}' is not the config's model head '{head}'")
+    path = scratch / "fresh.onnx"
+    export_onnx(model.eval(), data.input_shape, path, opset=cfg.export.opset)
+    return path
+
+
 def verify_release(
     release: str | Path,
     *,
@@ -462,7 +563,7 @@ def verify_release(
     from nhle_pipeline.pipeline.data import eval_batch_size
     from nhle_pipeline.pipeline.errors import InputError
     from nhle_pipeline.pipeline.loading import class_names_for, load_data
-    from nhle_pipeline.verify.graph import rows_masked, same_nodes
+    from nhle_pipeline.verify.graph import rows_masked
     from nhle_pipeline.verify.measure import measure_onnx
 
     policy = policy or Policy()
@@ -480,7 +581,9 @@ def verify_release(
     check_layout(rel, manifest)
     check_provenance(rel, manifest)
     check_config(rel, manifest)
+    check_verdict(rel, manifest)
     derived = manifest.derived is not None
+    check_graph(rel, derived)
     if derived or parent is not None:
         from nhle_pipeline.pipeline.release.derived import check_chain
 
@@ -522,14 +625,29 @@ def verify_release(
             original_onnx = _export_original(cfg, data, manifest, Path(source_weights), scratch)
             original = measure_onnx(original_onnx, manifest.head, data.train, data.test, forget, n,
                                     seed=cfg.seed, device=device, batch_size=eval_batch_size(cfg.data, data.input_shape), scratch=scratch)
-            graph_unchanged = same_nodes(original_onnx, rel / MODEL)
+            check_against_fresh_export(rel, original_onnx, manifest)
+            graph_unchanged = True
+        elif ":" not in cfg.model.arch:  # a registry architecture: export it here (random weights)
+            check_against_fresh_export(rel, _export_fresh(cfg, data, manifest, scratch), manifest)
+            graph_unchanged = True
+        else:
+            notes.append(f"graph not compared with a fresh export: model.arch '{cfg.model.arch}' imports code, "
+                         "which verify never runs")
+        batch_max_abs = check_batch_independence(rel, data, got, forget, policy.gates.parity_atol, device)
 
     recorded = manifest.metrics
     metrics, original_from = recomputed_metrics(got, original, recorded, graph_unchanged, notes)
     after, ev_before = got.accuracy, metrics["evidence"]["original"]
-    gates = evaluate_gates(metrics, policy.gates, with_parity=False)
-
     mode = cfg.unlearn.cwm.mode
+    metrics["batch_max_abs"] = batch_max_abs
+    if mode != "none":
+        from nhle_pipeline.verify.output_masking import forgotten_logits_constant
+        from nhle_pipeline.verify.verification import forgotten_logit_spread
+
+        spread = metrics["forgotten_logit_spread"] = forgotten_logit_spread(got.test_logits, forget)
+        metrics["output_masked"] = bool(forgotten_logits_constant(rel / MODEL, forget) and spread == 0.0)
+    gates = evaluate_gates(metrics, policy.gates, with_parity=False, cwm_applied=mode != "none")
+
     if mode != "none":
         bias, whence = _masked_bias(cfg, manifest)
         masked = None
@@ -552,7 +670,8 @@ def verify_release(
                                  f"shipped model's retained logits on the {recalibrated.samples} seeded calibration images)"))
     if graph_unchanged is not None:
         gates.append(gate_result("graph_unchanged", graph_unchanged, "==", True,
-                           "same ONNX nodes as an export of --source-weights"))
+                           "node for node the graph a fresh export of the architecture makes"))
+    check_recorded_gates(rel, manifest, gates)
 
     pairs = _accuracy_pairs(after, recorded.unlearned) + _evidence_pairs(got.evidence.to_dict(), recorded.evidence.unlearned)
     what = "recomputed per-class accuracy, Acc_F, Acc_R, Ratio_D, probe AUC, MIA-efficacy vs the manifest's"

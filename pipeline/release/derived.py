@@ -92,12 +92,8 @@ def check_derived(release: Path, manifest: Manifest, cfg, data, got, *, parent, 
     )
     from nhle_pipeline.verify.gates import gate_result
     from nhle_pipeline.verify.measure import measure_onnx
-    from nhle_pipeline.verify.precision import (
-        AGREEMENT_MIN,
-        agreement,
-        derived_gates,
-        forgotten_logit_spread,
-    )
+    from nhle_pipeline.verify.precision import AGREEMENT_MIN, agreement, derived_gates
+    from nhle_pipeline.verify.verification import forgotten_logit_spread
 
     d = manifest.derived
     forget = list(manifest.forget_classes)

@@ -165,6 +165,11 @@ class Metrics(Record):
     evidence_copy_max_abs: float | None = None  # verification copy vs shipped file (None: 0.2 manifests)
     graph_unchanged: bool
     cwm_in_graph: bool | None = None  # None: CWM mode 'none', nothing to look for
+    # every forgotten logit proved a constant of the graph and one value over the test split
+    # (None: CWM mode 'none', or a manifest written before the check existed)
+    output_masked: bool | None = None
+    forgotten_logit_spread: float | None = None  # max - min of a forgotten logit over the test split
+    batch_max_abs: float | None = None  # logits at batch 1 and 3 vs the measuring pass
     evidence: EvidenceBlock
     nhle: NHLERecord
     cwm: CWMRecord | None = None  # None: 0.2 manifests

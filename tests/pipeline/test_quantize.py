@@ -18,7 +18,8 @@ from nhle_pipeline.pipeline.errors import (
     TamperedReleaseError,
 )
 from nhle_pipeline.verify.gates import GatesConfig
-from nhle_pipeline.verify.precision import derived_gates, forgotten_logit_spread
+from nhle_pipeline.verify.precision import derived_gates
+from nhle_pipeline.verify.verification import forgotten_logit_spread
 
 # --- fast: the judgment alone ------------------------------------------------------------------
 

@@ -4,8 +4,8 @@ from pydantic import ValidationError
 from nhle_pipeline.verify.gates import GateResult, GatesConfig, evaluate_gates
 
 OK = {"acc_f": 0.0, "delta_acc_r": -0.01, "parity_max_abs": 1e-5, "graph_unchanged": True, "cwm_in_graph": True,
-      "evidence_copy_max_abs": 0.0, "nhle": {"stopped": "forgotten"}}
-PARITY_GATES = {"parity", "graph_unchanged", "cwm_in_graph", "nhle_completed"}
+      "output_masked": True, "batch_max_abs": 0.0, "evidence_copy_max_abs": 0.0, "nhle": {"stopped": "forgotten"}}
+PARITY_GATES = {"parity", "batch_independent", "graph_unchanged", "cwm_in_graph", "nhle_completed"}
 EVIDENCE_GATES = {"ratio_d_relative", "probe_auc", "mia_efficacy"}
 
 
@@ -25,6 +25,9 @@ def test_gates_pass_fail_and_fail_closed_on_missing_or_nan():
     assert not by_name(missing)["parity"].passed
     recheck = [g.name for g in evaluate_gates(OK, GatesConfig(), with_parity=False)]
     assert recheck[:2] == ["acc_f", "acc_r_drop"] and not PARITY_GATES & set(recheck)
+    assert "output_masked" in recheck  # about the file: the re-check computes it too
+    assert not by_name({**OK, "output_masked": None})["output_masked"].passed
+    assert not by_name({**OK, "batch_max_abs": 0.002})["batch_independent"].passed
 
 
 def test_thresholds_are_inclusive_and_infinity_fails():
