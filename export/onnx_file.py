@@ -87,3 +87,133 @@ def head_rows(model, head_name: str) -> tuple[np.ndarray, np.ndarray | None]:
     if w is None:
         raise OnnxFileError(f"model.onnx: no initializer '{head_name}.weight' for the head")
     return w, initializer(model, f"{head_name}.bias")
+
+
+# The highest default-domain opset each IR version carries, from onnx.helper.VERSION_TABLE
+# (onnx 1.13: IR 8, opset 18; 1.14-1.15: IR 9, opsets 19-20; 1.16-1.17: IR 10, opsets 21-22).
+# Opset 18 is the exporter's lowest, so IR 8 is the lowest a file of ours can be written with;
+# IR 10 is what torch.onnx writes. tests/export/test_ir_version.py reads the installed table.
+IR_VERSION_MAX_OPSET = {8: 18, 9: 20, 10: 22}
+
+# Element types each IR version added (onnx.proto, `enum Version`): a file written with a lower
+# IR may not hold them.
+_TYPES_SINCE_IR = {
+    9: ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ"),
+    10: ("UINT4", "INT4"),
+    11: ("FLOAT4E2M1",),
+    12: ("FLOAT8E8M0",),
+    13: ("UINT2", "INT2"),
+}
+# Integer attributes that name an element type (Cast's `to`, EyeLike's and the Random ops'
+# `dtype`, QuantizeLinear's `output_dtype`).
+_TYPE_ATTRIBUTES = ("to", "dtype", "output_dtype")
+
+
+def _graphs(model):
+    """The main graph, every model-local function and every subgraph in a node attribute."""
+    todo = [model.graph, *model.functions]
+    while todo:
+        g = todo.pop()
+        yield g
+        for n in g.node:
+            for a in n.attribute:
+                todo.extend([a.g] if a.HasField("g") else [])
+                todo.extend(a.graphs)
+
+
+def _values(g) -> list:
+    """A graph's inputs, outputs and value infos (a function's inputs are bare names)."""
+    import onnx
+
+    if isinstance(g, onnx.GraphProto):
+        return [*g.input, *g.output, *g.value_info]
+    return list(getattr(g, "value_info", ()))
+
+
+def _element_types(model):
+    """(element type, where) for every tensor type the model names."""
+    def tensor_types(t, where):
+        kind = t.WhichOneof("value")
+        if kind in ("tensor_type", "sparse_tensor_type"):
+            yield getattr(t, kind).elem_type, where
+        elif kind in ("sequence_type", "optional_type"):
+            yield from tensor_types(getattr(t, kind).elem_type, where)
+        elif kind == "map_type":
+            yield t.map_type.key_type, where
+            yield from tensor_types(t.map_type.value_type, where)
+
+    for g in _graphs(model):
+        for v in _values(g):
+            yield from tensor_types(v.type, f"value '{v.name}'")
+        for t in getattr(g, "initializer", ()):
+            yield t.data_type, f"initializer '{t.name}'"
+        for n in g.node:
+            for a in n.attribute:
+                where = f"{n.op_type} '{n.name or n.output[0]}' attribute '{a.name}'"
+                tensors = [a.t] if a.HasField("t") else list(a.tensors)
+                tensors += [s.values for s in ([a.sparse_tensor] if a.HasField("sparse_tensor") else a.sparse_tensors)]
+                for t in tensors:
+                    yield t.data_type, where
+                if a.type == a.INT and a.name in _TYPE_ATTRIBUTES:
+                    yield a.i, where
+
+
+def ir_features_above(model, ir_version: int) -> list[str]:
+    """What ``model`` holds that IR ``ir_version`` does not define and no rewrite can drop:
+    element types added later (INT4 in IR 10, the FLOAT8 types in IR 9), function overloads and
+    function attribute defaults (IR 10, 9), multi-device settings (IR 11). Empty: it can be
+    written as that IR once ``drop_annotations_above`` has run."""
+    import onnx
+
+    newer = {}
+    for since, names in _TYPES_SINCE_IR.items():
+        for name in names:
+            code = getattr(onnx.TensorProto, name, None)
+            if code is not None and since > ir_version:
+                newer[code] = (name, since)
+    found: list[str] = []
+    for code, where in _element_types(model):
+        if code in newer:
+            name, since = newer[code]
+            found.append(f"{where} is {name} (IR {since})")
+    nodes = [n for g in _graphs(model) for n in g.node]
+    if ir_version < 10:
+        found += [f"node '{n.name or n.output[0]}' names the overload '{n.overload}' (IR 10)" for n in nodes if n.overload]
+        found += [f"function '{f.name}' is the overload '{f.overload}' (IR 10)" for f in model.functions if f.overload]
+    if ir_version < 9:
+        found += [f"function '{f.name}' sets attribute defaults (IR 9)" for f in model.functions if len(f.attribute_proto)]
+    if ir_version < 11:
+        if len(getattr(model, "configuration", ())):
+            found.append("the model's multi-device configuration (IR 11)")
+        found += [f"node '{n.name or n.output[0]}' has device configurations (IR 11)"
+                  for n in nodes if len(getattr(n, "device_configurations", ()))]
+    return found
+
+
+def drop_annotations_above(model, ir_version: int) -> int:
+    """Remove from ``model`` (in place) the annotations IR ``ir_version`` does not define and no
+    runtime reads: below IR 10, the ``metadata_props`` of nodes, graphs, values, tensors and
+    functions (the exporter's stack traces, module scopes and rewrite-rule names). The model's own
+    ``metadata_props`` (the provenance) is in every IR and stays. Returns how many were removed."""
+    if ir_version >= 10:
+        return 0
+    removed = 0
+
+    def clear(proto) -> None:
+        nonlocal removed
+        if hasattr(proto, "metadata_props"):
+            removed += len(proto.metadata_props)
+            del proto.metadata_props[:]
+
+    for g in _graphs(model):
+        clear(g)
+        for v in _values(g):
+            clear(v)
+        for t in getattr(g, "initializer", ()):
+            clear(t)
+        for n in g.node:
+            clear(n)
+            for a in n.attribute:
+                for t in ([a.t] if a.HasField("t") else list(a.tensors)):
+                    clear(t)
+    return removed
