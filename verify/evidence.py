@@ -47,7 +47,10 @@ class Evidence:
 
 
 def separability(features: np.ndarray, y: np.ndarray, forget: list[int]) -> tuple[float, float, float]:
-    """(D_inter, D_intra, Ratio_D) as defined in the module docstring."""
+    """(D_inter, D_intra, Ratio_D) as defined in the module docstring; NaN when a feature is
+    NaN or infinite (no distance is measured: the gates fail closed)."""
+    if not np.isfinite(features).all():
+        return float("nan"), float("nan"), float("nan")
     classes = [c for c in np.unique(y)]
     centroids = {int(c): features[y == c].mean(axis=0) for c in classes}
     fmask = np.isin(y, forget)
@@ -67,7 +70,8 @@ def separability(features: np.ndarray, y: np.ndarray, forget: list[int]) -> tupl
 def probe_auc(
     train_feats: np.ndarray, train_y: np.ndarray, test_feats: np.ndarray, test_y: np.ndarray, forget: list[int], seed: int
 ) -> float:
-    """ROC AUC of a forgotten-vs-retained logistic probe (train split -> test split)."""
+    """ROC AUC of a forgotten-vs-retained logistic probe (train split -> test split); NaN when
+    a feature is NaN or infinite (no probe can be fit: the gates fail closed)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.pipeline import make_pipeline
@@ -75,6 +79,8 @@ def probe_auc(
 
     t_lab, s_lab = np.isin(train_y, forget), np.isin(test_y, forget)
     if t_lab.all() or not t_lab.any() or s_lab.all() or not s_lab.any():
+        return float("nan")
+    if not (np.isfinite(train_feats).all() and np.isfinite(test_feats).all()):
         return float("nan")
     probe = make_pipeline(
         StandardScaler(),
@@ -96,7 +102,8 @@ def true_label_prob(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
 def mia_efficacy(
     train_logits: np.ndarray, train_y: np.ndarray, test_logits: np.ndarray, test_y: np.ndarray, forget: list[int], seed: int
 ) -> float:
-    """Fraction of forgotten-class training samples an RBF-SVM membership attack calls non-members."""
+    """Fraction of forgotten-class training samples an RBF-SVM membership attack calls non-members;
+    NaN when a probability it needs is NaN (NaN or infinite logits: the gates fail closed)."""
     from sklearn.svm import SVC
 
     rng = np.random.default_rng(seed)
@@ -112,8 +119,11 @@ def mia_efficacy(
         true_label_prob(test_logits[nonmember], test_y[nonmember]),
     ])[:, None]
     label = np.concatenate([np.ones(n), np.zeros(n)])
+    scored = true_label_prob(train_logits[target], train_y[target])[:, None]
+    if not (np.isfinite(x).all() and np.isfinite(scored).all()):
+        return float("nan")
     attack = SVC(kernel="rbf", C=3.0, gamma="auto", random_state=seed).fit(x, label)
-    judged = attack.predict(true_label_prob(train_logits[target], train_y[target])[:, None])
+    judged = attack.predict(scored)
     return float((judged == 0).mean())
 
 
