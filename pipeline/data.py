@@ -29,7 +29,9 @@ from nhle_pipeline.pipeline.image_sources import (
     MemmapSource,
     NpzMember,
     Preprocess,
+    open_image,
 )
+from nhle_pipeline.pipeline.names import name_problem
 
 # scikit-learn's digits have no official split: a fixed stratified split
 # (450 test images, random_state 0, independent of the run's seed) keeps the
@@ -224,6 +226,10 @@ def _npz_class_names(z, path: Path) -> tuple[str, ...]:
     names = z["class_names"]
     if names.ndim != 1 or names.dtype.kind != "U" or not all(names):
         raise DataError(f"{path}: 'class_names' must be a 1-D array of non-empty strings, got {names.dtype} {names.shape}")
+    for n in names:
+        problem = name_problem(str(n))
+        if problem:
+            raise DataError(f"{path}: 'class_names': {problem}")
     return tuple(str(n) for n in names)
 
 
@@ -243,10 +249,15 @@ def _load_imagefolder(root: Path, pre: Preprocess, workers: int) -> tuple[Split,
         if classes is not None and ds.classes != classes:
             raise DataError("data.root: train/ and test/ have different class folders")
         classes = ds.classes
+        for name in classes:
+            problem = name_problem(name)
+            if problem:
+                raise DataError(f"data.root: class folder '{folder / name}': {problem}")
         paths = [p for p, _ in ds.samples]
         labels = np.array([t for _, t in ds.samples], dtype=np.int64)
         if not paths:
             raise DataError(f"data.root: '{folder}' holds no images")
+        _regular_files(paths)
         src = ImageFileSource(paths, "L" if _is_gray(paths[0]) else "RGB", pre)
         splits.append(Split(labels, src, tuple(src.fetch(np.arange(1)).shape[1:]), workers))
     return splits[0], splits[1], tuple(classes or ())
@@ -256,14 +267,24 @@ def _no_decode(path: str) -> str:
     return path
 
 
-def _is_gray(path: str) -> bool:
-    from PIL import Image
+def _regular_files(paths: list[str]) -> None:
+    """Every image path a regular file (links followed), checked before any work: a FIFO named
+    ``*.png`` would block the run, a device would be read without end (decoding checks again)."""
+    import stat
 
-    try:
-        with Image.open(path) as im:
-            return im.mode in ("L", "1", "I;16", "I")
-    except OSError:
-        return False
+    for p in paths:
+        try:
+            mode = os.stat(p).st_mode
+        except OSError as e:
+            raise DataError(f"{p}: cannot read the image ({e.strerror})") from e
+        if not stat.S_ISREG(mode):
+            raise DataError(f"{p}: not a regular file (a pipe, socket or device); an image folder holds image files only")
+
+
+def _is_gray(path: str) -> bool:
+    """Whether the (first) image is grayscale; an image that cannot be opened is a DataError naming it."""
+    with open_image(path) as im:
+        return im.mode in ("L", "1", "I;16", "I")
 
 
 def _load_torchvision(name: str, root: Path, download: bool, pre: Preprocess) -> tuple[Split, Split, tuple[str, ...] | None]:

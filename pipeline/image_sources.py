@@ -16,6 +16,7 @@ import errno
 import hashlib
 import os
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,6 +206,49 @@ class MemmapSource(ArraySource):
         return self.n
 
 
+def open_image_file(path: str):
+    """``path`` opened for reading, refused unless it is a regular file (a FIFO named ``*.png``
+    would block the run forever, a device would be read without end): opened non-blocking, then
+    checked on the open descriptor, so it cannot be swapped in between."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as e:
+        raise DataError(f"{path}: cannot open the image ({e.strerror})") from e
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else (
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+            raise DataError(f"{path}: {kind}, not an image file; an image folder holds regular files only")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+@contextmanager
+def open_image(path: str):
+    """The PIL image of the regular file ``path`` (closed on leaving), an image over PIL's pixel
+    limit refused (a decompression bomb: a tiny PNG that says it is 20,000 x 20,000): every
+    failure a DataError naming the file."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    with open_image_file(path) as f:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)  # over the limit: refused
+                im = Image.open(f)
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as e:
+            raise DataError(f"{path}: cannot decode the image ({str(e).splitlines()[0][:120]})") from e
+        with im:
+            yield im
+
+
 class ImageFileSource:
     """Image files decoded on demand (PIL), converted to RGB or L, preprocessed per batch.
 
@@ -219,13 +263,17 @@ class ImageFileSource:
         return len(self.paths)
 
     def decode(self, i: int) -> np.ndarray:
+        import warnings
+
         from PIL import Image, UnidentifiedImageError
 
         path = self.paths[i]
         try:
-            with Image.open(path) as im:
+            with open_image(path) as im, warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
                 arr = np.asarray(im.convert(self.mode))
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as e:
             raise DataError(f"{path}: cannot decode the image ({str(e).splitlines()[0][:120]})") from e
         return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)  # (C, H, W) uint8
 
