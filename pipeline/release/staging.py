@@ -38,6 +38,7 @@ def check_target(release_dir: str | Path, name: str, force: bool) -> Path:
     problem = folder_problem(root)
     if problem:
         raise ReleaseError(f"release.dir: {problem}")
+    _not_inside_a_release(root)
     target = root / name
     if target.is_symlink():  # dangling or not: the release path must be the release itself
         raise ReleaseError(f"release '{target}' is a symbolic link; remove it (a release is a real folder)")
@@ -55,12 +56,31 @@ def check_target(release_dir: str | Path, name: str, force: bool) -> Path:
     return target
 
 
+def _not_inside_a_release(root: Path) -> None:
+    """``root`` (where releases go) is not an existing release, nor inside one (a folder holding
+    manifest.json), nor inside a staging folder: a release written there would add files to that
+    release (which then fails its checks) or be swept away with the staging folder."""
+    seen = set()
+    for start in (Path(os.path.abspath(root)), root.resolve()):  # as written, and with links followed
+        for folder in (start, *start.parents):
+            if folder in seen:
+                continue
+            seen.add(folder)
+            if folder.name == STAGING:
+                raise ReleaseError(f"release.dir: '{root}' is inside the staging folder '{folder}'; "
+                                   "give a folder of its own (releases go beside each other)")
+            if (folder / MANIFEST).is_file() or (folder / MANIFEST).is_symlink():
+                raise ReleaseError(f"release.dir: '{root}' is inside the release '{folder}' (it holds {MANIFEST}); "
+                                   "a release holds only its own files: give a folder beside it")
+
+
 def create_staging(release_dir: str | Path, name: str) -> Path:
     """``<release.dir>/.staging/<name>-<stamp>-<unique>-<pid>/`` with its scratch folder."""
     import tempfile
 
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     area = Path(release_dir) / STAGING
+    created = [f for f in (area, *area.parents) if not f.exists()][1:]  # release.dir and above, made here
     try:
         area.mkdir(parents=True, exist_ok=True)
         path = Path(tempfile.mkdtemp(prefix=f"{name}-{stamp}-", suffix=f"-{os.getpid()}", dir=area))
@@ -68,7 +88,13 @@ def create_staging(release_dir: str | Path, name: str) -> Path:
         (path / SCRATCH).mkdir()
     except OSError as e:  # os.access() can say yes (root, read-only mounts) where mkdir says no
         raise ReleaseError(f"release.dir: cannot create a staging folder in '{area}' ({e.strerror})") from e
+    _CREATED[path] = created
     return path
+
+
+# staging folder -> the folders above its .staging that create_staging made (deepest first): a
+# discarded run removes them again when empty, so a failed first run into a new release.dir leaves nothing
+_CREATED: dict[Path, list[Path]] = {}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -82,10 +108,11 @@ def _fsync_dir(path: Path) -> None:
 def discard_staging(staging: Path) -> None:
     """Remove a run's staging folder (an error, an interruption, a full disk): nothing half-made stays."""
     shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.parent.rmdir()  # .staging itself, when this was its last run
-    except OSError:
-        pass
+    for folder in (staging.parent, *_CREATED.pop(staging, [])):  # .staging itself, when this was its last run
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def publish(staging: Path, target: Path, force: bool, sign_key: SigningKey | None = None) -> Path:
