@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nhle_pipeline.pipeline.errors import ConfigError, InputError, TamperedReleaseError
+from nhle_pipeline.pipeline.jsonio import loads as strict_json
 
 SIGNATURE = "release.sig"
 PASSWORD_ENV = "PIPELINE_SIGN_KEY_PASSWORD"  # for an encrypted private key
@@ -138,6 +139,10 @@ def verify_signature(folder: Path, public_key: str | Path) -> str:
     sig = folder / SIGNATURE
     if sig.is_symlink() or not sig.is_file():
         raise TamperedReleaseError(f"{sig}: missing; the release is not signed (a signature was required)")
+    try:  # strict JSON first: a key given twice could make two verifiers see two different bundles
+        strict_json(sig.read_bytes())
+    except (OSError, ValueError) as e:
+        raise TamperedReleaseError(f"{sig}: not a valid signature (not strict JSON: {e})") from e
     try:
         (verifying.Config()
          .use_elliptic_key_verifier(public_key=pub_path)
