@@ -326,6 +326,20 @@ def train(config: Path, device: str | None, force: bool, trust_code: bool, as_js
                                   arch=cfg.model.arch, dataset=cfg.data.dataset, epochs=cfg.train.epochs)
 
 
+def _hermetic(fn):
+    """A read-only command: the libraries' caches and telemetry go to a temporary folder it
+    removes (pipeline/hermetic.py), so it writes nothing outside it."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from nhle_pipeline.pipeline.hermetic import hermetic_caches
+
+        with hermetic_caches(f"pipeline-{fn.__name__}-env-"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def _threshold(flag: str, help_text: str):
     return click.option(flag, type=float, default=None, help=help_text)
 
@@ -350,6 +364,7 @@ def _threshold(flag: str, help_text: str):
 @DEVICE_OPTION
 @JSON_OPTION
 @handle_errors
+@_hermetic
 def verify(release_dir: Path, policy_file: Path | None, acc_f_max: float | None, acc_r_drop_max: float | None,
            ratio_d_max_relative: float | None, probe_auc_max: float | None, mia_efficacy_min: float | None,
            public_key: Path | None, source_weights: Path | None, data_root: str | None, device: str | None,
@@ -388,6 +403,12 @@ def verify(release_dir: Path, policy_file: Path | None, acc_f_max: float | None,
         f"evidence (recomputed): Ratio_D {ev['ratio_d']:.4f}, probe AUC {ev['probe_auc']:.4f}, "
         f"MIA-efficacy {ev['mia_efficacy']:.4f}"
     )
+    rep = check.metrics.get("representation")
+    if rep is not None:
+        from nhle_pipeline.pipeline.release.manifest import RepresentationRecord
+        from nhle_pipeline.pipeline.release.report_view import forgetting_statement
+
+        console.print(f"{forgetting_statement(RepresentationRecord.model_validate(rep))} (recomputed)", markup=False)
     for g in check.gates:
         console.print(g.line(), markup=False)
     from nhle_pipeline.pipeline.output import current_document, verify_fields
@@ -479,6 +500,7 @@ def init(path: Path, force: bool) -> None:
               help="When MODEL sits in a signed release: check release.sig with this PEM public key.")
 @JSON_OPTION
 @handle_errors
+@_hermetic
 def inspect(model: Path, public_key: Path | None, as_json: bool) -> None:
     """Show MODEL.onnx as a server sees it: inputs and outputs (names, dtypes, shapes), opset,
     op counts, size, provenance (as onnxruntime reads it), and its release's signature status."""

@@ -17,13 +17,24 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from nhle_pipeline.pipeline.errors import ConfigError
+from nhle_pipeline.pipeline.jsonio import MAX_NUMBER_CHARS
+from nhle_pipeline.pipeline.names import name_problem
 from nhle_pipeline.verify.gates import GatesConfig
 
 DATASETS = ("digits", "npz", "imagefolder", "mnist", "fashionmnist", "svhn", "cifar10", "cifar100")
-RELEASE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# \Z, not $: "$" also matches before a trailing newline, so "name\n" would pass a .match().
+RELEASE_NAME_PATTERN = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 # model.kwargs is free-form YAML; it must stay plain, JSON-able data of bounded size
 # (it is hashed and written to the manifest; YAML aliases can make it recursive or huge).
 KWARGS_MAX_DEPTH = 16
@@ -54,6 +65,8 @@ def _not_plain_data(value: Any) -> str | None:
             todo.extend((x, depth + 1) for x in v.values())
         elif isinstance(v, list):
             todo.extend((x, depth + 1) for x in v)
+        elif isinstance(v, int) and not isinstance(v, bool) and len(str(v)) > MAX_NUMBER_CHARS:
+            return f"an integer {len(str(v))} characters long (at most {MAX_NUMBER_CHARS}: the manifest's JSON reader's bound)"
         elif not (v is None or isinstance(v, (bool, int, float, str))):
             return f"{type(v).__name__} values are not supported; expected numbers, strings, booleans, lists, mappings"
     return None
@@ -97,6 +110,40 @@ class ModelConfig(_Section):
 class Normalize(_Section):
     mean: list[float] = Field(min_length=1)
     std: list[float] = Field(min_length=1)
+
+    # The images are normalised in float32: each value must survive the conversion (1e-300 is 0
+    # there, 1e39 infinite), and so must every normalised pixel, (x - mean) / std for x in [0, 1].
+    @field_validator("mean")
+    @classmethod
+    def _mean_in_float32(cls, v: list[float]) -> list[float]:
+        import numpy as np
+
+        with np.errstate(over="ignore"):
+            for i, m in enumerate(v):
+                if not np.isfinite(np.float32(m)):
+                    raise ValueError(f"mean[{i}] {m!r} is not finite in float32")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _std_in_float32(cls, v: list[float], info: ValidationInfo) -> list[float]:
+        import numpy as np
+
+        with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+            for i, s in enumerate(v):
+                s32 = np.float32(s)
+                if s <= 0:
+                    raise ValueError(f"std[{i}] {s!r}: expected a positive number")
+                if not (np.isfinite(s32) and s32 > 0):
+                    raise ValueError(f"std[{i}] {s!r} is {float(s32)!r} in float32 (the images' precision); "
+                                     "expected a positive finite float32")
+            mean = info.data.get("mean")
+            if mean is not None and len(mean) == len(v):
+                m32, s32 = np.asarray(mean, np.float32), np.asarray(v, np.float32)
+                widest = np.maximum(np.abs(m32), np.abs(np.float32(1) - m32)) / s32
+                for i in np.flatnonzero(~np.isfinite(widest)):
+                    raise ValueError(f"std[{i}] {v[i]!r} is too small: normalised pixels overflow float32")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> Normalize:
@@ -164,6 +211,10 @@ class DataConfig(_Section):
     @field_validator("class_names")
     @classmethod
     def _unique_names(cls, v: list[str] | None) -> list[str] | None:
+        for name in v or ():
+            problem = name_problem(name)
+            if problem:
+                raise ValueError(problem)
         if v is not None and len(set(v)) != len(v):
             dup = sorted({n for n in v if v.count(n) > 1})
             raise ValueError(f"duplicate class names {dup}")
@@ -297,6 +348,28 @@ OPSET_MIN, OPSET_MAX = 18, 23
 
 class ExportConfig(_Section):
     opset: int = Field(default=18, ge=OPSET_MIN, le=OPSET_MAX)
+    # The ONNX IR version model.onnx is written with. null (default): the exporter's own, 10
+    # (onnxruntime 1.18+, Triton 24.05+); 9 or 8 rewrite the file for older servers
+    # (docs/serving.md). Each carries opsets up to IR_VERSION_MAX_OPSET (9: 20, 8: 18).
+    ir_version: int | None = None
+
+    @field_validator("ir_version")
+    @classmethod
+    def _ir_carries_opset(cls, v: int | None, info: ValidationInfo) -> int | None:
+        from nhle_pipeline.export.onnx_file import IR_VERSION_MAX_OPSET
+
+        if v is None:
+            return v
+        if v not in IR_VERSION_MAX_OPSET:
+            raise ValueError(f"{v} is not an IR version the export writes; expected one of "
+                             f"{', '.join(map(str, IR_VERSION_MAX_OPSET))} (null: the exporter's own)")
+        opset = info.data.get("opset")  # absent when export.opset itself is invalid
+        if opset is not None and opset > IR_VERSION_MAX_OPSET[v]:
+            fits = [ir for ir, top in IR_VERSION_MAX_OPSET.items() if top >= opset]
+            raise ValueError(f"IR {v} carries opsets up to {IR_VERSION_MAX_OPSET[v]} (onnx's VERSION_TABLE), "
+                             f"export.opset is {opset}: lower export.opset to {IR_VERSION_MAX_OPSET[v]} or set "
+                             + (f"ir_version {' or '.join(map(str, fits))}" if fits else "ir_version null"))
+        return v
 
 
 class EvidenceConfig(_Section):
@@ -318,6 +391,9 @@ class VerifyConfig(_Section):
     def _relearn_gate_needs_relearn(self) -> VerifyConfig:
         if self.gates.relearn_steps_min_relative is not None and not self.evidence.relearn:
             raise ValueError("verify.gates.relearn_steps_min_relative needs verify.evidence.relearn: true")
+        if self.gates.require_representation and self.reference != "retrain":
+            raise ValueError("verify.gates.require_representation needs verify.reference: retrain "
+                             "(the representation level is judged against a retrained reference)")
         return self
 
 
@@ -377,6 +453,14 @@ class TrackingConfig(_Section):
     experiment: str = Field(default="nhle-pipeline", min_length=1)
     # The MLflow run's name; default: the release name.
     run_name: str | None = Field(default=None, min_length=1)
+
+    @field_validator("experiment", "run_name")
+    @classmethod
+    def _printable(cls, v: str | None) -> str | None:
+        problem = name_problem(v) if v is not None else None
+        if problem:
+            raise ValueError(problem)
+        return v
 
 
 class TrainConfig(_Section):

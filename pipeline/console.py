@@ -57,7 +57,16 @@ def print_run_summary(m: Manifest, release: Path | None) -> None:
     for label, a, b, c in rows:
         t.add_row(label, f"{a:.4f}", f"{b:.4f}", *([format_value(c)] if r else []))
     t.add_row("ΔAcc_R", "", f"{met.delta_acc_r:+.4f}", *([f"{r.acc_r - o.acc_r:+.4f}"] if r else []))
+    rep = met.representation
+    if rep is not None:
+        ref = rep.reference
+        t.add_row("LPR_F (fresh probe)", f"{rep.original.lpr_f:.4f}", f"{rep.unlearned.lpr_f:.4f}",
+                  *([f"{ref.lpr_f:.4f}"] if r else []))
+        t.add_row("CKA to original", f"{rep.original.cka_original:.4f}", f"{rep.unlearned.cka_original:.4f}",
+                  *([format_value(ref.cka_original if ref else None)] if r else []))
     console.print(t)
+    if rep is not None:
+        console.print(forgetting_line(rep))
     g = Table(title="gates")
     g.add_column("")
     g.add_column("gate")
@@ -74,6 +83,14 @@ def print_run_summary(m: Manifest, release: Path | None) -> None:
         console.print(f"[bold green]released[/] {release}")
     else:
         console.print("[bold red]not released[/]: a gate failed")
+
+
+def forgetting_line(rep) -> str:
+    """The level sentence (report_view.forgetting_statement), coloured by level."""
+    from nhle_pipeline.pipeline.release.report_view import forgetting_statement
+
+    colour = {"representation": "green", "output": "yellow"}.get(rep.level, "red")
+    return f"[bold {colour}]{forgetting_statement(rep)}[/]"
 
 
 def train_original(cfg, *, device: str | None, force: bool) -> Path:

@@ -81,6 +81,7 @@ from nhle_pipeline.verify.measure import (
 )
 from nhle_pipeline.verify.output_masking import forgotten_logits_constant
 from nhle_pipeline.verify.relearn import relearn_block
+from nhle_pipeline.verify.representation import Audit, audit, representation_block
 from nhle_pipeline.verify.verification import PARITY_MAX_SAMPLES, verification_metrics
 
 
@@ -283,7 +284,7 @@ def _calibrate(run: _Run, model: nn.Module) -> Calibration:
 def _export(run: _Run, model: nn.Module) -> tuple[Path, list[str], str]:
     """model.onnx with its provenance, checked, and its Triton repository."""
     model_onnx = run.staging / "model.onnx"
-    external = export_onnx(model, run.inp.data.input_shape, model_onnx, opset=run.cfg.export.opset)
+    external = export_onnx(model, run.inp.data.input_shape, model_onnx, opset=run.cfg.export.opset, ir_version=run.cfg.export.ir_version)
     stamp_metadata(model_onnx, onnx_provenance(run.cfg, run.inp.weights_sha256, run.inp.class_names))
     check_onnx(model_onnx)
     problems = graph_problems(load_onnx(model_onnx, weights=False))
@@ -334,6 +335,7 @@ def _verify(run: _Run, model: nn.Module, nh: NHLEResult, model_onnx: Path) -> tu
               "forget_acc_end": nh.forget_acc_end, "n_samples": int(len(run.inp.forget_idx)),
               "n_retained_samples": int(len(run.inp.retained_idx)), "settings": nh.settings},
     )
+    metrics["representation"] = _representation(run, metrics.get("output_masked"))
     relearned = ""
     if run.cfg.verify.evidence.relearn:  # the PyTorch models (parity ties the unlearned one to model.onnx)
         data = run.inp.data
@@ -344,8 +346,25 @@ def _verify(run: _Run, model: nn.Module, nh: NHLEResult, model_onnx: Path) -> tu
         relearned = f", relearn steps x{rl['steps_relative']:.2f} the original's ({rl['seconds']:.1f} s)"
     gates = evaluate_gates(metrics, run.cfg.verify.gates, cwm_applied=cwm.mode != "none")
     passed = all(g.passed for g in gates)
+    rep = metrics["representation"]
     return metrics, gates, (f"Acc_F {after.accuracy.acc_f:.4f}, ΔAcc_R {metrics['delta_acc_r']:+.4f}, "
-                            f"Ratio_D {after.evidence.ratio_d:.3f}{relearned}, gates {'pass' if passed else 'FAIL'}")
+                            f"Ratio_D {after.evidence.ratio_d:.3f}, LPR_F {rep['unlearned']['lpr_f']:.3f}{relearned}, "
+                            f"level {rep['level']}, gates {'pass' if passed else 'FAIL'}")
+
+
+def _representation(run: _Run, output_masked: bool | None) -> dict:
+    """The representation-level audit at the head input, from the passes already made."""
+    data, forget, seed = run.inp.data, run.forget, run.cfg.seed
+    original, reference = run.measured["original"], run.measured.get("reference")
+
+    def one(m: Measurement) -> Audit:
+        return audit(f"input of '{run.inp.head_name}'",
+                     (m.train_features, data.train.y[m.train_idx]), (m.test_features, data.test.y[m.test_idx]),
+                     forget, seed, original_test=original.test_features,
+                     reference_test=reference.test_features if reference is not None else None)
+
+    return representation_block(one(original), one(run.measured["unlearned"]),
+                                one(reference) if reference is not None else None, output_masked)
 
 
 def _features(run: _Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:

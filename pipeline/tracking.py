@@ -228,6 +228,13 @@ def run_metrics(m: Manifest) -> dict[str, float]:
         out["gap_to_reference.mean"] = ev.gap_to_reference.mean
     if ev.relearn is not None:
         out["relearn.steps_relative"] = ev.relearn.steps_relative
+    rep = met.representation
+    if rep is not None:
+        for who in ("original", "unlearned", "reference"):
+            a = getattr(rep, who)
+            if a is not None:
+                out.update({f"{who}.{k}": getattr(a, k) for k in ("lpr_f", "lpr_r", "cka_original", "cka_reference")})
+        out.update({f"gap_closed.{k}": v for k, v in (rep.gap_closed or {}).items()})
     out.update({f"gate.{g.name}": int(g.passed) for g in m.gates})
     out.update({f"timing_s.{stage}": s for stage, s in m.timings_s.items()})
     return {k: float(v) for k, v in out.items()
@@ -245,6 +252,8 @@ def run_tags(m: Manifest, folder: Path) -> dict[str, str]:
     failed = [g.name for g in m.gates if not g.passed]
     if failed:
         tags["gates.failed"] = ",".join(failed)
+    if m.metrics.representation is not None:
+        tags["forgetting_level"] = m.metrics.representation.level
     seal = m.manifest_sha256 or _seal_on_disk(Path(folder))
     if seal:
         tags[MANIFEST_SEAL] = seal

@@ -162,15 +162,17 @@ def test_without_a_key_the_signature_is_not_checked_and_says_so(rel):
 def test_forged_release_original_model_gate_raised_resealed_fails(rel, original_onnx, keys, digits_weights):
     """model.onnx replaced by an export of the original (provenance copied), acc_f_max raised to
     1.0, metrics and gate values edited to match, config_sha256 and the seal recomputed: the
-    masking the manifest records is not the shipped model's (to record it truthfully, the forger
+    masking the manifest records (its forgetting level) is not the shipped model's (to record it
+    truthfully, the forger
     would have to record a failed gate, which is refused too); the signature fails it outright.
     With the masking records dropped, the deployer's default gates fail it."""
     _forge(rel, _loosen_and_match_original, model=original_onnx)
-    _verify(rel, code=2, expect="gate 'output_masked' records True, verify recomputes False")
+    _verify(rel, code=2, expect="records forgetting level 'output', its numbers give 'none'")
     _verify(rel, "--public-key", keys["pub"], code=2, expect="release.sig: the release's files differ from the signed ones")
 
     def drop_masking_records(m):
         m["gates"] = [g for g in m["gates"] if g["name"] not in ("output_masked", "cwm_in_graph")]
+        m["metrics"]["representation"]["level"] = "none"
 
     _forge(rel, drop_masking_records)
     r = _verify(rel, code=1, expect="gate(s) failed: acc_f, output_masked, cwm_in_graph")
@@ -397,3 +399,42 @@ def test_a_failed_runs_staging_folder_promoted_and_sealed_is_refused(make_config
     shutil.copytree(staging, promoted, ignore=shutil.ignore_patterns(".work"))
     seal_manifest_file(promoted / "manifest.json")
     _verify(promoted, code=2, expect="status 'gate_failed'")
+
+
+# --- the forgetting level: recomputed, never taken on trust -----------------------------------------
+
+
+def test_the_release_states_its_level_and_verify_recomputes_it(rel):
+    m = json.loads((rel / "manifest.json").read_text())
+    rep = m["metrics"]["representation"]
+    # no retrained reference in this run: masking is all it can claim, and both reports say so
+    assert rep["level"] == "output" and rep["reference"] is None and rep["original"]["cka_original"] == 1.0
+    assert 0 <= rep["unlearned"]["lpr_f"] <= 1 and "forgetting level: output" in (rel / "report.md").read_text()
+    assert 'id="forgetting-level"' in (rel / "report.html").read_text()
+    r = _verify(rel, code=0, expect="forgetting level: output")
+    assert "representation audit: LPR_F, LPR_R" in r.output
+
+
+@pytest.mark.parametrize("edit, code, expect", [
+    (lambda rep: rep.update(level="representation"), 2, "records forgetting level 'representation'"),
+    (lambda rep: rep["unlearned"].update(lpr_f=0.01), 1, "gate(s) failed: reproduces_manifest"),
+])
+def test_a_forged_audit_is_refused(rel, edit, code, expect):
+    _forge(rel, lambda m: edit(m["metrics"]["representation"]))
+    _verify(rel, code=code, expect=expect)
+
+
+def test_a_policy_can_require_the_representation_level(rel, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("gates:\n  require_representation: true\n")
+    _verify(rel, "--policy", policy, code=1, expect="gate(s) failed: representation_level")
+    _forge(rel, lambda m: m["metrics"].pop("representation"))  # a release made before the audit
+    _verify(rel, "--policy", policy, code=2, expect="gates.require_representation")
+
+
+def test_requiring_the_representation_level_needs_a_reference(make_config):
+    from nhle_pipeline.pipeline.config import load_config
+    from nhle_pipeline.pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="require_representation needs verify.reference: retrain"):
+        load_config(make_config(verify={"gates": {"require_representation": True}}))

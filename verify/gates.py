@@ -41,6 +41,10 @@ class GatesConfig(BaseModel):
     # original's must be >= this; needs verify.evidence.relearn. Applied by `pipeline run`
     # only: `pipeline verify` has the ONNX file, not trainable weights.
     relearn_steps_min_relative: float | None = Field(default=None, gt=0)
+    # Require the representation level of forgetting (verify/representation.py): the features,
+    # not only the outputs, within reach of a retrained reference (needs verify.reference: retrain
+    # in the run that made the release).
+    require_representation: bool = False
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,11 @@ def evaluate_gates(
         stopped = (metrics.get("nhle") or {}).get("stopped")
         results.append(gate_result("nhle_completed", None if stopped is None else stopped == "forgotten", "==", True,
                               f"NHLE ran and met its stop rule; stopped: {stopped} (verify.gates.nhle_completed)"))
+    if gates.require_representation:
+        level = (metrics.get("representation") or {}).get("level")
+        results.append(gate_result("representation_level", None if level is None else level == "representation",
+                                   "==", True, f"the features forgot too, not only the outputs; level: {level} "
+                                   "(verify.gates.require_representation)"))
     if cwm_applied:
         results.append(gate_result("output_masked", metrics.get("output_masked"), "==", True,
                                    "every forgotten logit a constant of the graph (proved from its nodes) "

@@ -24,6 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
+from nhle_pipeline.export.errors import OnnxFileError
 from nhle_pipeline.verify.errors import ProviderUnavailable
 from nhle_pipeline.verify.evidence import (
     PROBE_MAX_TRAIN,
@@ -74,6 +75,8 @@ class Measurement:
     test_features: np.ndarray  # (n, D) penultimate features
     provider: str
     copy_max_abs: float
+    train_idx: np.ndarray | None = None  # the training subset (PROBE_MAX_TRAIN, seeded)
+    train_features: np.ndarray | None = None  # (m, D) its head-input features
 
 
 def run_model(
@@ -109,7 +112,11 @@ def run_model(
 
     def forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         logits, feats = fsess.run(None, {in_name: x})[:2]
-        return (logits if ship is None else ship.run(None, {in_name: x})[0]), feats
+        logits = logits if ship is None else ship.run(None, {in_name: x})[0]
+        if logits.ndim != 2 or logits.shape[1] != num_classes:  # a model claimed for another class count
+            got = logits.shape[1] if logits.ndim == 2 else f"an array of shape {tuple(logits.shape[1:])} of"
+            raise OnnxFileError(f"{onnx_path}: outputs {got} logits per image, but model.num_classes is {num_classes}")
+        return logits, feats
 
     y = np.asarray(test.y)
     test_idx = subsample(len(y), EVIDENCE_MAX_TEST, seed)
@@ -207,7 +214,8 @@ def measurement(
         forget, seed,
     )
     acc = accuracy_from_counts(out.correct, out.total, forget, num_classes)
-    return Measurement(acc, ev, out.test_idx, out.test_logits, out.test_features, out.provider, out.copy_max_abs)
+    return Measurement(acc, ev, out.test_idx, out.test_logits, out.test_features, out.provider, out.copy_max_abs,
+                       out.train_idx, out.train_features)
 
 
 def measure_onnx(

@@ -89,6 +89,8 @@ class Tree:
 
 def scan_release(release: Path) -> Tree:
     """Walk ``release`` without following links; a symlink or a special file anywhere is tampering."""
+    if release.is_symlink():  # the folder itself too: what is checked must be what is deployed
+        raise TamperedReleaseError(f"{release}: a symbolic link; give the release folder itself (refused, not followed)")
     if not release.is_dir():
         raise ReleaseError(f"{release}: no such release folder")
     files: set[str] = set()
@@ -107,11 +109,15 @@ def scan_release(release: Path) -> Tree:
                 raise TamperedReleaseError(
                     f"{path}: a symbolic link; a release holds only plain files and folders (refused, not followed)"
                 )
-            mode = entry.stat(follow_symlinks=False).st_mode
+            st = entry.stat(follow_symlinks=False)
+            mode = st.st_mode
             if stat.S_ISDIR(mode):
                 dirs.add(rel)
                 todo.append(path)
             elif stat.S_ISREG(mode):
+                if st.st_nlink > 1:  # another name, outside the release, could change it once checked
+                    raise TamperedReleaseError(f"{path}: has {st.st_nlink} hard links; a release's files must be "
+                                               "its own (copy it, do not link it)")
                 files.add(rel)
             else:
                 raise TamperedReleaseError(f"{path}: not a plain file (a device, pipe or socket); refused")
@@ -646,6 +652,17 @@ def verify_release(
 
         spread = metrics["forgotten_logit_spread"] = forgotten_logit_spread(got.test_logits, forget)
         metrics["output_masked"] = bool(forgotten_logits_constant(rel / MODEL, forget) and spread == 0.0)
+    from nhle_pipeline.pipeline.release.check_representation import reaudit
+
+    rep = reaudit(recorded.representation, got, original, data, forget, cfg.seed, metrics.get("output_masked"), notes)
+    if rep.block is None and policy.gates.require_representation:
+        raise InputError(f"gates.require_representation: the policy requires the representation level; {rel} "
+                         "records no representation audit")
+    if rep.block is not None:
+        metrics["representation"] = rep.block
+        if rep.block["level"] != recorded.representation.level:
+            raise TamperedReleaseError(f"{rel / MANIFEST}: records forgetting level '{recorded.representation.level}', "
+                                       f"its numbers give '{rep.block['level']}'")
     gates = evaluate_gates(metrics, policy.gates, with_parity=False, cwm_applied=mode != "none")
 
     if mode != "none":
@@ -679,6 +696,9 @@ def verify_release(
         pairs += _accuracy_pairs(original.accuracy, recorded.original)
         pairs += _evidence_pairs(ev_before, recorded.evidence.original)
         what += " (the original's too)"
+    if rep.pairs:
+        pairs += rep.pairs
+        what += f"; representation audit: {rep.what}"
     drift = _drift(pairs)
     gates.append(gate_result("reproduces_manifest", drift, "<=", REPRODUCE_ATOL, what))
     manifest_gates = dict((manifest.config.get("verify") or {}).get("gates") or {})

@@ -152,6 +152,27 @@ class CWMRecord(Record):
     calibration: CalibrationRecord | None = None
 
 
+class AuditRecord(Record):
+    """verify.representation.Audit as recorded."""
+
+    layer: str
+    lpr_f: float
+    lpr_r: float
+    cka_original: float
+    cka_reference: float | None = None
+
+
+class RepresentationRecord(Record):
+    """The representation-level audit (verify.representation.representation_block)."""
+
+    layer: str
+    original: AuditRecord
+    unlearned: AuditRecord
+    reference: AuditRecord | None = None
+    gap_closed: dict[str, float] | None = None
+    level: Literal["none", "output", "representation"]
+
+
 class Metrics(Record):
     """Every number the gates and the reports use (verify.verification.verification_metrics)."""
 
@@ -171,6 +192,7 @@ class Metrics(Record):
     forgotten_logit_spread: float | None = None  # max - min of a forgotten logit over the test split
     batch_max_abs: float | None = None  # logits at batch 1 and 3 vs the measuring pass
     evidence: EvidenceBlock
+    representation: RepresentationRecord | None = None  # None: written before the audit existed
     nhle: NHLERecord
     cwm: CWMRecord | None = None  # None: 0.2 manifests
 

@@ -24,7 +24,13 @@ import numpy as np
 
 from nhle_pipeline.pipeline.release.manifest import Manifest
 from nhle_pipeline.pipeline.release.report_md import nhle_settings_line
-from nhle_pipeline.pipeline.release.report_view import DEFINITIONS, build_view, fmt, fmt_interval
+from nhle_pipeline.pipeline.release.report_view import (
+    DEFINITIONS,
+    build_view,
+    fmt,
+    fmt_interval,
+    forgetting_statement,
+)
 
 TEMPLATE = "templates/report.html"
 PCA_MAX_POINTS = 2_000
@@ -53,6 +59,14 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _literal_text():
+    """Every text the charts create drawn as written: a class name like ``$\\alpha$`` is not
+    mathtext (an unknown command in one would stop the report)."""
+    import matplotlib
+
+    return matplotlib.rc_context({"text.parse_math": False})
 
 
 def _per_class_chart(view) -> str:
@@ -134,6 +148,8 @@ def _pca_chart(features: dict[str, tuple[np.ndarray, np.ndarray]], view, forget:
     dims = {f.shape[1] for f, _ in features.values()}
     if len(dims) != 1:
         return None  # a reference with another feature width: no common projection
+    if not all(np.isfinite(f).all() for f, _ in features.values()):
+        return None  # NaN or infinite features (the evidence says NaN): nothing to project
     plt = _pyplot()
     rng = np.random.default_rng(seed)
     panels = list(features.items())
@@ -205,15 +221,22 @@ def render_html(m: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]],
     evidence = [{"label": label, "values": [ev[c].get(key) for c in cols], "gap": gap.get(key) if gap else None}
                 for key, label in EVIDENCE_ROWS]
     nh = m.metrics.nhle
+    with _literal_text():
+        per_class = _per_class_chart(view)
+        pca = _pca_chart(features, view, m.forget_classes, m.seed)
     images = [{"id": "per-class-chart", "title": "Per-class test accuracy, and its change (unlearned − original)",
-               "src": _per_class_chart(view)}]
-    pca = _pca_chart(features, view, m.forget_classes, m.seed)
+               "src": per_class}]
     if pca:
+        rep = m.metrics.representation
+        seen = ("" if rep is None else f"; a forgotten class that stays a separate cluster is still in the features: "
+                f"level {rep.level}, fresh-probe recovery {rep.unlearned.lpr_f:.0%}")
         images.append({"id": "pca-chart", "title": "Penultimate features of the test split, PCA "
-                       "(× = forgotten classes; one projection for every panel)", "src": pca})
+                       f"(× = forgotten classes; one projection for every panel{seen})", "src": pca})
     forgotten_names = [r.label for r in view.classes if r.forgotten]
     return _environment().render(
         m=m, view=view, released=m.status == "released", evidence_cols=cols, evidence=evidence, has_gap=bool(gap),
+        forgetting=forgetting_statement(m.metrics.representation),
+        level=m.metrics.representation.level if m.metrics.representation is not None else "none",
         unlearning=f"NHLE {nh.steps} steps (stopped: {nh.stopped}); {nhle_settings_line(nh)}; CWM {m.cwm_mode}",
         images=images, definitions=DEFINITIONS, forgotten_names=forgotten_names,
         versions=", ".join(f"{k} {v}" for k, v in m.runtime.versions.items()),

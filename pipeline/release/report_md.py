@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from nhle_pipeline.pipeline.config import NHLE_PRESET_KEYS
 from nhle_pipeline.pipeline.release.manifest import Manifest, NHLERecord
-from nhle_pipeline.pipeline.release.report_view import DEFINITIONS, build_view, fmt_interval
+from nhle_pipeline.pipeline.release.report_view import (
+    DEFINITIONS,
+    build_view,
+    fmt_interval,
+    forgetting_statement,
+)
 from nhle_pipeline.verify.formatting import format_value
 
 
 def _f(v, digits: int = 4) -> str:
     return format_value(v, f".{digits}f")
+
+
+_MARKDOWN = re.compile(r"([\\`*_\[\]<>|$~&])")
+
+
+def _md(text: str) -> str:
+    """A name from a config or a data set as literal Markdown text: no markup, math (``$``) or
+    table cell breaks (``|``) of its own."""
+    return _MARKDOWN.sub(r"\\\1", text)
 
 
 def nhle_settings_line(nh: NHLERecord) -> str:
@@ -63,6 +78,8 @@ def render_report(m: Manifest, created: str | None = None) -> str:
         "",
         f"**Verdict: {verdict}**",
         "",
+        f"**{forgetting_statement(met.representation)}**",
+        "",
         f"- method: {m.method}, forgotten classes: {m.forget_classes}",
         f"- source model: `{m.source_model.path}` ({m.source_model.arch}), sha256 `{m.source_model.sha256}`",
         f"- model.onnx sha256 `{view.model_sha256 or 'not recorded'}`"
@@ -98,7 +115,7 @@ def render_report(m: Manifest, created: str | None = None) -> str:
     ]
     for row in view.classes:
         tag = " (forgotten)" if row.forgotten else ""
-        lines.append(f"| {row.label}{tag} | {_f(row.original)} | {_f(row.unlearned)} | {_f(row.change)} |")
+        lines.append(f"| {_md(row.label)}{tag} | {_f(row.original)} | {_f(row.unlearned)} | {_f(row.change)} |")
     ev = met.evidence.model_dump()
     cols = [k for k in ("original", "unlearned", "reference") if ev.get(k)]
     if cols:
@@ -115,6 +132,22 @@ def render_report(m: Manifest, created: str | None = None) -> str:
             lines.append(f"| {key} | " + " | ".join(row) + " |")
         if gap:
             lines.append(f"\nMean absolute gap to the retrained reference: {_f(gap.get('mean'))}")
+    rep = met.representation
+    if rep is not None:
+        audits = [("original", rep.original), ("unlearned", rep.unlearned)] + (
+            [("reference", rep.reference)] if rep.reference is not None else [])
+        lines += [
+            "",
+            f"## Representation audit ({_md(rep.layer)}): level {rep.level}",
+            "",
+            "| diagnostic | " + " | ".join(n for n, _ in audits) + (" | gap closed |" if rep.gap_closed else " |"),
+            "| --- | " + " | ".join("---:" for _ in audits) + (" | ---: |" if rep.gap_closed else " |"),
+        ]
+        for key, label in (("lpr_f", "LPR_F: fresh probe, forgotten classes"), ("lpr_r", "LPR_R: fresh probe, retained"),
+                           ("cka_original", "CKA to the original")):
+            closed = [_f((rep.gap_closed or {}).get(key))] if rep.gap_closed else []
+            lines.append(f"| {label} | " + " | ".join(_f(getattr(a, key)) for _, a in audits) + " | "
+                         + " | ".join(closed) + (" |" if closed else ""))
     if view.relearn:
         lines += [
             "",

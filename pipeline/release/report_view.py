@@ -156,3 +156,22 @@ def fmt_interval(iv: Interval, spec: str = ".3f", signed: bool = False) -> str:
         return "n/a"
     s = "+" + spec if signed else spec
     return f"[{format(iv.low, s)}, {format(iv.high, s)}]"
+
+
+def forgetting_statement(rep) -> str:
+    """What the release forgot, in one plain sentence (the level of verify/representation.py);
+    the run summary, both reports and verify say it in these words."""
+    if rep is None:
+        return "forgetting level: not audited (a manifest written before the representation audit)"
+    u = rep.unlearned
+    if rep.level == "representation":
+        return (f"forgetting level: representation — a fresh linear probe on the features recovers {u.lpr_f:.0%} "
+                f"of the forgotten test images and CKA to the original is {u.cka_original:.3f}, within reach "
+                "of the retrained reference")
+    if rep.level == "output":
+        why = ("there is no retrained reference to compare with (verify.reference: retrain)" if rep.reference is None
+               else "the features are still closer to the original's than to the retrained reference's")
+        return (f"forgetting level: output — the file never outputs the forgotten classes, but a fresh linear "
+                f"probe on its features recovers {u.lpr_f:.0%} of their test images; {why}")
+    return "forgetting level: none — the output is not masked"
+

@@ -28,6 +28,8 @@ def measurement(acc_f, acc_r, ratio_d=2.0, probe=0.9, mia=0.1, logits=None) -> M
         "test_features": np.zeros((len(logits), 5), np.float32),
         "provider": "CPUExecutionProvider",
         "copy_max_abs": 0.0,
+        "train_idx": np.arange(len(logits)),
+        "train_features": np.zeros((len(logits), 5), np.float32),
     }
     return Measurement(**{f.name: values[f.name] for f in dataclasses.fields(Measurement)})
 

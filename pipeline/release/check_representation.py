@@ -1,0 +1,66 @@
+"""`pipeline verify`'s representation audit: recomputed from the shipped file, never taken on trust.
+
+From ``model.onnx`` alone verify recomputes the release's own linear-probe
+recovery (LPR_F, LPR_R); with ``--source-weights`` also the original's audit
+and the release's CKA to the original. The retrained reference is the
+producer's (verify does not retrain): its figures are read from the manifest
+and said to be. The level is worked out again from these numbers, and both
+the numbers and the level must reproduce the manifest's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nhle_pipeline.verify.representation import Audit, audit, representation_block
+
+
+@dataclass
+class Reaudit:
+    block: dict | None  # the recomputed metrics.representation (None: the release has none)
+    pairs: list[tuple[float, float]] = field(default_factory=list)  # (recomputed, recorded) for reproduces_manifest
+    what: str = ""  # what was recomputed, for the gate's description
+
+
+def _audit_of(record) -> Audit | None:
+    return None if record is None else Audit(**record.model_dump())
+
+
+def reaudit(recorded, got, original, data, forget: list[int], seed: int, output_masked: bool | None,
+            notes: list[str]) -> Reaudit:
+    """``recorded``: the manifest's ``metrics.representation`` (None: a release made before the
+    audit); ``got``/``original``: verify's measurements of the shipped file and, with
+    --source-weights, of the original (else None)."""
+    if recorded is None:
+        notes.append("the release records no representation audit (made before it existed): its forgetting "
+                     "level is not known")
+        return Reaudit(None)
+    y_train, y_test = np.asarray(data.train.y), np.asarray(data.test.y)
+
+    def measured(m, original_test) -> Audit:
+        return audit(recorded.layer, (m.train_features, y_train[m.train_idx]), (m.test_features, y_test[m.test_idx]),
+                     forget, seed, original_test=original_test)
+
+    rec_u, rec_o = recorded.unlearned, recorded.original
+    reference = _audit_of(recorded.reference)
+    if original is not None:
+        orig = measured(original, original.test_features)
+        unl = measured(got, original.test_features)
+        pairs = [(orig.lpr_f, rec_o.lpr_f), (orig.lpr_r, rec_o.lpr_r), (unl.cka_original, rec_u.cka_original)]
+        what = "LPR_F, LPR_R, CKA to the original (the original's LPR too)"
+    else:
+        orig = _audit_of(rec_o)
+        fresh = measured(got, None)
+        unl = Audit(fresh.layer, fresh.lpr_f, fresh.lpr_r, rec_u.cka_original, rec_u.cka_reference)
+        pairs = []
+        what = "LPR_F, LPR_R (CKA to the original is the manifest's: pass --source-weights to recompute it)"
+        notes.append("representation audit: CKA to the original taken from the manifest (pass --source-weights "
+                     "to measure it here)")
+    if reference is not None:
+        unl = Audit(unl.layer, unl.lpr_f, unl.lpr_r, unl.cka_original, rec_u.cka_reference)
+        notes.append("representation audit: the retrained reference's figures are the producer's (verify does "
+                     "not retrain)")
+    pairs = [(unl.lpr_f, rec_u.lpr_f), (unl.lpr_r, rec_u.lpr_r), *pairs]
+    return Reaudit(representation_block(orig, unl, reference, output_masked), pairs, what)

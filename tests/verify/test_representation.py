@@ -1,0 +1,87 @@
+"""The representation-level audit (verify/representation.py): CKA and linear-probe recovery on
+features whose answer holds by construction, and the level rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nhle_pipeline.verify.representation import (
+    LPR_PER_CLASS,
+    Audit,
+    balanced_subset,
+    forgetting_level,
+    gap_closed,
+    linear_cka,
+    linear_probe_recovery,
+    representation_block,
+)
+
+
+def _blobs(classes: int, dim: int, seed: int, same_as: dict[int, int] | None = None):
+    """Train and test splits of Gaussian class clusters; ``same_as`` {c: d}: class c drawn from
+    class d's cluster (no signal to tell them apart)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=6.0, size=(classes, dim))
+    for c, d in (same_as or {}).items():
+        centres[c] = centres[d]
+
+    def split(n_per: int):
+        y = np.repeat(np.arange(classes), n_per)
+        return centres[y] + rng.normal(size=(len(y), dim)), y
+
+    return split(LPR_PER_CLASS), split(100)
+
+
+def test_cka_is_one_for_the_same_features_up_to_rotation_and_scale():
+    x = np.random.default_rng(0).normal(size=(300, 12))
+    q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(12, 12)))
+    assert linear_cka(x, x) == pytest.approx(1.0)
+    assert linear_cka(x, 3.5 * x @ q + 7.0) == pytest.approx(1.0)  # rotation, isotropic scale, shift
+    independent = linear_cka(x, np.random.default_rng(2).normal(size=(300, 12)))
+    assert 0 <= independent < 0.2
+    assert np.isnan(linear_cka(x, x[:10])) and np.isnan(linear_cka(np.full((5, 2), np.nan), np.ones((5, 2))))
+
+
+def test_balanced_subset_caps_every_class():
+    y = np.array([0] * 500 + [1] * 30 + [2] * 250)
+    idx = balanced_subset(y, 200, seed=0)
+    assert np.bincount(y[idx]).tolist() == [200, 30, 200] and np.all(np.diff(idx) > 0)
+    assert np.array_equal(idx, balanced_subset(y, 200, seed=0))
+
+
+def test_a_fresh_probe_recovers_a_separate_class_and_not_one_without_signal():
+    train, test = _blobs(5, 16, 0)
+    lpr_f, lpr_r = linear_probe_recovery(*train, *test, [0], seed=0)
+    assert lpr_f > 0.95 and lpr_r > 0.95
+    # class 0 drawn from class 1's cluster: a probe splits them at chance, recovering about half
+    train, test = _blobs(5, 16, 0, {0: 1})
+    lpr_f, lpr_r = linear_probe_recovery(*train, *test, [0], seed=0)
+    assert lpr_f < 0.75 and lpr_r > 0.75
+    nan = linear_probe_recovery(np.full((10, 2), np.nan), np.arange(10) % 2, np.ones((4, 2)), np.arange(4) % 2, [0], 0)
+    assert all(np.isnan(nan))
+
+
+def _audit(lpr_f: float, cka: float) -> Audit:
+    return Audit("h", lpr_f, 0.9, cka)
+
+
+def test_the_level_needs_a_masked_output_and_a_reference_for_the_features():
+    orig, ref = _audit(0.99, 1.0), _audit(0.60, 0.80)
+    masked_only = _audit(0.99, 0.99)
+    deep = _audit(0.65, 0.84)  # within a quarter of the gap on both
+    assert forgetting_level(False, orig, deep, ref) == "none"
+    assert forgetting_level(True, orig, deep, None) == "output"  # no reference: never more than output
+    assert forgetting_level(True, orig, masked_only, ref) == "output"
+    assert forgetting_level(True, orig, deep, ref) == "representation"
+    assert forgetting_level(True, orig, _audit(0.65, 0.99), ref) == "output"  # LPR alone is not enough
+    assert forgetting_level(True, orig, _audit(float("nan"), 0.84), ref) == "output"
+
+
+def test_gap_closed_and_the_block():
+    assert gap_closed(0.99, 0.99, 0.6) == 0.0 and gap_closed(0.6, 0.99, 0.6) == 1.0
+    assert gap_closed(0.7, 0.7, 0.7) != gap_closed(0.7, 0.7, 0.7)  # no gap: NaN
+    block = representation_block(_audit(0.99, 1.0), _audit(0.795, 0.9), _audit(0.6, 0.8), True)
+    assert block["gap_closed"]["lpr_f"] == pytest.approx(0.5) and block["gap_closed"]["cka_original"] == pytest.approx(0.5)
+    assert block["level"] == "output" and block["reference"]["lpr_f"] == 0.6
+    assert representation_block(_audit(0.99, 1.0), _audit(0.9, 0.9), None, True)["gap_closed"] is None
