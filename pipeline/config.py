@@ -336,7 +336,22 @@ class CWMConfig(_Section):
     suppress_bias: float = Field(default=-1.0e4, lt=0)
 
 
+class ProjectionConfig(_Section):
+    # Feature projection (pipeline/projection.py), before NHLE: the forgotten classes' own
+    # directions removed, in closed form, from the input of every Linear and Conv2d but the
+    # head, so that the features forget the class too, not only the outputs. It reads
+    # `retained_per_class` seeded retained training samples per class (their class means),
+    # recorded in the manifest.
+    enabled: bool = False
+    retained_per_class: int = Field(default=20, ge=1)
+    # directions removed per layer, per forgotten class
+    rank_per_class: int = Field(default=1, ge=1)
+    # 1: the directions removed entirely; less: damped
+    alpha: float = Field(default=1.0, gt=0, le=1)
+
+
 class UnlearnConfig(_Section):
+    projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
     nhle: NHLEConfig = Field(default_factory=NHLEConfig)
     cwm: CWMConfig = Field(default_factory=CWMConfig)
 

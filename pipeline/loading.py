@@ -7,7 +7,7 @@ samples. Every failure here is an InputError (exit 2).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,8 @@ class Loaded:
     forget_idx: np.ndarray  # indices into data.train
     weights_sha256: str | None
     retained_idx: np.ndarray  # indices into data.train (unlearn.nhle.retained_per_class; empty by default)
+    # indices into data.train: the feature projection's retained samples (empty when it is off)
+    projection_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def load_data(cfg: Config, cache_dir: Path | None = None) -> Dataset:
@@ -114,4 +116,9 @@ def load_inputs(cfg: Config, device_override: str | None = None) -> Loaded:
     retained_idx = select_retained_indices(
         data.train.y, cfg.forget_ids, cfg.model.num_classes, cfg.unlearn.nhle.retained_per_class, cfg.seed
     )
-    return Loaded(cfg, class_names, device, data, model.eval(), head_name, forget_idx, sha256_file(cfg.model.weights), retained_idx)
+    proj = cfg.unlearn.projection
+    projection_idx = select_retained_indices(
+        data.train.y, cfg.forget_ids, cfg.model.num_classes, proj.retained_per_class if proj.enabled else 0, cfg.seed
+    )
+    return Loaded(cfg, class_names, device, data, model.eval(), head_name, forget_idx, sha256_file(cfg.model.weights),
+                  retained_idx, projection_idx)

@@ -1,6 +1,6 @@
 """The runner: chains the stages, times them, reports progress, owns the staging folder.
 
-    load -> baseline -> nhle -> cwm -> export -> [reference] -> verify -> release
+    load -> baseline -> [project] -> nhle -> cwm -> export -> [reference] -> verify -> release
 
 One small function per stage; ``run_pipeline`` reads like the chain. The
 verdict is computed by onnxruntime on the exported file that ships (verify/),
@@ -49,6 +49,7 @@ from nhle_pipeline.pipeline.inference import torch_logits
 from nhle_pipeline.pipeline.loading import Loaded, cache_dir_for, load_inputs
 from nhle_pipeline.pipeline.models import find_head
 from nhle_pipeline.pipeline.nhle import NHLEResult, micro_batch_for, nhle_finetune
+from nhle_pipeline.pipeline.projection import ProjectionResult, project_forgotten_directions
 from nhle_pipeline.pipeline.reference import retrain_reference
 from nhle_pipeline.pipeline.release.manifest import (
     SCRATCH,
@@ -240,10 +241,23 @@ def _baseline(run: _Run) -> str:
             f"Ratio_D {before.evidence.ratio_d:.3f} ({before.provider}; cache {run.cache_note})")
 
 
-def _nhle(run: _Run) -> tuple[nn.Module, NHLEResult, str]:
-    """Fine-tune a copy of the original on the forget samples (and the opt-in retained ones)."""
+def _project(run: _Run, model: nn.Module) -> tuple[ProjectionResult, str]:
+    """Remove the forgotten classes' own directions from every layer's input (pipeline/projection.py)."""
+    inp, cfg = run.inp, run.cfg.unlearn.projection
+    xf = torch.from_numpy(inp.data.train.get(inp.forget_idx)).to(inp.device)
+    xr = torch.from_numpy(inp.data.train.get(inp.projection_idx)).to(inp.device)
+    yr = torch.from_numpy(inp.data.train.y[inp.projection_idx])
+    pr = project_forgotten_directions(model, xf, xr, yr, head_name=inp.head_name, num_forgotten=len(run.forget),
+                                      rank_per_class=cfg.rank_per_class, alpha=cfg.alpha,
+                                      micro_batch=micro_batch_for(inp.data.input_shape))
+    skipped = f", {len(pr.skipped)} grouped convolutions skipped" if pr.skipped else ""
+    return pr, (f"{len(pr.layers)} layers, rank {pr.rank}, from {pr.n_forget} forget + {pr.n_retained} "
+                f"retained samples{skipped}")
+
+
+def _nhle(run: _Run, model: nn.Module) -> tuple[NHLEResult, str]:
+    """Fine-tune ``model`` (a copy of the original) on the forget samples (and the opt-in retained ones)."""
     inp = run.inp
-    model = copy.deepcopy(inp.model).to(inp.device)
     xf = torch.from_numpy(inp.data.train.get(inp.forget_idx)).to(inp.device)
     yf = torch.from_numpy(inp.data.train.y[inp.forget_idx]).to(inp.device)
     xr = torch.from_numpy(inp.data.train.get(inp.retained_idx)).to(inp.device) if len(inp.retained_idx) else None
@@ -253,7 +267,7 @@ def _nhle(run: _Run) -> tuple[nn.Module, NHLEResult, str]:
         on_step=lambda s, t, loss, acc: run.listener.step("nhle", s, t, f"loss {loss:.3f}, forget acc {acc:.2f}"),
     )
     retained_note = f" + {len(inp.retained_idx)} retained samples" if len(inp.retained_idx) else ""
-    return model, nh, f"{nh.steps} steps on {len(yf)} forget samples{retained_note}, stopped: {nh.stopped}"
+    return nh, f"{nh.steps} steps on {len(yf)} forget samples{retained_note}, stopped: {nh.stopped}"
 
 
 def _cwm(run: _Run, model: nn.Module) -> str:
@@ -308,7 +322,8 @@ def _reference(run: _Run) -> str:
             f"Ratio_D {ref.evidence.ratio_d:.3f}")
 
 
-def _verify(run: _Run, model: nn.Module, nh: NHLEResult, model_onnx: Path) -> tuple[dict, list[GateResult], str]:
+def _verify(run: _Run, model: nn.Module, nh: NHLEResult, model_onnx: Path,
+            projection: ProjectionResult | None) -> tuple[dict, list[GateResult], str]:
     """Measure the shipped file, assemble every metric, apply the gates."""
     after = run.measured["unlearned"] = run.measure(model_onnx)
     cwm = run.cfg.unlearn.cwm
@@ -336,6 +351,7 @@ def _verify(run: _Run, model: nn.Module, nh: NHLEResult, model_onnx: Path) -> tu
               "n_retained_samples": int(len(run.inp.retained_idx)), "settings": nh.settings},
     )
     metrics["representation"] = _representation(run, metrics.get("output_masked"))
+    metrics["projection"] = projection.to_dict() if projection is not None else None
     relearned = ""
     if run.cfg.verify.evidence.relearn:  # the PyTorch models (parity ties the unlearned one to model.onnx)
         data = run.inp.data
@@ -363,8 +379,11 @@ def _representation(run: _Run, output_masked: bool | None) -> dict:
                      forget, seed, original_test=original.test_features,
                      reference_test=reference.test_features if reference is not None else None)
 
-    return representation_block(one(original), one(run.measured["unlearned"]),
-                                one(reference) if reference is not None else None, output_masked)
+    unlearned = run.measured["unlearned"]
+    ratio_d = (original.evidence.ratio_d, unlearned.evidence.ratio_d,
+               reference.evidence.ratio_d if reference is not None else None)
+    return representation_block(one(original), one(unlearned), one(reference) if reference is not None else None,
+                                output_masked, ratio_d)
 
 
 def _features(run: _Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -422,12 +441,17 @@ def run_pipeline(
 
 
 def _stages(run: _Run, timer: _Timer, target: Path, force: bool, signer) -> RunResult:
-    """baseline -> nhle -> cwm -> export -> [reference] -> verify -> release, in the staging folder."""
+    """baseline -> [project] -> nhle -> cwm -> export -> [reference] -> verify -> release, in the staging folder."""
     cfg, inp = run.cfg, run.inp
     with timer.stage("baseline"):
         timer.detail = _baseline(run)
+    model = copy.deepcopy(inp.model).to(inp.device)
+    projection = None
+    if cfg.unlearn.projection.enabled:
+        with timer.stage("project"):
+            projection, timer.detail = _project(run, model)
     with timer.stage("nhle"):
-        model, nh, timer.detail = _nhle(run)
+        nh, timer.detail = _nhle(run, model)
     with timer.stage("cwm"):
         timer.detail = _cwm(run, model)
     with timer.stage("export"):
@@ -436,7 +460,7 @@ def _stages(run: _Run, timer: _Timer, target: Path, force: bool, signer) -> RunR
         with timer.stage("reference"):
             timer.detail = _reference(run)
     with timer.stage("verify"):
-        metrics, gates, timer.detail = _verify(run, model, nh, model_onnx)
+        metrics, gates, timer.detail = _verify(run, model, nh, model_onnx, projection)
 
     passed = all(g.passed for g in gates)
     manifest = build_manifest(

@@ -28,7 +28,8 @@ def test_run_releases_verified_artifact_and_verify_inspect_agree(make_config, tm
     un, orig = m["metrics"]["unlearned"], m["metrics"]["original"]
     assert orig["acc_f"] > 0.9 and un["acc_f"] <= 0.01
     assert m["metrics"]["delta_acc_r"] >= -0.02
-    assert {g["name"] for g in m["gates"]} == {"acc_f", "acc_r_drop", "evidence_copy", "nhle_completed", "parity", "graph_unchanged", "cwm_in_graph"}
+    assert {g["name"] for g in m["gates"]} == {"acc_f", "acc_r_drop", "evidence_copy", "nhle_completed", "output_masked", "parity",
+                                           "batch_independent", "graph_unchanged", "cwm_in_graph"}
     assert m["runtime"]["onnxruntime_provider"] == "CPUExecutionProvider"
     assert set(m["timings_s"]) >= {"load", "baseline", "nhle", "cwm", "export", "verify"}
     assert "Acc_F" in r.output and "released" in r.output

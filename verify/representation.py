@@ -20,13 +20,18 @@ The level a release reaches (``forgetting_level``):
 
 - ``output``: the shipped file never outputs the forgotten classes (the
   ``output_masked`` gate) — what masking alone reaches;
-- ``representation``: with a retrained reference, the release closes at
-  least ``GAP_CLOSED_MIN`` (75 %) of the original→reference gap on LPR_F and
-  on CKA to the original (``|m(release) - m(ref)| <= 0.25 |m(orig) - m(ref)|``,
-  or within ``NOISE`` of the reference where the gap is smaller than that).
+- ``representation``: with a retrained reference, the release's features are
+  where retraining puts them on the two diagnostics about the forgotten
+  classes — LPR_F and Ratio_D (verify/evidence.py) each within a quarter of
+  the original→reference gap of the reference (``GAP_CLOSED_MIN``: 75 % of
+  the gap closed), or within ``NOISE`` (relative, for Ratio_D) where the gap
+  is smaller than that — and its CKA to the reference is higher than the
+  original's (it moved toward retraining). CKA to the original is reported,
+  not required: two trainings differ on the retained classes too, which no
+  unlearning of a class should copy.
   Without a reference the level is at most ``output``: a linear probe
   recovers most classes even from a model that never learned them (a
-  retrained MNIST MLP: 0.98), so no absolute LPR threshold can say it.
+  retrained digits MLP: 0.96), so no absolute threshold can say it.
 """
 
 from __future__ import annotations
@@ -125,36 +130,40 @@ def gap_closed(release: float, original: float, reference: float) -> float:
 def _reached(release: float, original: float, reference: float) -> bool:
     if not all(np.isfinite([release, original, reference])):
         return False
-    if abs(release - reference) <= NOISE:
+    if abs(release - reference) <= NOISE * max(1.0, abs(reference)):
         return True
     return abs(release - reference) <= (1 - GAP_CLOSED_MIN) * abs(original - reference)
 
 
-def forgetting_level(output_masked: bool | None, original: Audit, unlearned: Audit,
-                     reference: Audit | None) -> str:
-    """``representation``, ``output`` or ``none`` (see the module docstring)."""
+def forgetting_level(output_masked: bool | None, original: Audit, unlearned: Audit, reference: Audit | None,
+                     ratio_d: tuple[float, float, float | None]) -> str:
+    """``representation``, ``output`` or ``none`` (see the module docstring); ``ratio_d``: the
+    original's, the unlearned model's and the reference's Ratio_D."""
     if not output_masked:
         return "none"
-    if reference is None:
+    if reference is None or ratio_d[2] is None:
         return "output"
     lpr = _reached(unlearned.lpr_f, original.lpr_f, reference.lpr_f)
-    cka = _reached(unlearned.cka_original, 1.0, reference.cka_original)
-    return "representation" if lpr and cka else "output"
+    sep = _reached(ratio_d[1], ratio_d[0], ratio_d[2])
+    toward = (unlearned.cka_reference is not None and original.cka_reference is not None
+              and unlearned.cka_reference > original.cka_reference)
+    return "representation" if lpr and sep and toward else "output"
 
 
 def representation_block(original: Audit, unlearned: Audit, reference: Audit | None,
-                         output_masked: bool | None) -> dict:
+                         output_masked: bool | None, ratio_d: tuple[float, float, float | None]) -> dict:
     """The manifest's ``metrics.representation``: each model's audit, the gaps closed, the level."""
     block = {
         "layer": unlearned.layer,
         "original": original.to_dict(), "unlearned": unlearned.to_dict(),
         "reference": reference.to_dict() if reference is not None else None,
         "gap_closed": None,
-        "level": forgetting_level(output_masked, original, unlearned, reference),
+        "level": forgetting_level(output_masked, original, unlearned, reference, ratio_d),
     }
     if reference is not None:
         block["gap_closed"] = {
             "lpr_f": gap_closed(unlearned.lpr_f, original.lpr_f, reference.lpr_f),
+            "ratio_d": gap_closed(ratio_d[1], ratio_d[0], ratio_d[2]) if ratio_d[2] is not None else float("nan"),
             "cka_original": gap_closed(unlearned.cka_original, 1.0, reference.cka_original),
         }
     return block

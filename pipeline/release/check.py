@@ -654,7 +654,8 @@ def verify_release(
         metrics["output_masked"] = bool(forgotten_logits_constant(rel / MODEL, forget) and spread == 0.0)
     from nhle_pipeline.pipeline.release.check_representation import reaudit
 
-    rep = reaudit(recorded.representation, got, original, data, forget, cfg.seed, metrics.get("output_masked"), notes)
+    rep = reaudit(recorded.representation, recorded.evidence, got, original, data, forget, cfg.seed,
+                  metrics.get("output_masked"), notes)
     if rep.block is None and policy.gates.require_representation:
         raise InputError(f"gates.require_representation: the policy requires the representation level; {rel} "
                          "records no representation audit")

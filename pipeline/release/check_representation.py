@@ -28,11 +28,12 @@ def _audit_of(record) -> Audit | None:
     return None if record is None else Audit(**record.model_dump())
 
 
-def reaudit(recorded, got, original, data, forget: list[int], seed: int, output_masked: bool | None,
-            notes: list[str]) -> Reaudit:
+def reaudit(recorded, recorded_evidence, got, original, data, forget: list[int], seed: int,
+            output_masked: bool | None, notes: list[str]) -> Reaudit:
     """``recorded``: the manifest's ``metrics.representation`` (None: a release made before the
-    audit); ``got``/``original``: verify's measurements of the shipped file and, with
-    --source-weights, of the original (else None)."""
+    audit), ``recorded_evidence`` its ``metrics.evidence`` (the original's and the reference's
+    Ratio_D where verify does not measure them); ``got``/``original``: verify's measurements of
+    the shipped file and, with --source-weights, of the original (else None)."""
     if recorded is None:
         notes.append("the release records no representation audit (made before it existed): its forgetting "
                      "level is not known")
@@ -46,7 +47,8 @@ def reaudit(recorded, got, original, data, forget: list[int], seed: int, output_
     rec_u, rec_o = recorded.unlearned, recorded.original
     reference = _audit_of(recorded.reference)
     if original is not None:
-        orig = measured(original, original.test_features)
+        fresh = measured(original, original.test_features)  # CKA to the reference: the producer's
+        orig = Audit(fresh.layer, fresh.lpr_f, fresh.lpr_r, fresh.cka_original, rec_o.cka_reference)
         unl = measured(got, original.test_features)
         pairs = [(orig.lpr_f, rec_o.lpr_f), (orig.lpr_r, rec_o.lpr_r), (unl.cka_original, rec_u.cka_original)]
         what = "LPR_F, LPR_R, CKA to the original (the original's LPR too)"
@@ -63,4 +65,7 @@ def reaudit(recorded, got, original, data, forget: list[int], seed: int, output_
         notes.append("representation audit: the retrained reference's figures are the producer's (verify does "
                      "not retrain)")
     pairs = [(unl.lpr_f, rec_u.lpr_f), (unl.lpr_r, rec_u.lpr_r), *pairs]
-    return Reaudit(representation_block(orig, unl, reference, output_masked), pairs, what)
+    ev = recorded_evidence
+    ratio_d = (original.evidence.ratio_d if original is not None else ev.original.ratio_d, got.evidence.ratio_d,
+               ev.reference.ratio_d if ev.reference is not None else None)
+    return Reaudit(representation_block(orig, unl, reference, output_masked, ratio_d), pairs, what)

@@ -193,6 +193,8 @@ class Metrics(Record):
     batch_max_abs: float | None = None  # logits at batch 1 and 3 vs the measuring pass
     evidence: EvidenceBlock
     representation: RepresentationRecord | None = None  # None: written before the audit existed
+    # the feature projection stage (pipeline/projection.py, ProjectionResult); None: it was off
+    projection: dict[str, Any] | None = None
     nhle: NHLERecord
     cwm: CWMRecord | None = None  # None: 0.2 manifests
 

@@ -62,26 +62,33 @@ def test_a_fresh_probe_recovers_a_separate_class_and_not_one_without_signal():
     assert all(np.isnan(nan))
 
 
-def _audit(lpr_f: float, cka: float) -> Audit:
-    return Audit("h", lpr_f, 0.9, cka)
+def _audit(lpr_f: float, cka_reference: float | None) -> Audit:
+    return Audit("h", lpr_f, 0.9, 0.95, cka_reference)
 
 
 def test_the_level_needs_a_masked_output_and_a_reference_for_the_features():
-    orig, ref = _audit(0.99, 1.0), _audit(0.60, 0.80)
-    masked_only = _audit(0.99, 0.99)
-    deep = _audit(0.65, 0.84)  # within a quarter of the gap on both
-    assert forgetting_level(False, orig, deep, ref) == "none"
-    assert forgetting_level(True, orig, deep, None) == "output"  # no reference: never more than output
-    assert forgetting_level(True, orig, masked_only, ref) == "output"
-    assert forgetting_level(True, orig, deep, ref) == "representation"
-    assert forgetting_level(True, orig, _audit(0.65, 0.99), ref) == "output"  # LPR alone is not enough
-    assert forgetting_level(True, orig, _audit(float("nan"), 0.84), ref) == "output"
+    orig, ref = _audit(0.99, 0.80), _audit(0.60, 1.0)
+    masked_only = _audit(0.99, 0.80)
+    deep = _audit(0.65, 0.85)  # LPR_F within a quarter of the gap, closer to the reference than the original
+    rd = (4.0, 2.3, 2.0)  # Ratio_D original, unlearned, reference: 85 % of the gap closed
+    assert forgetting_level(False, orig, deep, ref, rd) == "none"
+    assert forgetting_level(True, orig, deep, None, (4.0, 2.3, None)) == "output"  # no reference: at most output
+    assert forgetting_level(True, orig, masked_only, ref, (4.0, 4.0, 2.0)) == "output"
+    assert forgetting_level(True, orig, deep, ref, rd) == "representation"
+    assert forgetting_level(True, orig, deep, ref, (4.0, 3.0, 2.0)) == "output"  # Ratio_D half way
+    assert forgetting_level(True, orig, _audit(0.65, 0.79), ref, rd) == "output"  # moved away from retraining
+    assert forgetting_level(True, orig, _audit(0.80, 0.85), ref, rd) == "output"  # LPR_F half way
+    assert forgetting_level(True, orig, _audit(float("nan"), 0.85), ref, rd) == "output"
+    # a gap smaller than the noise: reaching the reference within NOISE is enough
+    assert forgetting_level(True, _audit(0.965, 0.8), _audit(0.962, 0.85), _audit(0.96, 1.0), rd) == "representation"
 
 
 def test_gap_closed_and_the_block():
     assert gap_closed(0.99, 0.99, 0.6) == 0.0 and gap_closed(0.6, 0.99, 0.6) == 1.0
     assert gap_closed(0.7, 0.7, 0.7) != gap_closed(0.7, 0.7, 0.7)  # no gap: NaN
-    block = representation_block(_audit(0.99, 1.0), _audit(0.795, 0.9), _audit(0.6, 0.8), True)
-    assert block["gap_closed"]["lpr_f"] == pytest.approx(0.5) and block["gap_closed"]["cka_original"] == pytest.approx(0.5)
-    assert block["level"] == "output" and block["reference"]["lpr_f"] == 0.6
-    assert representation_block(_audit(0.99, 1.0), _audit(0.9, 0.9), None, True)["gap_closed"] is None
+    block = representation_block(_audit(0.99, 0.8), Audit("h", 0.795, 0.9, 0.9, 0.85), Audit("h", 0.6, 0.9, 0.8, 1.0),
+                                 True, (4.0, 3.0, 2.0))
+    closed = block["gap_closed"]
+    assert closed["lpr_f"] == pytest.approx(0.5) and closed["cka_original"] == pytest.approx(0.5)
+    assert closed["ratio_d"] == pytest.approx(0.5) and block["level"] == "output" and block["reference"]["lpr_f"] == 0.6
+    assert representation_block(_audit(0.99, None), _audit(0.9, None), None, True, (4.0, 3.0, None))["gap_closed"] is None
