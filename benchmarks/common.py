@@ -2,7 +2,10 @@
 
 Every method is scored here with the project's own metric functions
 (``verify.metrics.accuracy``, ``verify.evidence.evidence_from_outputs``) on
-PyTorch logits and penultimate features (the input of the classifier head).
+PyTorch logits and penultimate features (the input of the classifier head),
+and with the representation audit's (``verify.representation``: linear-probe
+recovery, linear CKA) at two layers: the head's input and the output of the
+model's last stage before it (``stage_layer``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from nhle_pipeline.pipeline.models import build_model, find_head
 from nhle_pipeline.pipeline.train import train_classifier
 from nhle_pipeline.verify.evidence import PROBE_MAX_TRAIN, evidence_from_outputs, subsample
 from nhle_pipeline.verify.metrics import accuracy
+from nhle_pipeline.verify.representation import linear_probe_recovery
 
 NUM_CLASSES = 10  # all three benchmark datasets
 EVAL_BATCH = 512
@@ -121,29 +125,95 @@ def cached_original(
     return model.eval(), info
 
 
-def logits_and_features(model: nn.Module, x: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """(N, C, H, W) -> ((N, classes) logits, (N, D) penultimate features: the head's input)."""
+# The two layers of the representation columns: the head's input, and the output of the
+# model's last stage before the head's input (``stage_layer``).
+LAYERS = ("head", "stage")
+
+
+def stage_layer(model: nn.Module, num_classes: int = NUM_CLASSES) -> tuple[str, nn.Module, str]:
+    """The model's last stage before the head's input: (description, module, "output" or "input").
+
+    ResNet: ``layer3``'s output; a conv net with a ``features`` stack (LeNet, the cnn, VGG): the
+    last conv block's output (the last module of ``features`` before its Flatten); an MLP: the
+    input of the last hidden Linear (the previous hidden layer's output). 4-D outputs are
+    globally average-pooled (``stage_features``)."""
+    mods = dict(model.named_modules())
+    if isinstance(mods.get("layer3"), nn.Module) and "layer4" in mods:
+        return "layer3 output, global average pool", mods["layer3"], "output"
+    features = mods.get("features")
+    if isinstance(features, nn.Sequential) and any(isinstance(m, nn.Conv2d) for m in features.modules()):
+        blocks = [(n, m) for n, m in features.named_children() if not isinstance(m, nn.Flatten)]
+        name, module = blocks[-1]
+        return f"features.{name} output (last conv block), global average pool", module, "output"
+    head_name, _ = find_head(model, num_classes)
+    linears = [(n, m) for n, m in mods.items() if isinstance(m, nn.Linear) and n != head_name]
+    if not linears:
+        raise ValueError("no stage before the head: the model has no hidden Linear or conv stack")
+    name, module = linears[-1]
+    return f"{name} input (previous hidden layer)", module, "input"
+
+
+def _pooled(t: torch.Tensor, pool: bool = True) -> np.ndarray:
+    t = t.detach()
+    if pool and t.ndim == 4:
+        t = t.mean(dim=(2, 3))  # global average pool
+    return t.flatten(1).float().cpu().numpy()
+
+
+def logits_and_layers(model: nn.Module, x: np.ndarray, device: torch.device,
+                      stage: bool = True) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(N, C, H, W) -> ((N, classes) logits, {"head": (N, D) the head's input, "stage": (N, D')
+    the last stage's output, pooled}) from forward hooks in one pass."""
     _, head = find_head(model, NUM_CLASSES)
-    feats: list[np.ndarray] = []
-    hook = head.register_forward_pre_hook(lambda _m, args: feats.append(args[0].detach().flatten(1).cpu().numpy()))
+    feats: dict[str, list[np.ndarray]] = {"head": []}
+    hooks = [head.register_forward_pre_hook(lambda _m, args: feats["head"].append(_pooled(args[0], pool=False)))]
+    if stage:
+        feats["stage"] = []
+        _, module, where = stage_layer(model)
+        if where == "input":
+            hooks.append(module.register_forward_pre_hook(lambda _m, args: feats["stage"].append(_pooled(args[0]))))
+        else:
+            hooks.append(module.register_forward_hook(lambda _m, _a, out: feats["stage"].append(_pooled(out))))
     try:
         logits = torch_logits(model, x, EVAL_BATCH, device)
     finally:
-        hook.remove()
-    return logits, np.concatenate(feats).astype(np.float32)
+        for h in hooks:
+            h.remove()
+    return logits, {k: np.concatenate(v).astype(np.float32) for k, v in feats.items()}
+
+
+def logits_and_features(model: nn.Module, x: np.ndarray, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """(N, C, H, W) -> ((N, classes) logits, (N, D) penultimate features: the head's input)."""
+    logits, feats = logits_and_layers(model, x, device, stage=False)
+    return logits, feats["head"]
+
+
+def evaluate_with_features(model: nn.Module, data: Dataset, forget: list[int], seed: int,
+                           device: torch.device) -> tuple[dict, dict[str, np.ndarray]]:
+    """``evaluate``'s metrics, with the linear-probe recovery at both ``LAYERS`` (``lpr_f``,
+    ``lpr_r``: the head's input; ``lpr_f_stage``, ``lpr_r_stage``: the last stage's output), and
+    the test-split features of both layers (for CKA against other models on the same images)."""
+    # Split.get reads just these images (Split.x would convert the whole split on every call).
+    sub = subsample(len(data.train), PROBE_MAX_TRAIN, seed)
+    tr_logits, tr_feats = logits_and_layers(model, data.train.get(sub), device)
+    te_logits, te_feats = logits_and_layers(model, data.test.get(np.arange(len(data.test))), device)
+    acc = accuracy(te_logits, data.test.y, forget, NUM_CLASSES)
+    ev = evidence_from_outputs(
+        (tr_logits, tr_feats["head"], data.train.y[sub]), (te_logits, te_feats["head"], data.test.y), forget, seed
+    )
+    out = {"acc_f": acc.acc_f, "acc_r": acc.acc_r, "per_class": acc.per_class, **ev.to_dict()}
+    for layer in LAYERS:
+        suffix = "" if layer == "head" else f"_{layer}"
+        lpr_f, lpr_r = linear_probe_recovery(tr_feats[layer], data.train.y[sub], te_feats[layer], data.test.y,
+                                             forget, seed)
+        out[f"lpr_f{suffix}"], out[f"lpr_r{suffix}"] = lpr_f, lpr_r
+    return out, te_feats
 
 
 def evaluate(model: nn.Module, data: Dataset, forget: list[int], seed: int, device: torch.device) -> dict:
-    """Acc_F, Acc_R, per-class accuracy (test split) and the evidence metrics of verify/."""
-    # Split.get reads just these images (Split.x would convert the whole split on every call).
-    sub = subsample(len(data.train), PROBE_MAX_TRAIN, seed)
-    tr_logits, tr_feats = logits_and_features(model, data.train.get(sub), device)
-    te_logits, te_feats = logits_and_features(model, data.test.get(np.arange(len(data.test))), device)
-    acc = accuracy(te_logits, data.test.y, forget, NUM_CLASSES)
-    ev = evidence_from_outputs(
-        (tr_logits, tr_feats, data.train.y[sub]), (te_logits, te_feats, data.test.y), forget, seed
-    )
-    return {"acc_f": acc.acc_f, "acc_r": acc.acc_r, "per_class": acc.per_class, **ev.to_dict()}
+    """Acc_F, Acc_R, per-class accuracy (test split), the evidence metrics of verify/ and the
+    linear-probe recovery at both ``LAYERS``."""
+    return evaluate_with_features(model, data, forget, seed, device)[0]
 
 
 def code_version() -> str:

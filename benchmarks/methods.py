@@ -57,6 +57,20 @@ BS_LR_SCALE = 0.1
 KODGE_RETAINED_PER_CLASS = 8
 KODGE_ALPHAS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 KODGE_FORGET_ACC_MAX = 0.0
+# DAMP (depth-aware modulation by projection): retained samples per class for the retained
+# prototypes (the harness's small-budget convention, as kodge-projection's 8), and the relative
+# size below which a forget residual counts as none (the forget prototype lies in the retained
+# prototypes' span: nothing forget-specific to remove at that layer).
+DAMP_RETAINED_PER_CLASS = 8
+DAMP_RESIDUAL_MIN = 1e-6
+# OPC (one-point contraction): the retained budget its distillation term reads (as above), the
+# optimiser (Adam at OPC_LR_SCALE x the recipe's rate), the step cap, and the stopping point: the
+# forget samples' mean squared head-input norm down to OPC_CONTRACT of the original's.
+OPC_RETAINED_PER_CLASS = 8
+OPC_LR_SCALE = 1.0
+OPC_MAX_STEPS = 200
+OPC_CONTRACT = 0.01
+OPC_RETAIN_WEIGHT = 1.0  # weight of the distillation term against the contraction term
 
 
 @dataclass
@@ -428,6 +442,163 @@ def kodge_projection(task: Task) -> Result:
                             "retained_sample_acc": trials[alpha][1], "n_retained_samples": int(len(idx))}
 
 
+def _retained_budget(task: Task, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``per_class`` seeded retained training samples of every retained class (images, labels)."""
+    idx = select_retained_indices(task.retained.y, task.forget_classes, task.num_classes, per_class, task.seed)
+    return (torch.from_numpy(task.retained.x[idx]).to(task.device),
+            torch.from_numpy(task.retained.y[idx]).to(task.device))
+
+
+def _operators(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The learnable linear operators (every Linear and ungrouped Conv2d) in registration order,
+    which is forward order for the harness's models."""
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1)]
+
+
+def _operator_inputs(model: nn.Module, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """(n, d) one vector per sample in ``module``'s input space: a Linear's input, a Conv2d's
+    input patches (C_in * kh * kw) averaged over the output positions."""
+    got: list[torch.Tensor] = []
+
+    def hook(_m, args):
+        a = args[0].detach()
+        if isinstance(module, nn.Conv2d):
+            a = F.unfold(a, module.kernel_size, module.dilation, module.padding, module.stride).mean(2)
+        got.append(a.flatten(1))
+
+    h = module.register_forward_pre_hook(hook)
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        h.remove()
+    return got[0].double()
+
+
+def _forget_subspace(a: torch.Tensor, y: torch.Tensor, forget: list[int]) -> torch.Tensor:
+    """(d, k) orthonormal basis of the forget classes' prototype residuals: each forget-class
+    prototype (mean input) minus its projection on the span of the retained-class prototypes;
+    k <= the number of forget classes (residuals below ``DAMP_RESIDUAL_MIN`` of their prototype
+    dropped)."""
+    classes = sorted(int(c) for c in torch.unique(y))
+    protos = {c: a[y == c].mean(0) for c in classes}
+    kept = torch.stack([protos[c] for c in classes if c not in forget], 1)  # (d, m)
+    q, s, _ = torch.linalg.svd(kept, full_matrices=False)
+    q = q[:, s > 1e-10 * s.max().clamp_min(1e-30)]
+    residuals = []
+    for c in forget:
+        mu = protos[c]
+        r = mu - q @ (q.T @ mu)
+        if r.norm() > DAMP_RESIDUAL_MIN * mu.norm().clamp_min(1e-30):
+            residuals.append(r)
+    if not residuals:
+        return torch.zeros(a.shape[1], 0, dtype=a.dtype, device=a.device)
+    u, s, _ = torch.linalg.svd(torch.stack(residuals, 1), full_matrices=False)
+    return u[:, s > 1e-3 * s.max()]
+
+
+def _separability(a: torch.Tensor, is_forget: torch.Tensor, u: torch.Tensor) -> float:
+    """How well the direction(s) ``u`` tell the forget samples from the retained ones at this
+    layer: 2 AUC - 1 (clipped to [0, 1]) of the projection's norm ||u^T a||, forget vs retained."""
+    score = (a @ u).norm(dim=1)
+    pos, neg = score[is_forget], score[~is_forget]
+    if len(pos) == 0 or len(neg) == 0:
+        return 0.0
+    # AUC = P(score_forget > score_retained) + 0.5 P(tie)
+    diff = pos[:, None] - neg[None, :]
+    auc = float(((diff > 0).double() + 0.5 * (diff == 0).double()).mean())
+    return min(1.0, max(0.0, 2.0 * auc - 1.0))
+
+
+def damp_cwm(task: Task) -> Result:
+    """DAMP (Hatami, Aalishah and Monosov, arXiv 2604.15166, "Depth-Aware Modulation by
+    Projection"), closed-form, no gradients, then CWM ``suppress``. Our reading of the paper's
+    description: for each learnable operator in forward order (every Linear and Conv2d, the head
+    included), on the model as edited so far, the class prototypes in the operator's input space
+    (Linear: the input vector; Conv2d: the input patches averaged over positions) from the forget
+    samples and ``DAMP_RETAINED_PER_CLASS`` retained samples per class; the forget direction is
+    the forget prototype's residual against the span of the retained prototypes (several forget
+    classes: an orthonormal basis U of their residuals, low-rank subspace removal); the weight is
+    projected away from it on the input side, W <- W (I - alpha_l U U^T) (bias unchanged), so the
+    retained prototypes' responses are exactly kept. Depth-aware scale alpha_l = (l / L) s_l: l
+    the operator's depth (1 .. L, L the head), s_l the separability of forget from retained samples
+    along U at that input (2 AUC - 1 of ||U^T a||), so early layers get small edits and deep,
+    separable layers nearly full removal (the paper derives its parameter-free rule from probe
+    separability; its exact form is not reproduced here). Needs: forget samples +
+    ``DAMP_RETAINED_PER_CLASS`` retained samples per class."""
+    model = task.copy_original().eval()
+    xr, yr = _retained_budget(task, DAMP_RETAINED_PER_CLASS)
+    x, y = torch.cat([task.forget_x, xr]), torch.cat([task.forget_y, yr])
+    is_forget = torch.isin(y, torch.tensor(task.forget_classes, device=y.device))
+    ops = _operators(model)
+    alphas, ranks = {}, {}
+    for depth, (name, module) in enumerate(ops, 1):
+        a = _operator_inputs(model, module, x)
+        u = _forget_subspace(a, y, task.forget_classes)
+        ranks[name] = int(u.shape[1])
+        if u.shape[1] == 0:
+            alphas[name] = 0.0
+            continue
+        alpha = depth / len(ops) * _separability(a, is_forget, u)
+        alphas[name] = round(alpha, 4)
+        with torch.no_grad():
+            w = module.weight
+            flat = w.reshape(w.shape[0], -1).double()
+            flat = flat - alpha * (flat @ u) @ u.T  # W (I - alpha U U^T)
+            w.copy_(flat.reshape(w.shape).to(w.dtype))
+    with torch.no_grad():
+        pre_cwm_acc = float((model(task.forget_x).argmax(1) == task.forget_y).float().mean())
+    _cwm(model, task)
+    return model.eval(), {"alpha": alphas, "rank": ranks, "forget_sample_acc_before_cwm": pre_cwm_acc,
+                          "n_retained_samples": int(len(yr))}
+
+
+def opc_cwm(task: Task) -> Result:
+    """OPC, one-point contraction (Jung, Jung, Bae and Lee, arXiv 2507.07754), then CWM
+    ``suppress``: fine-tune so the forget samples' penultimate features (the head's input)
+    contract to one point, the origin: loss = mean ||f(x_f)||^2 / (the original's mean) +
+    ``OPC_RETAIN_WEIGHT`` x KL(original || model) on the logits of ``OPC_RETAINED_PER_CLASS``
+    retained samples per class (distillation to the original keeps the retained outputs; the
+    paper uses the retained set's cross-entropy). Full batch, eval mode (BatchNorm frozen), Adam
+    at ``OPC_LR_SCALE`` x the recipe's rate, NHLE's gradient clip, until the forget samples' mean
+    squared norm is at most ``OPC_CONTRACT`` of the original's or ``OPC_MAX_STEPS``. Needs:
+    forget samples + ``OPC_RETAINED_PER_CLASS`` retained samples per class."""
+    teacher = task.original.eval()
+    model = task.copy_original().eval()
+    xr, _ = _retained_budget(task, OPC_RETAINED_PER_CLASS)
+    _, head = find_head(model, task.num_classes)
+    feats: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _m, args: feats.append(args[0].flatten(1)))
+    clip = NHLEConfig().grad_clip
+    opt = torch.optim.Adam(model.parameters(), lr=task.recipe.lr * OPC_LR_SCALE)
+    n_f = len(task.forget_y)
+    with torch.no_grad():
+        t_retain = teacher(xr)
+    x = torch.cat([task.forget_x, xr])
+    try:
+        with torch.no_grad():
+            feats.clear()
+            model(task.forget_x)
+            norm0 = float(feats[0].pow(2).sum(1).mean().clamp_min(1e-12))
+        steps, ratio = 0, 1.0
+        while steps < OPC_MAX_STEPS:
+            feats.clear()
+            z = model(x)
+            ratio_t = feats[0][:n_f].pow(2).sum(1).mean() / norm0
+            ratio = float(ratio_t.detach())
+            if ratio <= OPC_CONTRACT:
+                break
+            distill = F.kl_div(F.log_softmax(z[n_f:], 1), F.softmax(t_retain, 1), reduction="batchmean")
+            _step(opt, model, ratio_t + OPC_RETAIN_WEIGHT * distill, clip)
+            steps += 1
+    finally:
+        hook.remove()
+    _cwm(model, task)
+    return model.eval(), {"steps": steps, "stopped": "contracted" if ratio <= OPC_CONTRACT else "max_steps",
+                          "forget_norm_ratio": ratio, "n_retained_samples": int(len(xr))}
+
+
 @dataclass(frozen=True)
 class Method:
     fn: Callable[[Task], Result]
@@ -455,6 +626,8 @@ METHODS: dict[str, Method] = {
     "scrub": Method(scrub, BOTH),
     "boundary-shrink": Method(boundary_shrink, FORGET),
     "kodge-projection": Method(kodge_projection, f"forget samples + {KODGE_RETAINED_PER_CLASS} retained per class"),
+    "damp-cwm": Method(damp_cwm, f"forget samples + {DAMP_RETAINED_PER_CLASS} retained per class"),
+    "opc-cwm": Method(opc_cwm, f"forget samples + {OPC_RETAINED_PER_CLASS} retained per class"),
 }
 
 DEFAULT_METHODS = [name for name, m in METHODS.items() if m.by_default]

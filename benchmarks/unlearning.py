@@ -13,7 +13,12 @@ seed, cached under benchmarks/cache/; with ``--config``, the config's architectu
 timed, then scored with verify/'s metric functions on the test split (and a
 training subset for the probe and the membership attack), then attacked by
 relearning (verify/relearn.py: k = 1, 4, 16 held-out samples per forgotten
-class, 64 small SGD steps, and the passive retained-only drift). Writes
+class, 64 small SGD steps, and the passive retained-only drift). The representation
+columns (verify/representation.py): a fresh linear probe's recovery of the forgotten
+classes (LPR_F) and of the retained ones (LPR_R), and linear CKA to the original's and
+to the retrained model's features, at the head's input and at the output of the model's
+last stage before it (benchmarks/common.py ``stage_layer``), and the fraction of the
+original->retrain gap each method closes on LPR_F (both layers), Ratio_D and relearn AUC. Writes
 ``<dataset>-<model>-forget-<ids>.md`` and ``.json`` to ``--out``. Each finished seed's
 results are also kept under ``--cache``/seeds/; ``--resume`` takes them from there, so a run
 cut short (or split over several commands of limited time) goes on from the seed it lost.
@@ -34,6 +39,7 @@ import torch
 
 from benchmarks.common import (
     BUDGETS,
+    LAYERS,
     NUM_CLASSES,
     QUICK_BUDGET,
     QUICK_RECIPE,
@@ -42,9 +48,10 @@ from benchmarks.common import (
     cached_original,
     code_version,
     data_fingerprint,
-    evaluate,
+    evaluate_with_features,
     load_benchmark_data,
     machine_facts,
+    stage_layer,
 )
 from benchmarks.methods import DEFAULT_METHODS, METHODS, Task
 from benchmarks.nhle_ablations import ABLATIONS
@@ -52,8 +59,10 @@ from nhle_pipeline.pipeline.config import CWMConfig, NHLEConfig
 from nhle_pipeline.pipeline.data import select_forget_indices
 from nhle_pipeline.pipeline.device import resolve_device, seed_everything
 from nhle_pipeline.pipeline.errors import PipelineError
+from nhle_pipeline.pipeline.models import build_model, find_head
 from nhle_pipeline.pipeline.train import retained_only
 from nhle_pipeline.verify.relearn import RelearnConfig, relearn
+from nhle_pipeline.verify.representation import gap_closed, linear_cka
 from nhle_pipeline.verify.verification import GAP_KEYS, gap_to_reference
 
 DATASETS = ("digits", "fashion-mnist", "cifar10")
@@ -70,6 +79,26 @@ RELEARN = RelearnConfig()
 # The harness's gap to retrain: verify's GAP_KEYS and the relearning AUC (mean over k).
 HARNESS_GAP_KEYS = (*GAP_KEYS, "relearn_auc")
 RELEARN_METRICS = (("relearn_auc", "relearn AUC", 2), ("passive_acc_f", "passive Acc_F", 3))
+# The representation columns, per layer (LAYERS: the head's input, the last stage's output;
+# keys of the stage layer end in "_stage"): (key, header, decimals).
+REPRESENTATION_METRICS = (
+    ("lpr_f", "LPR_F", 3), ("lpr_r", "LPR_R", 3),
+    ("cka_original", "CKA to original", 3), ("cka_retrain", "CKA to retrain", 3),
+)
+# The metrics whose original->retrain gap closed is reported (verify.representation.gap_closed),
+# with their headers; in the tables it is the fraction of the gap between the means over seeds.
+# CKA to the original is 1 for the original itself: its gap is 1 - CKA(retrain, original).
+GAP_CLOSED_KEYS = (("lpr_f", "LPR_F head"), ("lpr_f_stage", "LPR_F stage"), ("ratio_d", "Ratio_D"),
+                   ("relearn_auc", "relearn AUC"), ("cka_original", "CKA to original head"),
+                   ("cka_original_stage", "CKA to original stage"))
+
+
+def layer_key(key: str, layer: str) -> str:
+    """A representation metric's key at ``layer`` ("head": as is; else suffixed)."""
+    return key if layer == "head" else f"{key}_{layer}"
+
+
+REPRESENTATION_KEYS = [layer_key(k, layer) for layer in LAYERS for k, _, _ in REPRESENTATION_METRICS]
 # Every method the harness can run: the comparison (benchmarks/methods.py) and NHLE's
 # design ablations (benchmarks/nhle_ablations.py, never run unless named).
 REGISTRY = {**METHODS, **ABLATIONS}
@@ -104,7 +133,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="torch threads (1: the 2 cores are shared; oversubscribing them is slower)")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu")
     ap.add_argument("--quick", action="store_true", help="smoke mode: digits, MLP, forget 0, one seed, small budgets")
-    ap.add_argument("--readme-table", nargs="?", const="evidence", choices=("evidence", "nhle", "retained"), default=None,
+    ap.add_argument("--readme-table", nargs="?", const="evidence", choices=("evidence", "representation", "nhle", "retained"), default=None,
                     help="print one of the README's tables from the results in --out, run nothing")
     args = ap.parse_args(argv)
     if args.quick:
@@ -193,7 +222,8 @@ def run_seed(args: argparse.Namespace, data, seed: int, recipe, budget, device: 
     original, orig_info = cached_original(Path(args.cache), args.dataset, args.model, data, recipe, seed, device,
                                           trained)
     log(f"seed {seed}: original {'from cache' if orig_info['cached'] else 'trained'} ({orig_info['path']})")
-    base = evaluate(original, data, forget, seed, device)
+    base, base_feats = evaluate_with_features(original, data, forget, seed, device)
+    feats = {"original": base_feats}  # test-split features of every model, for CKA (not kept)
     task, idx = protocol_task(original, args.model, data, forget, recipe, budget, seed, device)
     out = {"original": {**base, "d_acc_r": 0.0, "train_s": orig_info.get("train_s"),
                         "weights": {k: orig_info[k] for k in ("path", "sha256", "from") if k in orig_info},
@@ -206,7 +236,7 @@ def run_seed(args: argparse.Namespace, data, seed: int, recipe, budget, device: 
         elapsed = time.perf_counter() - t0
         with torch.no_grad():
             forget_sample_acc = float((model.eval()(task.forget_x).argmax(1) == task.forget_y).float().mean())
-        ev = evaluate(model, data, forget, seed, device)
+        ev, feats[name] = evaluate_with_features(model, data, forget, seed, device)
         out[name] = {**ev, "d_acc_r": ev["acc_r"] - base["acc_r"], "time_s": elapsed,
                      "forget_sample_acc": forget_sample_acc, "info": info,
                      **(relearn_figures(model, data, forget, idx, seed, device) if args.relearn else {})}
@@ -215,8 +245,9 @@ def run_seed(args: argparse.Namespace, data, seed: int, recipe, budget, device: 
                      f"AUC {r['relearn_auc']:.2f} passive {r['passive_acc_f']:.2f} ({r['relearn_s']:.1f}s)"
                      if args.relearn else "")
         log(f"seed {seed}: {name:17s} Acc_F {ev['acc_f']:.3f} ΔAcc_R {r['d_acc_r']:+.3f} "
-            f"Ratio_D {ev['ratio_d']:.2f} AUC {ev['probe_auc']:.3f} MIA {ev['mia_efficacy']:.3f} {elapsed:.2f}s"
-            + relearned)
+            f"Ratio_D {ev['ratio_d']:.2f} AUC {ev['probe_auc']:.3f} MIA {ev['mia_efficacy']:.3f} "
+            f"LPR_F {ev['lpr_f']:.3f}/{ev['lpr_f_stage']:.3f} {elapsed:.2f}s" + relearned)
+    representation_figures(out, feats)
     if REFERENCE in out:
         ref = out[REFERENCE]
         for name in args.method_names:
@@ -224,6 +255,33 @@ def run_seed(args: argparse.Namespace, data, seed: int, recipe, budget, device: 
             r["gap_to_retrain"] = harness_gap(r, ref)
             r["time_ratio"] = r["time_s"] / ref["time_s"]
     return out
+
+
+def representation_figures(out: dict, feats: dict[str, dict[str, np.ndarray]]) -> None:
+    """Per model (the original and every method of one seed), in place: linear CKA of its test
+    features to the original's and (when it ran) the retrained model's at each of ``LAYERS``, and
+    the fraction of the original->retrain gap it closed on each of ``GAP_CLOSED_KEYS``."""
+    for name, r in out.items():
+        for layer in LAYERS:
+            r[layer_key("cka_original", layer)] = _num(linear_cka(feats[name][layer], feats["original"][layer]))
+            if REFERENCE in feats:
+                r[layer_key("cka_retrain", layer)] = _num(linear_cka(feats[name][layer], feats[REFERENCE][layer]))
+    if REFERENCE not in out:
+        return
+    orig, ref = out["original"], out[REFERENCE]
+    for r in out.values():
+        for key, _ in GAP_CLOSED_KEYS:
+            if all(key in x for x in (r, orig, ref)):
+                r[f"gap_closed_{key}"] = _num(gap_closed(*(_nan(x[key]) for x in (r, orig, ref))))
+
+
+def _num(x: float | None) -> float | None:
+    """``x`` as a float, or None where it is missing, NaN or infinite (JSON has no NaN)."""
+    return float(x) if x is not None and np.isfinite(x) else None
+
+
+def _nan(x: float | None) -> float:
+    return float("nan") if x is None else float(x)
 
 
 def run_settings(args: argparse.Namespace, recipe, budget) -> dict:
@@ -269,9 +327,15 @@ def seed_results(args: argparse.Namespace, data, seed: int, recipe, budget, devi
     return out
 
 
-def _stats(values: list[float]) -> dict:
-    v = np.asarray(values, dtype=np.float64)
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+def _stats(values: list[float | None]) -> dict:
+    """mean and std (ddof=1) of the finite values (None, NaN: not measured on that seed; "n" says
+    how many counted when not all did; mean and std None when none did)."""
+    v = np.asarray([np.nan if x is None else x for x in values], dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return {"mean": None, "std": None, "n": 0}
+    out = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+    return out if len(v) == len(values) else {**out, "n": int(len(v))}
 
 
 def _steps_text(steps: list[int | None]) -> str:
@@ -292,7 +356,8 @@ def summarise(per_seed: dict[int, dict], names: list[str]) -> dict:
     """mean and std (ddof=1) over seeds of every column (relearning steps: median, min, max);
     rank by the mean gap to retrain."""
     keys = [k for k, _, _ in METRICS] + [k for k, _, _ in RELEARN_METRICS] + [
-        f"relearn_auc_k{k}" for k in RELEARN.ks] + ["time_s", "time_ratio", "gap_to_retrain", "relearn_s"]
+        f"relearn_auc_k{k}" for k in RELEARN.ks] + ["time_s", "time_ratio", "gap_to_retrain", "relearn_s"] + [
+        *REPRESENTATION_KEYS, *(f"gap_closed_{k}" for k, _ in GAP_CLOSED_KEYS)]
     summary = {}
     for name in ["original", *names]:
         runs = [per_seed[s][name] for s in sorted(per_seed)]
@@ -301,6 +366,13 @@ def summarise(per_seed: dict[int, dict], names: list[str]) -> dict:
             key = f"relearn_steps_k{k}"
             if all(key in r for r in runs):
                 summary[name][key] = _steps_stats([r[key] for r in runs])
+    if REFERENCE in summary:  # the gap closed between the means over seeds (what the tables show)
+        orig, ref = summary["original"], summary[REFERENCE]
+        for name in ["original", *names]:
+            row = summary[name]
+            row["gap_closed_means"] = {
+                key: _num(gap_closed(*(_nan(x[key]["mean"]) for x in (row, orig, ref))))
+                for key, _ in GAP_CLOSED_KEYS if all(key in x for x in (row, orig, ref))}
     ranked = sorted((n for n in names if n != REFERENCE and "gap_to_retrain" in summary[n]),
                     key=lambda n: summary[n]["gap_to_retrain"]["mean"])
     for i, n in enumerate(ranked, 1):
@@ -309,7 +381,7 @@ def summarise(per_seed: dict[int, dict], names: list[str]) -> dict:
 
 
 def _cell(stat: dict | None, decimals: int, signed: bool = False) -> str:
-    if stat is None:
+    if stat is None or stat.get("mean") is None:
         return "—"
     fmt = f"{{:{'+' if signed else ''}.{decimals}f}}"
     return f"{fmt.format(stat['mean'])} ± {stat['std']:.{decimals}f}"
@@ -362,6 +434,7 @@ def render_markdown(record: dict) -> str:
         cells += [_cell(row.get("time_s"), 2), _cell(row.get("time_ratio"), 4),
                   _cell(row.get("gap_to_retrain"), 3), str(row.get("rank", "—"))]
         lines.append(f"| {name} | {data} | " + " | ".join(cells) + " |")
+    lines += ["", *representation_markdown(record)]
     lines += [
         "",
         "*data needed*: what the method reads besides the original model. *forget samples*: the "
@@ -381,13 +454,97 @@ def render_markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
+def _gap_closed_cell(row: dict, key: str) -> str:
+    v = row.get("gap_closed_means", {}).get(key)
+    return "—" if v is None else f"{v:+.2f}"
+
+
+def representation_markdown(record: dict) -> list[str]:
+    """The results file's representation table: LPR and CKA at both layers, and the gap closed
+    (empty when the record has no representation figures: an earlier run)."""
+    names, summary = record["methods"], record["summary"]
+    if "lpr_f" not in summary["original"]:
+        return []
+    layers = record.get("layers", {})
+    lines = [
+        "**Representation** (verify/representation.py): *LPR_F / LPR_R*: a fresh multinomial logistic probe "
+        "on standardised features of a seeded class-balanced training subset of all classes "
+        "(`LPR_PER_CLASS` per class), scored on the forgotten / retained classes' test images; *CKA*: linear "
+        "CKA of the model's test-split features to the original's and to the retrained model's (same seed, same "
+        f"images). *head*: the head's input ({layers.get('head', 'the head input')}); *stage*: "
+        f"{layers.get('stage', 'the last stage before it')}. *gap closed*: the fraction of the original→retrain "
+        "gap the method closes, (original − method) / (original − retrain), on the means over seeds (1 = "
+        "at retrain, 0 = where the original is, < 0 = away from retrain, > 1 = past it; — where the gap is 0). "
+        "Where the gap is as small as the seeds' spread, the fraction is noise.",
+        "",
+        "| method | " + " | ".join(f"{h} ({layer})" for layer in LAYERS for _, h, _ in REPRESENTATION_METRICS)
+        + " | " + " | ".join(f"gap closed: {h}" for _, h in GAP_CLOSED_KEYS) + " |",
+        "| --- | " + " | ".join(["---:"] * (len(LAYERS) * len(REPRESENTATION_METRICS) + len(GAP_CLOSED_KEYS))) + " |",
+    ]
+    for name in ["original", *names]:
+        row = summary[name]
+        cells = [_cell(row.get(layer_key(k, layer)), d) for layer in LAYERS for k, _, d in REPRESENTATION_METRICS]
+        cells += [_gap_closed_cell(row, k) for k, _ in GAP_CLOSED_KEYS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 README_SETTINGS = (  # (file stem, label) of the README's tables, in order
     ("digits-mlp-forget-0", "digits MLP, forget 0"), ("digits-mlp-forget-0-4", "digits MLP, forget 0, 4"),
     ("fashion-mnist-lenet-forget-0", "Fashion-MNIST LeNet, forget 0"),
     ("fashion-mnist-lenet-forget-0-4", "Fashion-MNIST LeNet, forget 0, 4"),
     ("cifar10-cnn-forget-0", "CIFAR-10 cnn, forget 0"),
 )
-README_METHODS = ("original", "cwm-only", "nhle-cwm", "retrain", "boundary-shrink", "kodge-projection")
+README_METHODS = ("original", "cwm-only", "nhle-cwm", "retrain", "boundary-shrink", "kodge-projection",
+                  "damp-cwm", "opc-cwm", "scrub")
+
+
+def representation_table(results: Path) -> str:
+    """The representation table (``--readme-table representation``, and after the relearning
+    table in ``--readme-table evidence``): ΔAcc_R, LPR_F and CKA at both layers, and the gap closed,
+    of ``README_METHODS`` on every setting in ``results`` whose record has them ('' when none)."""
+    lines = [
+        "| setting (seeds) | method | ΔAcc_R | LPR_F head | LPR_F stage | CKA to original head · stage "
+        "| CKA to retrain head · stage | gap closed: LPR_F head · stage | gap closed: CKA to original head · stage "
+        "| gap closed: Ratio_D | gap closed: relearn AUC | time / retrain |",
+        "| --- | --- | " + " | ".join(["---:"] * 10) + " |",
+    ]
+    found = False
+    for stem, label in README_SETTINGS:
+        path = results / f"{stem}.json"
+        if not path.is_file():
+            continue
+        record = json.loads(path.read_text())
+        summary = record["summary"]
+        if "lpr_f" not in summary["original"]:
+            continue
+        found, first = True, True
+        for name in README_METHODS:
+            row = summary.get(name)
+            if row is None:
+                continue
+
+            def pair(key: str, row: dict = row) -> str:
+                return " · ".join("—" if row.get(layer_key(key, layer)) is None or row[layer_key(key, layer)]["mean"]
+                                  is None else f"{row[layer_key(key, layer)]['mean']:.3f}" for layer in LAYERS)
+
+            cells = [_cell(row.get("d_acc_r"), 3, signed=True), _cell(row.get("lpr_f"), 3),
+                     _cell(row.get("lpr_f_stage"), 3), pair("cka_original"), pair("cka_retrain"),
+                     f"{_gap_closed_cell(row, 'lpr_f')} · {_gap_closed_cell(row, 'lpr_f_stage')}",
+                     f"{_gap_closed_cell(row, 'cka_original')} · {_gap_closed_cell(row, 'cka_original_stage')}",
+                     _gap_closed_cell(row, "ratio_d"), _gap_closed_cell(row, "relearn_auc"),
+                     _cell(row.get("time_ratio"), 4)]
+            setting = f"{label} ({record['setting']['seeds']})" if first else ""
+            lines.append(f"| {setting} | {name} | " + " | ".join(cells) + " |")
+            first = False
+    return "\n".join(lines) if found else ""
+
+
+def evidence_tables(results: Path) -> str:
+    """``--readme-table evidence``: the relearning table, then (where the results have them) the
+    representation table."""
+    rep = representation_table(results)
+    return relearn_table(results) + (f"\n\n{rep}" if rep else "")
 
 
 def relearn_table(results: Path) -> str:
@@ -468,6 +625,12 @@ def nhle_table(results: Path, methods: dict[str, str] = NHLE_TABLE_METHODS, rele
     return "\n".join(lines)
 
 
+def layer_names(arch: str, input_shape: tuple[int, int, int]) -> dict[str, str]:
+    """What the representation columns' two layers are for ``arch``."""
+    model = build_model(arch, num_classes=NUM_CLASSES, input_shape=input_shape)
+    return {"head": f"the input of {find_head(model, NUM_CLASSES)[0]}", "stage": stage_layer(model)[0]}
+
+
 def result_stem(args: argparse.Namespace) -> str:
     stem = f"{args.dataset}-{args.model}-forget-{'-'.join(map(str, args.forget_classes))}"
     return stem + ("-quick" if args.quick else "")
@@ -477,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.readme_table:
-        tables = {"evidence": relearn_table, "nhle": nhle_table,
+        tables = {"evidence": evidence_tables, "representation": representation_table, "nhle": nhle_table,
                   "retained": lambda out: nhle_table(out, RETAINED_TABLE_METHODS, relearn=False)}
         print(tables[args.readme_table](Path(args.out)))
         return 0
@@ -506,6 +669,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "methods": args.method_names,
         "data_needed": {n: REGISTRY[n].data for n in args.method_names},
+        "layers": layer_names(args.model, data.input_shape),
         **run_settings(args, recipe, budget),
         "machine": machine,
         "summary": summarise(per_seed, args.method_names),

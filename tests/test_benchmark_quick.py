@@ -9,13 +9,29 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.common import QUICK_BUDGET, QUICK_RECIPE, load_benchmark_data
-from benchmarks.methods import METHODS, Task, _forget_loop, nhle_cwm
+from benchmarks.common import (
+    QUICK_BUDGET,
+    QUICK_RECIPE,
+    load_benchmark_data,
+    logits_and_layers,
+    stage_layer,
+)
+from benchmarks.methods import (
+    METHODS,
+    OPC_CONTRACT,
+    OPC_MAX_STEPS,
+    Task,
+    _forget_loop,
+    _operator_inputs,
+    _operators,
+    _retained_budget,
+    nhle_cwm,
+)
 from benchmarks.nhle_ablations import ABLATIONS
-from benchmarks.unlearning import _cell, main
+from benchmarks.unlearning import GAP_CLOSED_KEYS, REPRESENTATION_KEYS, _cell, main
 from nhle_pipeline.pipeline.config import NHLEConfig
 from nhle_pipeline.pipeline.data import select_forget_indices
-from nhle_pipeline.pipeline.models import build_model
+from nhle_pipeline.pipeline.models import build_model, find_head
 from nhle_pipeline.pipeline.nhle import nhle_finetune, nhle_loss, nhle_targets
 from nhle_pipeline.pipeline.train import retained_only, train_classifier
 
@@ -25,10 +41,18 @@ HEADER = [
 ]
 
 
-def _table(md: str) -> tuple[list[str], dict[str, list[str]]]:
-    """The results table: from its header line to the first line that is not a table row."""
+REP_HEADER = [
+    "method", *(f"{h} ({layer})" for layer in ("head", "stage")
+                for h in ("LPR_F", "LPR_R", "CKA to original", "CKA to retrain")),
+    *(f"gap closed: {h}" for h in ("LPR_F head", "LPR_F stage", "Ratio_D", "relearn AUC", "CKA to original head",
+                                   "CKA to original stage")),
+]
+
+
+def _table(md: str, starts: str = "| method |") -> tuple[list[str], dict[str, list[str]]]:
+    """The table whose header line starts with ``starts``: to the first line that is not a table row."""
     lines = md.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| method |"))
+    start = next(i for i, line in enumerate(lines) if line.startswith(starts))
     rows = []
     for line in lines[start:]:
         if not line.startswith("|"):
@@ -103,6 +127,36 @@ def test_quick_mode_table_and_sanity(tmp_path, capsys):
     assert seed0["original"]["passive_acc_f"] > 0.9 and seed0["cwm-only"]["passive_acc_f"] == 0.0
     assert 0 <= s["retrain"]["relearn_auc"]["mean"] < s["cwm-only"]["relearn_auc"]["mean"]
 
+    # The representation columns: LPR and CKA in [0, 1] for every model at both layers, CKA 1 to
+    # itself; CWM alone leaves every feature as it was; the gap closed is 0 at the original and
+    # 1 at retrain wherever there is a gap.
+    assert record["layers"]["head"] == "the input of classifier"
+    assert record["layers"]["stage"].startswith("features.3 input")  # the MLP's previous hidden layer
+    rep_header, rep_body = _table(md, "| method | LPR_F")
+    assert rep_header == REP_HEADER
+    assert set(rep_body) == {"original", *METHODS}
+    assert all(len(row) == len(REP_HEADER) for row in rep_body.values())
+    for name in ["original", *METHODS]:
+        r = seed0[name]
+        for key in REPRESENTATION_KEYS:
+            assert r[key] is not None and 0.0 <= r[key] <= 1.0 + 1e-9, (name, key, r[key])
+        assert r["lpr_f"] >= 0.5 and r["lpr_r"] >= 0.8, name  # 8x8 digits: a fresh probe recovers a lot
+        for key, _ in GAP_CLOSED_KEYS:
+            assert r[f"gap_closed_{key}"] is None or np.isfinite(r[f"gap_closed_{key}"]), (name, key)
+    for layer in ("", "_stage"):
+        assert seed0["original"][f"cka_original{layer}"] == pytest.approx(1.0)
+        assert seed0["retrain"][f"cka_retrain{layer}"] == pytest.approx(1.0)
+        assert seed0["cwm-only"][f"cka_original{layer}"] == pytest.approx(1.0)
+        for key in ("lpr_f", "lpr_r"):
+            assert seed0["cwm-only"][f"{key}{layer}"] == seed0["original"][f"{key}{layer}"]
+        # a method trained on other data is less like the original than the original itself
+        assert seed0["retrain"][f"cka_original{layer}"] < 1.0
+    for key, _ in GAP_CLOSED_KEYS:
+        closed = s["retrain"]["gap_closed_means"].get(key)
+        assert closed is None or closed == pytest.approx(1.0), key
+        assert s["original"]["gap_closed_means"].get(key) in (None, 0.0), key
+    assert s["cwm-only"]["gap_closed_means"]["cka_original"] == pytest.approx(0.0, abs=1e-6)
+
     # The README's generated tables, read from a results folder holding this run as the digits setting:
     # the NHLE table has the relearn AUC column, the retained-mode table (run with --no-relearn) not.
     readme = tmp_path / "readme"
@@ -118,6 +172,18 @@ def test_quick_mode_table_and_sanity(tmp_path, capsys):
         default = rows["**nhle-cwm (anchored, default)**" if kind == "nhle" else "nhle-cwm (default)"]
         assert rows["original"][0] == "digits MLP, forget 0 (1)" and default[0] == ""
         assert default[3] == _cell(s["nhle-cwm"]["d_acc_r"], 3, signed=True)  # ΔAcc_R, as the record has it
+    # evidence: the relearning table, then the representation table (the peers included)
+    assert main(["--readme-table", "evidence", "--out", str(readme)]) == 0
+    relearn_part, rep_part = capsys.readouterr().out.strip().split("\n\n")
+    assert relearn_part.splitlines()[0].startswith("| setting (seeds) | method | Acc_F |")
+    lines = rep_part.splitlines()
+    assert "LPR_F head" in lines[0] and "gap closed" in lines[0]
+    rows = {cells[1]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+    assert {"original", "nhle-cwm", "retrain", "damp-cwm", "opc-cwm", "kodge-projection"} <= set(rows)
+    assert all(len(cells) == 12 for cells in rows.values())
+    assert rows["retrain"][8].startswith("+1.00")  # gap closed on CKA to the original's head input
+    assert main(["--readme-table", "representation", "--out", str(readme)]) == 0
+    assert capsys.readouterr().out.strip() == rep_part
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +290,58 @@ def test_resume_takes_finished_seeds_and_runs_only_the_missing_one(tmp_path, mon
     other = [*base, "--methods", "cwm-only,nhle-cwm,retrain"]
     assert main([*other, "--seeds", "1", "--resume", "--out", str(tmp_path / "other")]) == 0
     assert ran == [0]
+
+
+@pytest.mark.parametrize("arch, shape, width", [
+    ("mlp", (1, 8, 8), 256), ("lenet", (1, 28, 28), 16), ("cnn", (3, 32, 32), 64), ("resnet18", (3, 32, 32), 256),
+])
+def test_stage_layer_is_the_last_stage_before_the_head_input(arch, shape, width):
+    """MLP: the previous hidden layer; LeNet and the cnn: the last conv block, pooled; ResNet: layer3, pooled."""
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=10, input_shape=shape)
+    x = np.random.default_rng(0).random((3, *shape), dtype=np.float32)
+    logits, feats = logits_and_layers(model, x, torch.device("cpu"))
+    assert logits.shape == (3, 10)
+    assert feats["stage"].shape == (3, width) and np.isfinite(feats["stage"]).all()
+    assert feats["head"].shape == (3, find_head(model, 10)[1].in_features)
+    assert ("input" if arch == "mlp" else "output") == stage_layer(model)[2]
+
+
+def test_damp_keeps_the_retained_prototypes_and_forgets(quick_task):
+    """DAMP projects the forget residual, orthogonal to the retained prototypes, out of each
+    operator's input: the first operator maps every retained prototype as before; biases stay."""
+    before = {k: v.clone() for k, v in quick_task.original.state_dict().items()}
+    model, info = METHODS["damp-cwm"].fn(quick_task)
+    xr, yr = _retained_budget(quick_task, 8)
+    assert info["n_retained_samples"] == len(yr) == 8 * 8
+    assert all(0.0 <= a <= 1.0 for a in info["alpha"].values())
+    assert all(0 <= k <= 2 for k in info["rank"].values())  # at most one direction per forget class
+    alphas = list(info["alpha"].values())
+    assert alphas[-1] > 0 and alphas[0] <= alphas[-1]  # deeper: larger edits
+    name, first = _operators(quick_task.original)[0]
+    a = _operator_inputs(quick_task.original, first, xr)
+    protos = torch.stack([a[yr == c].mean(0) for c in torch.unique(yr)]).float()
+    edited = dict(model.named_modules())[name]
+    torch.testing.assert_close(edited(protos), first(protos), atol=1e-4, rtol=1e-4)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and all(k.endswith("weight") or k.startswith("classifier.") for k in changed)
+    with torch.no_grad():
+        assert (model(quick_task.forget_x).argmax(1) != quick_task.forget_y).all()  # CWM suppress
+    for k, v in quick_task.original.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_opc_contracts_the_forget_features(quick_task):
+    """OPC pulls the forget samples' head-input features towards the origin, then masks."""
+    before = {k: v.clone() for k, v in quick_task.original.state_dict().items()}
+    model, info = METHODS["opc-cwm"].fn(quick_task)
+    assert info["stopped"] in ("contracted", "max_steps") and 1 <= info["steps"] <= OPC_MAX_STEPS
+    assert info["stopped"] == "max_steps" or info["forget_norm_ratio"] <= OPC_CONTRACT
+    x = quick_task.forget_x.numpy()
+    _, f0 = logits_and_layers(quick_task.original, x, torch.device("cpu"))
+    _, f1 = logits_and_layers(model, x, torch.device("cpu"))
+    assert (f1["head"] ** 2).sum(1).mean() < 0.5 * (f0["head"] ** 2).sum(1).mean()
+    with torch.no_grad():
+        assert (model(quick_task.forget_x).argmax(1) != quick_task.forget_y).all()
+    for k, v in quick_task.original.state_dict().items():
+        assert torch.equal(v, before[k]), k
