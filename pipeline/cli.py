@@ -495,17 +495,21 @@ def init(path: Path, force: bool) -> None:
 
 
 @cli.command()
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="When MODEL sits in a signed release: check release.sig with this PEM public key.")
 @JSON_OPTION
 @handle_errors
 @_hermetic
 def inspect(model: Path, public_key: Path | None, as_json: bool) -> None:
-    """Show MODEL.onnx as a server sees it: inputs and outputs (names, dtypes, shapes), opset,
-    op counts, size, provenance (as onnxruntime reads it), and its release's signature status."""
+    """Show MODEL.onnx (or a release folder's model.onnx) as a server sees it: inputs and outputs
+    (names, dtypes, shapes), opset, op counts, size, provenance (as onnxruntime reads it), and its
+    release's signature status."""
     from nhle_pipeline.pipeline.inspection import describe, human_lines
     from nhle_pipeline.pipeline.output import current_document
+
+    if model.is_dir() and not model.is_symlink():
+        model = model / "model.onnx"
 
     info = describe(model, public_key)
     doc = current_document()

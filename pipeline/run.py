@@ -12,6 +12,7 @@ passed.
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,8 +65,9 @@ from nhle_pipeline.pipeline.release.staging import (
     create_staging,
     discard_staging,
     publish,
+    write_not_released,
 )
-from nhle_pipeline.pipeline.release.triton import KINDS, write_triton_repository
+from nhle_pipeline.pipeline.release.triton import KINDS, TRITON_DIR, write_triton_repository
 from nhle_pipeline.pipeline.testhooks import die_if_rank, pause_at
 from nhle_pipeline.pipeline.tracking import open_tracker
 from nhle_pipeline.verify.batch_independence import batch_disagreement, batch_sample
@@ -469,8 +471,10 @@ def _stages(run: _Run, timer: _Timer, target: Path, force: bool, signer) -> RunR
         provider=run.measured["unlearned"].provider, external_data=external, timings=timer.timings,
         baseline_cache=run.cache_note, class_names=inp.class_names,
     )
-    if not passed:
+    if not passed:  # no servable copy of a model that failed (a server scanning folders would load it)
+        shutil.rmtree(run.staging / TRITON_DIR, ignore_errors=True)
         write_release_files(run.staging, manifest, _features(run))
+        write_not_released(run.staging, [g.name for g in gates if not g.passed])
         failed = [g.name for g in gates if not g.passed]
         raise GateFailure(f"gate(s) failed: {', '.join(failed)}; nothing released", str(run.staging))
 

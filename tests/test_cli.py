@@ -53,6 +53,7 @@ def test_run_releases_verified_artifact_and_verify_inspect_agree(make_config, tm
     i = invoke("inspect", "--json", rel / "model.onnx")
     meta = json.loads(i.stdout)["provenance"]
     assert meta["forget_classes"] == [0] and meta["config_sha256"] == m["config_sha256"]
+    assert json.loads(invoke("inspect", "--json", rel).stdout) == json.loads(i.stdout)  # the release folder
 
     # a second run must not overwrite the release
     before = (rel / "model.onnx").read_bytes()

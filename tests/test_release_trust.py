@@ -397,7 +397,11 @@ def test_a_failed_runs_staging_folder_promoted_and_sealed_is_refused(make_config
     staging = next((tmp_path / "releases" / ".staging").iterdir())
     promoted = tmp_path / "promoted" / "strict"
     shutil.copytree(staging, promoted, ignore=shutil.ignore_patterns(".work"))
+    assert not (staging / "triton").exists()  # nothing there a server would load
+    _verify(staging, code=2, expect="a failed run's staging folder, not a release (NOT_RELEASED: ")
     seal_manifest_file(promoted / "manifest.json")
+    _verify(promoted, code=2, expect="a failed run's staging folder, not a release")
+    (promoted / "NOT_RELEASED").unlink()  # the forger removes the marker too
     _verify(promoted, code=2, expect="status 'gate_failed'")
 
 

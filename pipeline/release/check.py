@@ -136,6 +136,11 @@ def read_manifest(release: Path) -> Manifest:
         raise TamperedReleaseError(f"{path}: a symbolic link; a release holds only plain files and folders")
     if not path.is_file():
         raise ReleaseError(f"{path}: missing; not a release folder")
+    from nhle_pipeline.pipeline.release.staging import not_released_problem
+
+    staging = not_released_problem(release)
+    if staging:
+        raise TamperedReleaseError(f"{release}: {staging}")
     try:
         m = _strict_json(path.read_text(encoding="utf-8"), allow_nan=True)  # duplicate keys, huge numbers: refused
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -145,6 +150,8 @@ def read_manifest(release: Path) -> Manifest:
     for key in ("files", "config", "metrics", "forget_classes", "config_sha256"):
         if not isinstance(m, dict) or key not in m:
             raise TamperedReleaseError(f"{path}: missing field '{key}'")
+    if m.get("status") == "gate_failed" and MANIFEST_SEAL not in m:
+        raise TamperedReleaseError(f"{release}: a failed run's staging folder (status gate_failed), not a release")
     if m.get(MANIFEST_SEAL) != manifest_seal(m):
         raise TamperedReleaseError(f"{path}: edited after release ('{MANIFEST_SEAL}' does not match its contents)")
     # A re-sealed (forged) manifest must still not crash the checks below: its shape is checked too.

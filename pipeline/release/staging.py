@@ -214,3 +214,25 @@ def _renameat2(src: Path, dst: Path, flags: int) -> bool:
     if err in _UNSUPPORTED:
         return False
     raise OSError(err, os.strerror(err), str(dst))
+
+
+NOT_RELEASED = "NOT_RELEASED"  # the marker of a failed run's staging folder
+
+
+def write_not_released(staging: Path, failed: list[str]) -> None:
+    """Mark a failed run's staging folder, so that nobody (and no `pipeline verify`) takes it for
+    a release: its manifest says gate_failed, this file says so to a person listing the folder."""
+    (staging / NOT_RELEASED).write_text(
+        f"This is the staging folder of a run whose gate(s) failed: {', '.join(failed)}.\n"
+        "It holds the report and the manifest for diagnosis; it is not a release and has no Triton repository.\n",
+        encoding="utf-8")
+
+
+def not_released_problem(folder: Path) -> str | None:
+    """Why ``folder`` is a failed run's staging folder rather than a release (None: it is not one)."""
+    marker = folder / NOT_RELEASED
+    if marker.is_file() and not marker.is_symlink():
+        first = marker.read_text(encoding="utf-8", errors="replace").splitlines()[:1]
+        return f"a failed run's staging folder, not a release ({NOT_RELEASED}: {first[0] if first else ''})"
+    return None
+
