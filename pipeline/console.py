@@ -82,7 +82,9 @@ def print_run_summary(m: Manifest, release: Path | None) -> None:
     if release is not None:
         console.print(f"[bold green]released[/] {release}")
     else:
-        console.print("[bold red]not released[/]: a gate failed")
+        from nhle_pipeline.pipeline.release.report_view import failed_gates_line
+
+        console.print(f"[bold red]not released[/]: {failed_gates_line(m)}")
 
 
 def forgetting_line(rep) -> str:

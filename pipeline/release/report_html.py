@@ -27,6 +27,7 @@ from nhle_pipeline.pipeline.release.report_md import nhle_settings_line
 from nhle_pipeline.pipeline.release.report_view import (
     DEFINITIONS,
     build_view,
+    failed_gates_line,
     fmt,
     fmt_interval,
     forgetting_statement,
@@ -235,7 +236,7 @@ def render_html(m: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]],
     forgotten_names = [r.label for r in view.classes if r.forgotten]
     return _environment().render(
         m=m, view=view, released=m.status == "released", evidence_cols=cols, evidence=evidence, has_gap=bool(gap),
-        forgetting=forgetting_statement(m.metrics.representation),
+        forgetting=forgetting_statement(m.metrics.representation), failed_gates=failed_gates_line(m),
         level=m.metrics.representation.level if m.metrics.representation is not None else "none",
         unlearning=f"NHLE {nh.steps} steps (stopped: {nh.stopped}); {nhle_settings_line(nh)}; CWM {m.cwm_mode}",
         images=images, definitions=DEFINITIONS, forgotten_names=forgotten_names,

@@ -10,6 +10,7 @@ from nhle_pipeline.pipeline.release.manifest import Manifest, NHLERecord
 from nhle_pipeline.pipeline.release.report_view import (
     DEFINITIONS,
     build_view,
+    failed_gates_line,
     fmt_interval,
     forgetting_statement,
 )
@@ -72,7 +73,7 @@ def render_report(m: Manifest, created: str | None = None) -> str:
     met = m.metrics
     view = build_view(m, created)
     orig, unl = met.original, met.unlearned
-    verdict = "RELEASED" if m.status == "released" else "NOT RELEASED: a gate failed"
+    verdict = "RELEASED" if m.status == "released" else f"NOT RELEASED: {failed_gates_line(m)}"
     lines = [
         f"# Unlearning report: {m.name}",
         "",

@@ -175,3 +175,9 @@ def forgetting_statement(rep) -> str:
                 f"probe on its features recovers {u.lpr_f:.0%} of their test images; {why}")
     return "forgetting level: none — the output is not masked"
 
+
+def failed_gates_line(m) -> str:
+    """The gates that failed, named: what a NOT RELEASED headline says."""
+    failed = [g.name for g in m.gates if not g.passed]
+    return f"gate(s) failed: {', '.join(failed)}" if failed else "no gate failed"
+

@@ -35,7 +35,7 @@ def test_failed_gate_and_missing_values_read_as_such():
     m.gates[0].passed = False
     m.metrics.evidence.unlearned.probe_auc = float("nan")
     text = render_report(m)
-    assert "NOT RELEASED: a gate failed" in text and "✗ FAIL" in text
+    assert "NOT RELEASED: gate(s) failed: acc_f**" in text and "✗ FAIL" in text  # the headline names it
     assert "| probe_auc | 1.0000 | n/a |" in text
 
 
