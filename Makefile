@@ -6,6 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SYNCED := $(VENV)/.synced
 LOCK    := requirements/lock.txt
 DEVLOCK := requirements/lock-dev.txt
 
@@ -25,14 +26,17 @@ venv: $(STAMP)
 # 1. the lock, every file checked against its sha256 (pip upgrades itself to the
 #    locked pip on the way); 2. pip-sync removes what the lock does not list (a venv
 #    made before the lock, or from an older one); 3. the project itself, editable,
-#    built by the locked setuptools (no isolated build, nothing unpinned fetched);
-#    4. a stale lock fails here: pyproject's requirements, the dev and tracking
-#    extras included, must be met by what is installed, with no index to fall back on.
-$(STAMP): $(DEVLOCK) pyproject.toml
+#    built by the locked setuptools (no isolated build, nothing unpinned fetched).
+$(SYNCED): $(DEVLOCK) pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(DEVLOCK)
 	$(BIN)/pip-sync --quiet $(DEVLOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(SYNCED)
+
+# 4. a stale lock fails here: pyproject's requirements, the dev and tracking extras
+#    included, must be met by what is installed, with no index to fall back on.
+$(STAMP): $(SYNCED)
 	$(BIN)/python -m pip --isolated install --dry-run --no-index --no-build-isolation --quiet \
 	  -e '.[dev,tracking]' >$(VENV)/lock-check.log 2>&1 \
 	  || { cat $(VENV)/lock-check.log; echo "error: $(DEVLOCK) does not meet pyproject.toml's requirements: run 'make lock'" >&2; exit 1; }
@@ -74,8 +78,9 @@ docs-build: $(STAMP)
 
 ## lock: regenerate requirements/lock.txt (what the image and users install) and
 ## requirements/lock-dev.txt (the same pins + the dev extra: .venv, CI) from
-## pyproject.toml and requirements/*.in. Needs PyPI (minutes: torch's hashes).
-lock: $(STAMP)
+## pyproject.toml and requirements/*.in. Needs PyPI (minutes: torch's hashes). It needs
+## only the synced venv (pip-compile), not the lock check that a stale lock fails.
+lock: $(SYNCED)
 	$(PIP_COMPILE) $(LOCKFLAGS) --extra tracking --output-file $(LOCK) \
 	  pyproject.toml requirements/pins.in
 	$(PIP_COMPILE) $(LOCKFLAGS) --extra dev --extra tracking --output-file $(DEVLOCK) \
