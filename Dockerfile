@@ -35,9 +35,10 @@ ENV PYTHONUNBUFFERED=1 \
 
 # The dependencies, every file checked against the lock's sha256, in a layer of
 # their own: a change to the source rebuilds only the layers after this one.
+# Both Pythons by full path: the shell remembers where it found `python` first.
 COPY requirements/lock.txt /tmp/lock.txt
-RUN python -m venv /opt/venv \
- && python -m pip install --require-hashes -r /tmp/lock.txt \
+RUN /usr/local/bin/python -m venv /opt/venv \
+ && /opt/venv/bin/python -m pip install --require-hashes -r /tmp/lock.txt \
  && rm /tmp/lock.txt
 
 # The project itself, built by the locked setuptools (no isolated build, so
