@@ -132,7 +132,8 @@ def _reached(release: float, original: float, reference: float) -> bool:
         return False
     if abs(release - reference) <= NOISE * max(1.0, abs(reference)):
         return True
-    return abs(release - reference) <= (1 - GAP_CLOSED_MIN) * abs(original - reference)
+    # + 1e-9: fractions of test images (3/4 of a gap of 4 images) are exact only up to float rounding
+    return abs(release - reference) <= (1 - GAP_CLOSED_MIN) * abs(original - reference) + 1e-9
 
 
 def forgetting_level(output_masked: bool | None, original: Audit, unlearned: Audit, reference: Audit | None,

@@ -170,7 +170,7 @@ def forgetting_statement(rep) -> str:
                 "retrained reference's")
     if rep.level == "output":
         why = ("there is no retrained reference to compare with (verify.reference: retrain)" if rep.reference is None
-               else "the features are still closer to the original's than to the retrained reference's")
+               else _short_of_representation(rep))
         return (f"forgetting level: output — the file never outputs the forgotten classes, but a fresh linear "
                 f"probe on its features recovers {u.lpr_f:.0%} of their test images; {why}")
     return "forgetting level: none — the output is not masked"
@@ -180,4 +180,18 @@ def failed_gates_line(m) -> str:
     """The gates that failed, named: what a NOT RELEASED headline says."""
     failed = [g.name for g in m.gates if not g.passed]
     return f"gate(s) failed: {', '.join(failed)}" if failed else "no gate failed"
+
+
+def _short_of_representation(rep) -> str:
+    """Which part of the representation rule (verify/representation.py) a release missed."""
+    from nhle_pipeline.verify.representation import GAP_CLOSED_MIN
+
+    closed = rep.gap_closed or {}
+    parts = [f"{label} closed {closed.get(key, float('nan')):.0%}" for key, label in
+             (("lpr_f", "LPR_F"), ("ratio_d", "Ratio_D"))]
+    toward = rep.unlearned.cka_reference is not None and rep.original.cka_reference is not None and \
+        rep.unlearned.cka_reference > rep.original.cka_reference
+    return (f"short of the representation level: of the gap to the retrained reference {', '.join(parts)} "
+            f"({GAP_CLOSED_MIN:.0%} each, or within noise, needed); CKA to the reference "
+            f"{'rose' if toward else 'did not rise'}")
 

@@ -92,3 +92,21 @@ def test_gap_closed_and_the_block():
     assert closed["lpr_f"] == pytest.approx(0.5) and closed["cka_original"] == pytest.approx(0.5)
     assert closed["ratio_d"] == pytest.approx(0.5) and block["level"] == "output" and block["reference"]["lpr_f"] == 0.6
     assert representation_block(_audit(0.99, None), _audit(0.9, None), None, True, (4.0, 3.0, None))["gap_closed"] is None
+
+
+def test_three_quarters_of_a_gap_of_test_images_is_three_quarters():
+    """LPR_F is a count over test images: 89/90 -> 86/90 with the reference at 85/90 closes exactly
+    3/4 of the gap, whatever float rounding says."""
+    orig, unl, ref = _audit(89 / 90, 0.9), _audit(86 / 90, 0.95), _audit(85 / 90, 1.0)
+    assert forgetting_level(True, orig, unl, ref, (3.2, 2.5, 2.3)) == "representation"
+    assert forgetting_level(True, orig, _audit(87 / 90, 0.95), ref, (3.2, 2.5, 2.3)) == "output"
+
+
+def test_the_statement_says_what_is_short_of_the_representation_level():
+    from nhle_pipeline.pipeline.release.manifest import RepresentationRecord
+    from nhle_pipeline.pipeline.release.report_view import forgetting_statement
+
+    block = representation_block(_audit(0.99, 0.8), _audit(0.9, 0.82), _audit(0.6, 1.0), True, (4.0, 2.1, 2.0))
+    text = forgetting_statement(RepresentationRecord.model_validate(block))
+    assert text.startswith("forgetting level: output") and "LPR_F closed 23%" in text and "Ratio_D closed 95%" in text
+    assert "CKA to the reference rose" in text
