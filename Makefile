@@ -2,7 +2,9 @@
 # The virtual environment (git-ignored .venv) is installed from the hash-pinned
 # dev lock, requirements/lock-dev.txt, and reused until the lock or
 # pyproject.toml changes; `make lock` regenerates the locks (docs/install.md).
-PYTHON ?= python3
+# The locks are resolved for CPython 3.11 on Linux x86-64: the venv is made with 3.11
+# (`make PYTHON=python3.12 …` to try another, untested).
+PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
