@@ -64,7 +64,8 @@ COPY examples ./examples
 USER 10001:10001
 
 # The smoke test, as the user the image runs as: the digits demo on the CPU
-# (train, run, verify) in a throwaway folder that this same step removes. It
+# (train, run, verify) in a throwaway folder that this same step removes, with
+# what torch and matplotlib leave in /tmp. It
 # cds there (DL3003 ignored): a WORKDIR would leave the folder in the image.
 # hadolint ignore=DL3003
 RUN pipeline --version \
@@ -76,7 +77,7 @@ RUN pipeline --version \
  && PIPELINE_CACHE_DIR="$smoke/cache" pipeline run examples/digits.yaml --device cpu \
  && pipeline verify releases/digits-forget-0 --device cpu \
  && cd / \
- && rm -rf "$smoke" /tmp/matplotlib
+ && rm -rf "$smoke" /tmp/matplotlib /tmp/torchinductor_*
 
 VOLUME ["/cache"]
 ENTRYPOINT ["pipeline"]
