@@ -65,8 +65,8 @@ USER 10001:10001
 
 # The smoke test, as the user the image runs as: the digits demo on the CPU
 # (train, run, verify) in a throwaway folder that this same step removes, with
-# what torch and matplotlib leave in /tmp. It
-# cds there (DL3003 ignored): a WORKDIR would leave the folder in the image.
+# what torch and matplotlib leave in /tmp. It cds there (DL3003 ignored): a
+# WORKDIR would leave the folder in the image.
 # hadolint ignore=DL3003
 RUN pipeline --version \
  && python -c "import onnxruntime as o; assert 'CUDAExecutionProvider' in o.get_available_providers(), o.get_available_providers()" \
