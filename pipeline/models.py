@@ -204,6 +204,48 @@ def _cnn(
     return SmallCNN(in_channels, image_size, channels, hidden, num_classes)
 
 
+# Model libraries whose own builders are called by name, with fixed arguments (no user code runs):
+# "torchvision:resnet50" (every torchvision classification model), "timm:convnext_atto" (timm,
+# an optional extra). The library's model is used as it is: no stem is swapped for small images.
+LIBRARIES = ("torchvision", "timm")
+
+
+def library_of(arch: str) -> str | None:
+    """The model library ``arch`` names ("torchvision:resnet50" -> "torchvision"), or None."""
+    lib, sep, name = arch.partition(":")
+    return lib if sep and lib in LIBRARIES and name else None
+
+
+def _close(name: str, names: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
+    return f"; close matches: {close}" if close else ""
+
+
+def _library_builder(arch: str, in_channels: int) -> Builder:
+    """The library's own builder for ``arch``, called with ``num_classes`` and ``model.kwargs``."""
+    lib, _, name = arch.partition(":")
+    if lib == "torchvision":
+        from torchvision import models as tvm
+
+        names = sorted(tvm.list_models(module=tvm))  # the classification models
+        if name not in names:
+            raise ModelError(f"model.arch: torchvision has no classification model '{name}'{_close(name, names)}")
+        if in_channels != 3:
+            raise ModelError(f"model.arch: torchvision's '{name}' takes 3-channel images, the data has {in_channels}")
+        return lambda num_classes, **kw: tvm.get_model(name, weights=None, num_classes=num_classes, **kw)
+    try:
+        import timm
+    except ImportError as e:
+        raise ModelError(f"model.arch: '{arch}' needs timm (pip install 'nhle-pipeline[timm]')") from e
+    names = timm.list_models()
+    if name not in names:
+        raise ModelError(f"model.arch: timm has no model '{name}'{_close(name, list(names))}")
+    return lambda num_classes, **kw: timm.create_model(name, pretrained=False, num_classes=num_classes,
+                                                        in_chans=in_channels, **kw)
+
+
 def _import_factory(path: str) -> Builder:
     module_name, _, attr = path.partition(":")
     try:
@@ -231,7 +273,10 @@ def build_model(
     """
     c, h, w = input_shape
     kwargs = dict(kwargs or {})
-    if ":" in arch:
+    if library_of(arch):
+        fn = _library_builder(arch, c)
+        call = lambda: fn(num_classes=num_classes, **kwargs)  # noqa: E731
+    elif ":" in arch:
         if not trust_code:
             raise ModelError(
                 f"model.arch: '{arch}' imports and runs code; set model.trust_code: true "
@@ -244,11 +289,19 @@ def build_model(
             raise ModelError(f"model.arch: {arch} expects square images, got {h}x{w}")
         call = lambda: _REGISTRY[arch](num_classes=num_classes, in_channels=c, image_size=h, **kwargs)  # noqa: E731
     else:
-        raise ModelError(f"model.arch: unknown architecture '{arch}'; expected one of {list_models()} or 'module:factory'")
+        raise ModelError(f"model.arch: unknown architecture '{arch}'{_close(arch, list_models())}; expected one of "
+                         f"{list_models()}, 'torchvision:NAME', 'timm:NAME' or 'module:factory'")
     try:
         model = call()
     except (TypeError, ValueError, RuntimeError) as e:  # bad kwargs: unknown names, negative widths, ...
         raise ModelError(f"model.kwargs: {arch} cannot be built with {kwargs} ({str(e).splitlines()[0]})") from e
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a library's builder may raise anything: it is the input's fault
+        if not library_of(arch):
+            raise
+        raise ModelError(f"model.arch: {arch} failed to build with {kwargs} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
     if not isinstance(model, nn.Module):
         raise ModelError(f"model.arch: '{arch}' returned {type(model).__name__}, expected a torch.nn.Module")
     model.eval()

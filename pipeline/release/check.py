@@ -517,10 +517,12 @@ def check_source_weights(manifest: Manifest, cfg, weights: Path) -> None:
             f"--source-weights: '{weights}' has sha256 {got[:12]}…, the release was made from "
             f"{manifest.source_model.sha256[:12]}… (source_model.sha256)"
         )
-    if ":" in cfg.model.arch:
+    from nhle_pipeline.pipeline.models import library_of
+
+    if ":" in cfg.model.arch and not library_of(cfg.model.arch):
         raise ModelError(
             f"model.arch: the release's config names '{cfg.model.arch}', which imports code; "
-            "verify --source-weights builds registry architectures only"
+            "verify --source-weights builds registry and library (torchvision:, timm:) architectures only"
         )
 
 
@@ -537,6 +539,12 @@ def _export_original(cfg, data, manifest: Manifest, weights: Path, scratch: Path
     path = scratch / "original.onnx"
     export_onnx(model.eval(), data.input_shape, path, opset=cfg.export.opset)
     return path
+
+
+def _library(arch: str) -> str | None:
+    from nhle_pipeline.pipeline.models import library_of
+
+    return library_of(arch)
 
 
 def _export_fresh(cfg, data, manifest: Manifest, scratch: Path) -> Path:
@@ -640,7 +648,7 @@ def verify_release(
                                     seed=cfg.seed, device=device, batch_size=eval_batch_size(cfg.data, data.input_shape), scratch=scratch)
             check_against_fresh_export(rel, original_onnx, manifest)
             graph_unchanged = True
-        elif ":" not in cfg.model.arch:  # a registry architecture: export it here (random weights)
+        elif ":" not in cfg.model.arch or _library(cfg.model.arch):  # registry or library: export it here
             check_against_fresh_export(rel, _export_fresh(cfg, data, manifest, scratch), manifest)
             graph_unchanged = True
         else:
