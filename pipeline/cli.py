@@ -509,6 +509,10 @@ def inspect(model: Path, public_key: Path | None, as_json: bool) -> None:
     from nhle_pipeline.pipeline.output import current_document
 
     if model.is_dir() and not model.is_symlink():
+        if not (model / "model.onnx").is_file():
+            from nhle_pipeline.pipeline.errors import InputError
+
+            raise InputError(f"MODEL: '{model}' is a folder with no model.onnx (give an .onnx file or a release folder)")
         model = model / "model.onnx"
 
     info = describe(model, public_key)
