@@ -44,8 +44,8 @@ HEADER = [
 REP_HEADER = [
     "method", *(f"{h} ({layer})" for layer in ("head", "stage")
                 for h in ("LPR_F", "LPR_R", "CKA to original", "CKA to retrain")),
-    *(f"gap closed: {h}" for h in ("LPR_F head", "LPR_F stage", "Ratio_D", "relearn AUC", "CKA to original head",
-                                   "CKA to original stage")),
+    *(f"gap closed: {h}" for h in ("LPR_F head", "LPR_F stage", "Ratio_D", "relearn AUC", "CKA to retrain head",
+                                   "CKA to retrain stage")),
 ]
 
 
@@ -155,7 +155,7 @@ def test_quick_mode_table_and_sanity(tmp_path, capsys):
         closed = s["retrain"]["gap_closed_means"].get(key)
         assert closed is None or closed == pytest.approx(1.0), key
         assert s["original"]["gap_closed_means"].get(key) in (None, 0.0), key
-    assert s["cwm-only"]["gap_closed_means"]["cka_original"] == pytest.approx(0.0, abs=1e-6)
+    assert s["cwm-only"]["gap_closed_means"]["cka_retrain"] == pytest.approx(0.0, abs=1e-6)  # features unchanged
 
     # The README's generated tables, read from a results folder holding this run as the digits setting:
     # the NHLE table has the relearn AUC column, the retained-mode table (run with --no-relearn) not.
@@ -181,7 +181,7 @@ def test_quick_mode_table_and_sanity(tmp_path, capsys):
     rows = {cells[1]: cells for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
     assert {"original", "nhle-cwm", "retrain", "damp-cwm", "opc-cwm", "kodge-projection"} <= set(rows)
     assert all(len(cells) == 12 for cells in rows.values())
-    assert rows["retrain"][8].startswith("+1.00")  # gap closed on CKA to the original's head input
+    assert rows["retrain"][8].startswith("+1.00")  # gap closed on CKA to retrain at the head input
     assert main(["--readme-table", "representation", "--out", str(readme)]) == 0
     assert capsys.readouterr().out.strip() == rep_part
 
