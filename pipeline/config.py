@@ -86,9 +86,12 @@ class ModelConfig(_Section):
     # Trained weights: .safetensors, or a torch.save() state dict (.pt/.pth).
     weights: str | None = None
     num_classes: int = Field(ge=2)
-    # Dotted module name of the classifier head; default: the last nn.Linear
-    # with num_classes outputs.
-    head: str | None = None
+    # Dotted module name(s) of the classifier head(s): an nn.Linear or a 1x1 nn.Conv2d with
+    # num_classes outputs; several when their outputs are combined (DeiT-distilled's head and
+    # head_dist). CWM masks every one; the first is the one whose input the evidence reads.
+    # Default: every such layer that feeds each logit on its own (found by probing the model),
+    # the last of them first.
+    head: str | list[str] | None = None
     # Extra keyword arguments for the architecture's builder.
     kwargs: dict[str, Any] = Field(default_factory=dict)
     # Allow full unpickling of a checkpoint (can run arbitrary code). Only for

@@ -26,7 +26,7 @@ from nhle_pipeline.pipeline.data import (
 )
 from nhle_pipeline.pipeline.device import resolve_device
 from nhle_pipeline.pipeline.errors import DataError, ModelError
-from nhle_pipeline.pipeline.models import build_model, find_head
+from nhle_pipeline.pipeline.models import build_model, find_heads
 
 
 @dataclass
@@ -42,6 +42,7 @@ class Loaded:
     retained_idx: np.ndarray  # indices into data.train (unlearn.nhle.retained_per_class; empty by default)
     # indices into data.train: the feature projection's retained samples (empty when it is off)
     projection_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    heads: list[str] = field(default_factory=list)  # every head CWM masks, head_name first
 
 
 def load_data(cfg: Config, cache_dir: Path | None = None) -> Dataset:
@@ -91,13 +92,18 @@ def cache_dir_for(cfg: Config) -> Path:
 
 
 def build_configured_model(cfg: Config, data: Dataset) -> tuple[nn.Module, str]:
-    """The architecture for this config and data, untrained, and its head's name."""
+    """The architecture for this config and data, untrained, and its (primary) head's name."""
+    model, heads = build_configured_model_heads(cfg, data)
+    return model, heads[0]
+
+
+def build_configured_model_heads(cfg: Config, data: Dataset) -> tuple[nn.Module, list[str]]:
+    """The architecture for this config and data, untrained, and every head CWM masks (primary first)."""
     model = build_model(  # a module:factory arch is imported only with model.trust_code
         cfg.model.arch, num_classes=cfg.model.num_classes, input_shape=data.input_shape, kwargs=cfg.model.kwargs,
         trust_code=cfg.model.trust_code,
     )
-    head_name, _ = find_head(model, cfg.model.num_classes, cfg.model.head)
-    return model, head_name
+    return model, find_heads(model, cfg.model.num_classes, cfg.model.head, data.input_shape)
 
 
 def load_inputs(cfg: Config, device_override: str | None = None) -> Loaded:
@@ -108,7 +114,8 @@ def load_inputs(cfg: Config, device_override: str | None = None) -> Loaded:
     data = load_data(cfg)
     cfg, class_names = resolve_request(cfg, data)
     check_measurable(data, cfg.forget_ids)
-    model, head_name = build_configured_model(cfg, data)
+    model, heads = build_configured_model_heads(cfg, data)
+    head_name = heads[0]
     load_weights(model, cfg.model.weights, trust_pickle=cfg.model.trust_pickle)
     forget_idx = select_forget_indices(
         data.train.y, cfg.forget_ids, cfg.forget.samples_per_class, cfg.forget.selection, cfg.seed
@@ -121,4 +128,4 @@ def load_inputs(cfg: Config, device_override: str | None = None) -> Loaded:
         data.train.y, cfg.forget_ids, cfg.model.num_classes, proj.retained_per_class if proj.enabled else 0, cfg.seed
     )
     return Loaded(cfg, class_names, device, data, model.eval(), head_name, forget_idx, sha256_file(cfg.model.weights),
-                  retained_idx, projection_idx)
+                  retained_idx, projection_idx, heads)

@@ -317,18 +317,79 @@ def build_model(
     return model
 
 
-def find_head(model: nn.Module, num_classes: int, name: str | None = None) -> tuple[str, nn.Linear]:
-    """The classifier head: ``name`` if given, else the last nn.Linear with ``num_classes`` outputs."""
+Head = nn.Linear | nn.Conv2d
+
+
+def _is_head_type(m: nn.Module, num_classes: int) -> bool:
+    if isinstance(m, nn.Linear):
+        return m.out_features == num_classes
+    return isinstance(m, nn.Conv2d) and m.out_channels == num_classes and m.kernel_size == (1, 1) and m.groups == 1
+
+
+def find_head(model: nn.Module, num_classes: int, name: str | None = None) -> tuple[str, Head]:
+    """The classifier head: ``name`` if given, else the last nn.Linear with ``num_classes`` outputs
+    (or, with none, the last 1x1 nn.Conv2d with as many output channels)."""
     modules = dict(model.named_modules())
     if name is not None:
         head = modules.get(name)
-        if not isinstance(head, nn.Linear):
-            linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
-            raise ModelError(f"model.head: '{name}' is not an nn.Linear of the model; linear layers: {linears}")
-        if head.out_features != num_classes:
-            raise ModelError(f"model.head: '{name}' has {head.out_features} outputs, expected {num_classes}")
+        if not isinstance(head, nn.Linear | nn.Conv2d):
+            layers = [n for n, m in modules.items() if isinstance(m, nn.Linear | nn.Conv2d) and _is_head_type(m, num_classes)]
+            raise ModelError(f"model.head: '{name}' is not an nn.Linear or 1x1 nn.Conv2d of the model; "
+                             f"layers with {num_classes} outputs: {layers}")
+        if not _is_head_type(head, num_classes):
+            width = head.out_features if isinstance(head, nn.Linear) else head.out_channels
+            raise ModelError(f"model.head: '{name}' has {width} outputs (or is not a 1x1 convolution), "
+                             f"expected {num_classes}")
         return name, head
-    found = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    found = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear) and _is_head_type(m, num_classes)]
+    found = found or [(n, m) for n, m in modules.items() if isinstance(m, nn.Conv2d) and _is_head_type(m, num_classes)]
     if not found:
-        raise ModelError(f"model.head: no nn.Linear with {num_classes} outputs found; name it in model.head")
+        raise ModelError(f"model.head: no nn.Linear (or 1x1 nn.Conv2d) with {num_classes} outputs found; "
+                         "name it in model.head")
     return found[-1]
+
+
+@torch.no_grad()
+def feeds_each_logit(model: nn.Module, layer: nn.Module, input_shape: tuple[int, int, int], num_classes: int) -> bool:
+    """Does ``layer``'s output channel c reach logit c alone? A push of one channel moves that
+    logit and no other (a head, or one of several combined heads); a hidden layer that happens to
+    have ``num_classes`` units moves several."""
+    x = torch.randn(2, *input_shape, generator=torch.Generator().manual_seed(0))
+    base = model(x)
+    moved = []
+    for c in (0, num_classes - 1):
+        def push(_m, _i, out, c=c):
+            out = out.clone()
+            out[:, c] += 100.0
+            return out
+
+        h = layer.register_forward_hook(push)
+        try:
+            diff = (model(x) - base).abs()
+        finally:
+            h.remove()
+        others = torch.cat([diff[:, :c], diff[:, c + 1:]], dim=1)
+        tol = 1e-4 * (1 + base.abs().max())
+        moved.append(bool(diff[:, c].min() > 1.0 and (others.numel() == 0 or others.max() <= tol)))
+    return all(moved)
+
+
+def find_heads(model: nn.Module, num_classes: int, names: str | list[str] | None,
+               input_shape: tuple[int, int, int]) -> list[str]:
+    """Every head CWM must mask, the primary first (see ``model.head`` in the config)."""
+    if names is not None:
+        listed = [names] if isinstance(names, str) else list(names)
+        if not listed or len(set(listed)) != len(listed):
+            raise ModelError(f"model.head: expected one name or a list of distinct names, got {names!r}")
+        for n in listed:
+            find_head(model, num_classes, n)
+        return listed
+    primary, _ = find_head(model, num_classes)
+    was = model.training
+    model.eval()
+    try:
+        others = [n for n, m in model.named_modules() if n != primary and isinstance(m, nn.Linear | nn.Conv2d)
+                  and _is_head_type(m, num_classes) and feeds_each_logit(model, m, input_shape, num_classes)]
+    finally:
+        model.train(was)
+    return [primary, *others]

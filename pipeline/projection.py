@@ -5,7 +5,7 @@ fresh linear head on them recovers it. This stage acts on the features, in
 closed form and without gradients (after DAMP, arXiv 2604.15166; our own
 formulation):
 
-For every ``nn.Linear`` and ungrouped ``nn.Conv2d`` except the head, in the
+For every ``nn.Linear`` and ungrouped ``nn.Conv2d`` except the heads, in the
 space the layer reads (a Linear's input vector; a Conv2d's k×k patch,
 C_in·k·k long, averaged over the positions), take
 
@@ -69,10 +69,10 @@ def _mean_patch(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     return torch.stack(cols, dim=2).reshape(len(x), -1)  # (N, C_in, kh*kw) -> unfold's (c, i, j) order
 
 
-def _eligible(model: nn.Module, head_name: str) -> tuple[list[str], list[str]]:
+def _eligible(model: nn.Module, heads: list[str]) -> tuple[list[str], list[str]]:
     layers, skipped = [], []
     for name, m in model.named_modules():
-        if name == head_name:
+        if name in heads:
             continue
         if isinstance(m, nn.Linear):
             layers.append(name)
@@ -122,7 +122,7 @@ def project_forgotten_directions(
     retained_x: torch.Tensor,
     retained_y: torch.Tensor,
     *,
-    head_name: str,
+    heads: list[str],
     num_forgotten: int,
     rank_per_class: int = 1,
     alpha: float = 1.0,
@@ -132,7 +132,7 @@ def project_forgotten_directions(
     t0 = time.perf_counter()
     was_training = model.training
     model.eval()
-    names, skipped = _eligible(model, head_name)
+    names, skipped = _eligible(model, heads)
     rank = rank_per_class * num_forgotten
     ins_f = layer_inputs(model, names, forget_x, micro_batch)
     ins_r = layer_inputs(model, names, retained_x, micro_batch)

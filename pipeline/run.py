@@ -249,7 +249,7 @@ def _project(run: _Run, model: nn.Module) -> tuple[ProjectionResult, str]:
     xf = torch.from_numpy(inp.data.train.get(inp.forget_idx)).to(inp.device)
     xr = torch.from_numpy(inp.data.train.get(inp.projection_idx)).to(inp.device)
     yr = torch.from_numpy(inp.data.train.y[inp.projection_idx])
-    pr = project_forgotten_directions(model, xf, xr, yr, head_name=inp.head_name, num_forgotten=len(run.forget),
+    pr = project_forgotten_directions(model, xf, xr, yr, heads=_heads(run), num_forgotten=len(run.forget),
                                       rank_per_class=cfg.rank_per_class, alpha=cfg.alpha,
                                       micro_batch=micro_batch_for(inp.data.input_shape))
     skipped = f", {len(pr.skipped)} grouped convolutions skipped" if pr.skipped else ""
@@ -272,16 +272,22 @@ def _nhle(run: _Run, model: nn.Module) -> tuple[NHLEResult, str]:
     return nh, f"{nh.steps} steps on {len(yf)} forget samples{retained_note}, stopped: {nh.stopped}"
 
 
+def _heads(run: _Run) -> list[str]:
+    return run.inp.heads or [run.inp.head_name]
+
+
 def _cwm(run: _Run, model: nn.Module) -> str:
-    """Fold Class Weight Masking into the head's weight rows and bias."""
+    """Fold Class Weight Masking into every head's weight rows and bias (the same bias in each:
+    heads that are averaged or summed give the forgotten logit that bias, or a multiple of it)."""
     cwm = run.cfg.unlearn.cwm
-    _, head = find_head(model, run.cfg.model.num_classes, run.inp.head_name)
     if cwm.mode == "calibrated":
         run.calibration = _calibrate(run, model)
     bias = masked_bias(cwm.mode, cwm.suppress_bias, run.calibration)
-    apply_cwm(head, run.forget, cwm.mode, cwm.suppress_bias if bias is None else bias)
+    for name in _heads(run):
+        _, head = find_head(model, run.cfg.model.num_classes, name)
+        apply_cwm(head, run.forget, cwm.mode, cwm.suppress_bias if bias is None else bias)
     shown = "" if bias is None else f", bias {bias:.4g}"
-    return f"mode {cwm.mode} on '{run.inp.head_name}' rows {run.forget}{shown}"
+    return f"mode {cwm.mode} on {', '.join(repr(h) for h in _heads(run))} rows {run.forget}{shown}"
 
 
 def _calibrate(run: _Run, model: nn.Module) -> Calibration:
@@ -345,7 +351,7 @@ def _verify(run: _Run, model: nn.Module, nh: NHLEResult, model_onnx: Path,
         forget=run.forget,
         batch_max_abs=batch_disagreement(model_onnx, images, after.test_logits[rows], device=run.ort_device),
         graph_unchanged=op_types(model_onnx) == run.original_ops,
-        cwm_in_graph=None if bias is None else rows_masked(model_onnx, run.inp.head_name, run.forget, bias),
+        cwm_in_graph=None if bias is None else all(rows_masked(model_onnx, h, run.forget, bias) for h in _heads(run)),
         cwm={"mode": cwm.mode, "bias": bias,
              "calibration": run.calibration.to_dict() if run.calibration else None},
         nhle={"steps": nh.steps, "stopped": nh.stopped, "forget_acc_start": nh.forget_acc_start,
@@ -467,6 +473,7 @@ def _stages(run: _Run, timer: _Timer, target: Path, force: bool, signer) -> RunR
     passed = all(g.passed for g in gates)
     manifest = build_manifest(
         cfg, name=run.name, passed=passed, weights_sha256=inp.weights_sha256, head_name=inp.head_name,
+        heads=_heads(run),
         metrics=metrics, gates=[g.to_dict() for g in gates], torch_device=str(inp.device),
         provider=run.measured["unlearned"].provider, external_data=external, timings=timer.timings,
         baseline_cache=run.cache_note, class_names=inp.class_names,

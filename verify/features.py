@@ -1,7 +1,8 @@
 """Penultimate features from the exported ONNX model itself.
 
 A verification copy of the graph gets one extra output: the input of the
-classifier head's Gemm (the features the head sees). The released file is
+classifier head's Gemm (the features the head sees; a 1x1 Conv head's feature
+map, globally average-pooled). The released file is
 never modified; the copy lives in the run's scratch folder.
 """
 
@@ -24,6 +25,10 @@ def with_feature_output(onnx_path: str | Path, head_name: str, out_path: str | P
 
     model = load_onnx(onnx_path)
     feat = head_input(model, head_name, onnx_path)
+    if _reads_feature_maps(model, head_name):  # a 1x1 Conv head: its (N, C, H, W) input, pooled to (N, C)
+        pooled = f"{feat}_verify_pooled"
+        model.graph.node.append(helper.make_node("GlobalAveragePool", [feat], [pooled], name="verify_pool"))
+        feat = pooled
     # Cast, not Identity: a float16 derivative's features are float16 (a no-op on float32)
     cast = helper.make_node("Cast", [feat], [FEATURES_OUTPUT], name="verify_features", to=onnx.TensorProto.FLOAT)
     model.graph.node.append(cast)
@@ -41,11 +46,11 @@ def head_input(model, head_name: str, onnx_path: str | Path = "model.onnx") -> s
     features: the float features are that node's input); float16 keeps the names."""
     weight = f"{head_name}.weight"
     heads = [n for n in model.graph.node
-             if (n.op_type in ("Gemm", "MatMul") and weight in n.input)
+             if (n.op_type in ("Gemm", "MatMul", "Conv") and weight in n.input)
              or (n.op_type in ("Gemm", "MatMul", "MatMulInteger")
                  and any(i in (f"{weight}_DequantizeLinear_Output", f"{weight}_quantized") for i in n.input))]
     if not heads:
-        raise OnnxFileError(f"{onnx_path}: no Gemm/MatMul uses '{weight}'; cannot locate the head's features")
+        raise OnnxFileError(f"{onnx_path}: no Gemm/MatMul/Conv uses '{weight}'; cannot locate the head's features")
     feat = heads[-1].input[0]
     if heads[-1].op_type == "MatMulInteger":
         producer = [n for n in model.graph.node if feat in n.output and n.op_type == "DynamicQuantizeLinear"]
@@ -53,6 +58,12 @@ def head_input(model, head_name: str, onnx_path: str | Path = "model.onnx") -> s
             raise OnnxFileError(f"{onnx_path}: the head's MatMulInteger input '{feat}' is not a DynamicQuantizeLinear's")
         feat = producer[0].input[0]
     return feat
+
+
+def _reads_feature_maps(model, head_name: str) -> bool:
+    """Is the head a convolution (its input a feature map, not a vector)?"""
+    weight = f"{head_name}.weight"
+    return any(n.op_type == "Conv" and weight in n.input for n in model.graph.node)
 
 
 def ort_logits_and_features(sess, x: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

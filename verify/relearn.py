@@ -115,13 +115,15 @@ class RelearnResult:
         return out
 
 
-def find_linear_head(model: nn.Module, num_classes: int, name: str | None = None) -> nn.Linear:
-    """``name`` if given, else the last nn.Linear with ``num_classes`` outputs."""
+def find_linear_head(model: nn.Module, num_classes: int, name: str | None = None) -> nn.Linear | nn.Conv2d:
+    """``name`` if given (an nn.Linear, or a 1x1 nn.Conv2d head), else the last nn.Linear with
+    ``num_classes`` outputs."""
     modules = dict(model.named_modules())
     if name is not None:
         head = modules.get(name)
-        if not isinstance(head, nn.Linear) or head.out_features != num_classes:
-            raise ValueError(f"head '{name}' is not an nn.Linear with {num_classes} outputs")
+        width = getattr(head, "out_features", getattr(head, "out_channels", None))
+        if not isinstance(head, nn.Linear | nn.Conv2d) or width != num_classes:
+            raise ValueError(f"head '{name}' is not an nn.Linear or nn.Conv2d with {num_classes} outputs")
         return head
     found = [m for m in modules.values() if isinstance(m, nn.Linear) and m.out_features == num_classes]
     if not found:
@@ -129,13 +131,14 @@ def find_linear_head(model: nn.Module, num_classes: int, name: str | None = None
     return found[-1]
 
 
-def reset_rows(head: nn.Linear, rows: Sequence[int], gen: torch.Generator) -> None:
-    """Fresh nn.Linear-default values, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for ``rows`` of the head."""
-    bound = 1.0 / math.sqrt(head.in_features)
+def reset_rows(head: nn.Linear | nn.Conv2d, rows: Sequence[int], gen: torch.Generator) -> None:
+    """Fresh PyTorch-default values, U(-1/sqrt(fan_in), 1/sqrt(fan_in)), for ``rows`` of the head."""
+    fan_in = head.weight[0].numel()  # Linear: in_features; a 1x1 Conv: in_channels
+    bound = 1.0 / math.sqrt(fan_in)
     with torch.no_grad():
         for r in rows:
-            w = torch.rand(head.in_features, generator=gen) * 2 * bound - bound
-            head.weight[r] = w.to(head.weight)
+            w = torch.rand(fan_in, generator=gen) * 2 * bound - bound
+            head.weight[r] = w.reshape(head.weight[r].shape).to(head.weight)
             if head.bias is not None:
                 head.bias[r] = (torch.rand((), generator=gen) * 2 * bound - bound).to(head.bias)
 

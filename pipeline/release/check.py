@@ -686,7 +686,7 @@ def verify_release(
         masked = None
         if bias is not None:
             try:
-                masked = rows_masked(rel / MODEL, manifest.head, forget, bias)
+                masked = all(rows_masked(rel / MODEL, h, forget, bias) for h in (manifest.heads or [manifest.head]))
             except (IndexError, ValueError) as e:
                 raise TamperedReleaseError(f"{rel / MODEL}: the head '{manifest.head}' does not fit the manifest ({e})") from e
         metrics["cwm_in_graph"] = masked

@@ -264,6 +264,8 @@ class Manifest(Record):
     config_sha256: str
     source_model: SourceModel
     head: str
+    # every head CWM masked, `head` first (None: the one `head`; manifests before several heads)
+    heads: list[str] | None = None
     metrics: Metrics
     gates: list[GateRecord]
     passed: bool
@@ -298,6 +300,7 @@ def build_manifest(
     passed: bool,
     weights_sha256: str | None,
     head_name: str,
+    heads: list[str] | None = None,
     metrics: dict,
     gates: list[dict],
     torch_device: str,
@@ -319,6 +322,7 @@ def build_manifest(
         config_sha256=cfg.sha256(),
         source_model=SourceModel(path=str(cfg.model.weights), arch=cfg.model.arch, sha256=weights_sha256),
         head=head_name,
+        heads=heads if heads and heads != [head_name] else None,
         metrics=Metrics.model_validate(metrics),
         gates=[GateRecord.model_validate(g) for g in gates],
         passed=passed,

@@ -48,7 +48,7 @@ def test_find_head_picks_last_matching_linear_or_named_one():
     assert find_head(m, 10, "1")[0] == "1"
     with pytest.raises(ModelError, match="'2' is not an nn.Linear"):
         find_head(m, 10, "2")
-    with pytest.raises(ModelError, match="no nn.Linear with 5 outputs"):
+    with pytest.raises(ModelError, match="no nn.Linear \\(or 1x1 nn.Conv2d\\) with 5 outputs"):
         find_head(m, 5)
 
 

@@ -48,7 +48,7 @@ def test_projection_keeps_the_retained_means_response_and_removes_the_forget_dir
     xr = torch.randn(30, 8)
     yr = torch.arange(30) % 2 + 1
     xf = torch.randn(4, 8) + 2.0
-    r = project_forgotten_directions(model, xf, xr, yr, head_name="5", num_forgotten=1)
+    r = project_forgotten_directions(model, xf, xr, yr, heads=["5"], num_forgotten=1)
     assert r.layers == ["1", "3"] and r.rank == 1 and not r.skipped
     # the first layer: its retained class means give the same output as before, exactly up to float
     means = torch.stack([xr[yr == c].mean(0) for c in (1, 2)])
@@ -62,5 +62,5 @@ def test_projection_keeps_the_retained_means_response_and_removes_the_forget_dir
 def test_grouped_convolutions_are_skipped_and_said():
     model = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Conv2d(4, 4, 3, groups=4), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
     r = project_forgotten_directions(model, torch.randn(3, 2, 8, 8), torch.randn(10, 2, 8, 8),
-                                     torch.arange(10) % 2 + 1, head_name="3", num_forgotten=1)
+                                     torch.arange(10) % 2 + 1, heads=["3"], num_forgotten=1)
     assert r.layers == ["0"] and r.skipped == ["1"]

@@ -62,6 +62,6 @@ def test_batching_does_not_change_logits_or_features(feature_copy):
 
 
 def test_unknown_head_is_an_onnx_file_error(mlp_onnx, tmp_path):
-    with pytest.raises(OnnxFileError, match="no Gemm/MatMul uses 'head.weight'"):
+    with pytest.raises(OnnxFileError, match="no Gemm/MatMul/Conv uses 'head.weight'"):
         with_feature_output(mlp_onnx.path, "head", tmp_path / "f.onnx")
     assert not (tmp_path / "f.onnx").exists()
