@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.common import Budget, train_fresh
-from nhle_pipeline.pipeline.config import CWMConfig, NHLEConfig, TrainConfig
+from nhle_pipeline.pipeline.config import CWMConfig, NHLEConfig, ProjectionConfig, TrainConfig
 from nhle_pipeline.pipeline.cwm import apply_cwm
 from nhle_pipeline.pipeline.data import Split, select_retained_indices
 from nhle_pipeline.pipeline.models import find_head
 from nhle_pipeline.pipeline.nhle import nhle_finetune, nhle_loss
+from nhle_pipeline.pipeline.projection import project_forgotten_directions
 from nhle_pipeline.pipeline.train import train_classifier
 
 FORGET = "forget samples"
@@ -170,6 +171,22 @@ def nhle_cwm(task: Task, cwm_mode: str | None = None, nhle: NHLEConfig | None = 
     r = nhle_finetune(model, task.forget_x, task.forget_y, task.num_classes, cfg, retained_x=retained_x)
     _cwm(model, task, cwm_mode)
     return model, {"steps": r.steps, "stopped": r.stopped}
+
+
+def nhle_cwm_projection(task: Task) -> Result:
+    """The pipeline with ``unlearn.projection.enabled: true`` (pipeline/projection.py, its
+    defaults): the forgotten classes' own directions removed from every layer's input in closed
+    form, then NHLE-CWM as the default. Needs: forget samples + ProjectionConfig().retained_per_class
+    retained samples per class."""
+    model = task.copy_original().eval()
+    pc = ProjectionConfig(enabled=True)
+    xr, yr = _retained_budget(task, pc.retained_per_class)
+    head, _ = find_head(model, task.num_classes)
+    pr = project_forgotten_directions(model, task.forget_x, xr, yr, heads=[head], num_forgotten=len(task.forget_classes),
+                                      rank_per_class=pc.rank_per_class, alpha=pc.alpha)
+    r = nhle_finetune(model, task.forget_x, task.forget_y, task.num_classes, NHLEConfig())
+    _cwm(model, task)
+    return model, {"steps": r.steps, "stopped": r.stopped, "projected_layers": len(pr.layers)}
 
 
 def nhle_cwm_retained(task: Task) -> Result:
@@ -609,6 +626,8 @@ class Method:
 
 METHODS: dict[str, Method] = {
     "nhle-cwm": Method(nhle_cwm, FORGET),
+    "nhle-cwm-projection": Method(nhle_cwm_projection,
+                                  f"forget samples + {ProjectionConfig().retained_per_class} retained per class"),
     "nhle-cwm-retained": Method(nhle_cwm_retained, f"forget samples + {RETAINED_PER_CLASS} retained per class",
                                 by_default=False),
     "nhle-cwm-paper": Method(nhle_cwm_paper, FORGET),
