@@ -25,6 +25,14 @@ def _private_cache_dir(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
+    """gpu tests skip without CUDA; PIPELINE_TEST_SHUFFLE=<seed> runs the suite in a seeded random
+    order (no test may depend on another having run first)."""
+    import os
+    import random
+
+    seed = os.environ.get("PIPELINE_TEST_SHUFFLE")
+    if seed:
+        random.Random(seed).shuffle(items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA (torch.cuda.is_available() is False)")
