@@ -34,6 +34,7 @@ from nhle_pipeline.pipeline.baseline_cache import (
     baseline_key,
     data_fingerprint,
 )
+from nhle_pipeline.pipeline.checkpoint import save_weights
 from nhle_pipeline.pipeline.config import Config, release_name
 from nhle_pipeline.pipeline.cwm import (
     CALIBRATION_SAMPLES,
@@ -54,6 +55,7 @@ from nhle_pipeline.pipeline.projection import ProjectionResult, project_forgotte
 from nhle_pipeline.pipeline.reference import retrain_reference
 from nhle_pipeline.pipeline.release.manifest import (
     SCRATCH,
+    WEIGHTS,
     Manifest,
     build_manifest,
     onnx_provenance,
@@ -312,6 +314,7 @@ def _export(run: _Run, model: nn.Module) -> tuple[Path, list[str], str]:
     problems = graph_problems(load_onnx(model_onnx, weights=False))
     if problems:  # pipeline verify would refuse it: fail before any measurement
         raise ExportError(f"export: the exported graph is not one verify accepts: {'; '.join(problems)}")
+    save_weights(model, run.staging / WEIGHTS)  # the unlearned PyTorch weights, for further training
     tri = run.cfg.release.triton  # triton/<name>/{config.pbtxt,1/model.onnx[,labels.txt]}
     write_triton_repository(run.staging, run.name, model_onnx, max_batch_size=tri.max_batch_size,
                             instance_kind=KINDS[tri.kind], instance_count=tri.instances,

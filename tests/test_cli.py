@@ -21,7 +21,8 @@ def test_run_releases_verified_artifact_and_verify_inspect_agree(make_config, tm
     r = invoke("run", cfg)
     assert r.exit_code == 0, r.output
     rel = tmp_path / "releases" / "digits-test"
-    assert sorted(p.name for p in rel.iterdir()) == ["manifest.json", "model.onnx", "report.html", "report.md", "triton"]
+    assert sorted(p.name for p in rel.iterdir()) == ["manifest.json", "model.onnx", "model.safetensors", "report.html",
+                                                     "report.md", "triton"]
     m = json.loads((rel / "manifest.json").read_text())
     assert m["status"] == "released" and m["passed"] is True
     assert m["files"] == file_digests(rel)

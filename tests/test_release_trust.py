@@ -89,8 +89,9 @@ def _digest(p: Path) -> dict:
 
 
 def _forge(rel: Path, edit=None, model: Path | None = None, rehash_config: bool = True) -> dict:
-    """Edit the manifest (``edit``), optionally ship ``model`` (as model.onnx and its Triton copy),
-    recompute config_sha256 (stamped into the model too), every digest, and the seal."""
+    """Edit the manifest (``edit``), optionally ship ``model`` (as model.onnx and its Triton copy,
+    model.safetensors dropped), recompute config_sha256 (stamped into the model too), every digest,
+    and the seal."""
     from nhle_pipeline.export.metadata import stamp_metadata
     from nhle_pipeline.pipeline.config import parse_config
     from nhle_pipeline.pipeline.release.manifest import MANIFEST_SEAL, manifest_seal
@@ -101,6 +102,9 @@ def _forge(rel: Path, edit=None, model: Path | None = None, rehash_config: bool 
     meta.pop("producer", None)
     if model is not None:
         shutil.copyfile(model, rel / "model.onnx")
+        # the unlearned weights would give the old model's logits: a forger drops the optional file
+        (rel / "model.safetensors").unlink(missing_ok=True)
+        m["files"].pop("model.safetensors", None)
     if edit:
         edit(m)
     if rehash_config:
@@ -442,3 +446,20 @@ def test_requiring_the_representation_level_needs_a_reference(make_config):
 
     with pytest.raises(ConfigError, match="require_representation needs verify.reference: retrain"):
         load_config(make_config(verify={"gates": {"require_representation": True}}))
+
+
+def test_the_unlearned_weights_ship_and_must_be_the_models(rel, digits_weights):
+    """model.safetensors: the unlearned PyTorch weights (to go on training from), listed and
+    checked against model.onnx's logits; the original's weights in their place are refused."""
+    from nhle_pipeline.pipeline.checkpoint import load_weights
+    from nhle_pipeline.pipeline.models import build_model
+
+    m = json.loads((rel / "manifest.json").read_text())
+    assert "model.safetensors" in m["files"]
+    model = build_model("mlp", num_classes=10, input_shape=(1, 8, 8))
+    load_weights(model, rel / "model.safetensors")  # a plain safetensors state dict of the architecture
+    assert float(model.classifier.weight[0].abs().max()) == 0.0  # the masked row, as in model.onnx
+    _verify(rel, code=0, expect="model.safetensors gives model.onnx's logits")
+    shutil.copyfile(digits_weights, rel / "model.safetensors")
+    _forge(rel)
+    _verify(rel, code=2, expect="model.safetensors: its logits differ from model.onnx's")

@@ -43,6 +43,7 @@ from nhle_pipeline.pipeline.jsonio import loads as _strict_json
 from nhle_pipeline.pipeline.release.manifest import (
     MANIFEST,
     MANIFEST_SEAL,
+    WEIGHTS,
     Manifest,
     manifest_seal,
     parse_manifest,
@@ -231,7 +232,7 @@ def check_layout(release: Path, manifest: Manifest) -> None:
     class_names = getattr(manifest, "class_names", None)
     if class_names and f"{model_dir}/{LABELS_FILE}" in listed:  # releases since 0.4 (class names known)
         triton.add(f"{model_dir}/{LABELS_FILE}")
-    allowed = {MODEL, *REPORTS, *external} | triton
+    allowed = {MODEL, WEIGHTS, *REPORTS, *external} | triton
     for name in sorted(listed - allowed):
         raise TamperedReleaseError(
             f"{release / name}: not a file of a release (model.onnx, reports, external data, "
@@ -368,6 +369,38 @@ def check_batch_independence(release: Path, data, got, forget: list[int], atol: 
             f"{release / MODEL}: its logits depend on the batch: max |Δ| {worst:.3g} between batches of "
             f"{', '.join(map(str, BATCH_SIZES))} and the measuring pass's on {len(rows)} test images (> {atol:g})")
     return worst
+
+
+def check_release_weights(release: Path, cfg, data, manifest: Manifest, got, forget: list[int], atol: float,
+                          notes: list[str]) -> None:
+    """``model.safetensors`` (the unlearned PyTorch weights) gives ``model.onnx``'s logits: loaded
+    into the architecture (registry and library ones; an import path runs code, so not here)."""
+    import numpy as np
+    import torch
+
+    from nhle_pipeline.pipeline.checkpoint import load_weights
+    from nhle_pipeline.pipeline.errors import ModelError
+    from nhle_pipeline.pipeline.loading import build_configured_model
+    from nhle_pipeline.verify.batch_independence import batch_sample
+    from nhle_pipeline.verify.metrics import parity_max_abs
+
+    if ":" in cfg.model.arch and not _library(cfg.model.arch):
+        notes.append(f"{WEIGHTS} not checked against model.onnx: model.arch '{cfg.model.arch}' imports code")
+        return
+    model, _ = build_configured_model(cfg, data)
+    try:
+        load_weights(model, release / WEIGHTS, trust_pickle=False)
+    except ModelError as e:
+        raise TamperedReleaseError(f"{release / WEIGHTS}: not the weights of the release's architecture ({e})") from e
+    rows = batch_sample(got.test_idx, data.test.y, forget)
+    x = np.concatenate(list(data.test.image_batches(got.test_idx[rows], len(rows))))
+    with torch.no_grad():
+        logits = model.eval()(torch.from_numpy(x)).numpy()
+    diff = parity_max_abs(logits.astype(np.float32), got.test_logits[rows].astype(np.float32))
+    if not diff <= atol:
+        raise TamperedReleaseError(f"{release / WEIGHTS}: its logits differ from model.onnx's by {diff:.3g} "
+                                   f"(> {atol:g}) on {len(rows)} test images: not the weights of the shipped model")
+    notes.append(f"{WEIGHTS} gives model.onnx's logits (max |Δ| {diff:.2g} on {len(rows)} test images)")
 
 
 # Gates whose recorded value verify recomputes the same way (the rest are producer-side or depend
@@ -655,6 +688,8 @@ def verify_release(
             notes.append(f"graph not compared with a fresh export: model.arch '{cfg.model.arch}' imports code, "
                          "which verify never runs")
         batch_max_abs = check_batch_independence(rel, data, got, forget, policy.gates.parity_atol, device)
+        if WEIGHTS in manifest.files:
+            check_release_weights(rel, cfg, data, manifest, got, forget, policy.gates.parity_atol, notes)
 
     recorded = manifest.metrics
     metrics, original_from = recomputed_metrics(got, original, recorded, graph_unchanged, notes)
