@@ -164,7 +164,8 @@ def test_each_mode_releases_and_verifies_with_its_parent(mode, digits_release, t
     files = set(read_manifest(rel).files)
     assert files >= {"model.onnx", "report.html", "report.md", f"triton/digits-{mode}/1/model.onnx",
                      f"triton/digits-{mode}/config.pbtxt"}
-    assert set(read_manifest(digits_release).files) - {"model.onnx", "report.html", "report.md"} == {
+    assert "model.safetensors" not in files  # the PyTorch weights are the fp32 parent's
+    assert set(read_manifest(digits_release).files) - {"model.onnx", "report.html", "report.md", "model.safetensors"} == {
         f.replace(f"triton/digits-{mode}/", f"triton/{parent.name}/") for f in files - {"model.onnx", "report.html", "report.md"}
     }  # the parent's Triton layout (labels.txt where it has one)
     meta = read_metadata(rel / "model.onnx")
