@@ -65,8 +65,9 @@ def _read_state_dict(path: Path, trust_pickle: bool) -> Mapping[str, torch.Tenso
     return obj
 
 
-def load_weights(model: nn.Module, path: str | Path, *, trust_pickle: bool = False) -> None:
-    """Load ``path`` into ``model``; keys and shapes must match exactly."""
+def load_weights(model: nn.Module, path: str | Path, *, trust_pickle: bool = False) -> str | None:
+    """Load ``path`` into ``model``; keys and shapes must match exactly, once a training wrapper's
+    prefix (``WRAPPER_PREFIXES``) common to every key is removed. Returns that prefix (None: none)."""
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"model.weights: no such file '{p}'")
@@ -74,6 +75,7 @@ def load_weights(model: nn.Module, path: str | Path, *, trust_pickle: bool = Fal
         raise ModelError(f"model.weights: '{p}' is empty")
     state = dict(_read_state_dict(p, trust_pickle))
     own = model.state_dict()
+    state, prefix = strip_wrapper_prefix(state, set(own))
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
@@ -95,6 +97,25 @@ def load_weights(model: nn.Module, path: str | Path, *, trust_pickle: bool = Fal
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ModelError(f"model.weights: '{p}': tensor '{k}' holds NaN or inf values")
     model.load_state_dict(state)
+    return prefix
+
+
+# What training wrappers put before every key: DistributedDataParallel / DataParallel
+# ("module."), Lightning modules and timm's EMA ("model."), torch.compile ("_orig_mod.").
+WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
+
+
+def strip_wrapper_prefix(state: dict, keys: set[str]) -> tuple[dict, str | None]:
+    """``state`` with a wrapper's prefix removed from every key, when every key has it and the
+    stripped keys are the model's (else unchanged); and the prefix removed (None: none)."""
+    if set(state) == keys:
+        return state, None
+    for prefix in WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            stripped = {k[len(prefix):]: v for k, v in state.items()}
+            if set(stripped) == keys:
+                return stripped, prefix
+    return state, None
 
 
 def save_weights(model: nn.Module, path: str | Path) -> None:

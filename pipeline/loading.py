@@ -43,6 +43,7 @@ class Loaded:
     # indices into data.train: the feature projection's retained samples (empty when it is off)
     projection_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     heads: list[str] = field(default_factory=list)  # every head CWM masks, head_name first
+    weights_prefix: str | None = None  # a training wrapper's key prefix removed from the checkpoint
 
 
 def load_data(cfg: Config, cache_dir: Path | None = None) -> Dataset:
@@ -116,7 +117,7 @@ def load_inputs(cfg: Config, device_override: str | None = None) -> Loaded:
     check_measurable(data, cfg.forget_ids)
     model, heads = build_configured_model_heads(cfg, data)
     head_name = heads[0]
-    load_weights(model, cfg.model.weights, trust_pickle=cfg.model.trust_pickle)
+    prefix = load_weights(model, cfg.model.weights, trust_pickle=cfg.model.trust_pickle)
     forget_idx = select_forget_indices(
         data.train.y, cfg.forget_ids, cfg.forget.samples_per_class, cfg.forget.selection, cfg.seed
     )
@@ -128,4 +129,4 @@ def load_inputs(cfg: Config, device_override: str | None = None) -> Loaded:
         data.train.y, cfg.forget_ids, cfg.model.num_classes, proj.retained_per_class if proj.enabled else 0, cfg.seed
     )
     return Loaded(cfg, class_names, device, data, model.eval(), head_name, forget_idx, sha256_file(cfg.model.weights),
-                  retained_idx, projection_idx, heads)
+                  retained_idx, projection_idx, heads, prefix)

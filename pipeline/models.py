@@ -247,7 +247,13 @@ def _library_builder(arch: str, in_channels: int) -> Builder:
 
 
 def _import_factory(path: str) -> Builder:
+    import os
+    import sys
+
     module_name, _, attr = path.partition(":")
+    cwd = os.getcwd()  # a factory module in the working folder, as `python -c` would find it
+    if cwd not in sys.path:
+        sys.path.append(cwd)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:

@@ -434,6 +434,8 @@ def run_pipeline(
         inp = load_inputs(cfg, device)
         cfg = inp.cfg  # forget.classes as ids (class names resolved)
         timer.detail = f"{inp.data.name}: {len(inp.data.train)} train / {len(inp.data.test)} test, device {inp.device}"
+        if inp.weights_prefix:
+            timer.detail += f"; the checkpoint's keys had the prefix '{inp.weights_prefix}' (removed)"
     run = _Run(cfg, name, inp, create_staging(release_dir, name), listener,  # the run's first write
                use_cache=use_cache and cfg.cache.enabled, group=group or Group())
 

@@ -94,3 +94,24 @@ def test_trust_pickle_loads_a_full_module(tmp_path):
     b = mlp()
     load_weights(b, tmp_path / "module.pt", trust_pickle=True)
     torch.testing.assert_close(a.classifier.weight, b.classifier.weight)
+
+
+@pytest.mark.parametrize("prefix", ["module.", "model.", "_orig_mod."])
+def test_a_training_wrappers_prefix_is_removed_and_said(tmp_path, prefix):
+    """DistributedDataParallel, Lightning/EMA and torch.compile save every key with a prefix."""
+    from safetensors.torch import save_file
+
+    from nhle_pipeline.pipeline.checkpoint import load_weights
+    from tests.factories import tiny_net
+
+    src, dst = tiny_net(3), tiny_net(3)
+    save_file({prefix + k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    assert load_weights(dst, tmp_path / "w.safetensors") == prefix
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values(), strict=True))
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "plain.safetensors"))
+    assert load_weights(dst, tmp_path / "plain.safetensors") is None
+    # only some keys prefixed: not a wrapper, the keys do not fit
+    mixed = {(prefix + k if i == 0 else k): v.contiguous() for i, (k, v) in enumerate(src.state_dict().items())}
+    save_file(mixed, str(tmp_path / "mixed.safetensors"))
+    with pytest.raises(ModelError, match="does not fit model.arch"):
+        load_weights(dst, tmp_path / "mixed.safetensors")

@@ -106,3 +106,16 @@ def test_a_torchvision_model_trains_releases_and_verifies_with_its_source_weight
     v = runner.invoke(cli, ["verify", str(tmp_path / "releases" / "tv"), "--source-weights", str(weights)])
     assert v.exit_code == 0, v.output
     assert "[✓] graph_unchanged" in v.output and "measured here from --source-weights" in v.output
+
+
+def test_a_factory_module_in_the_working_folder_is_importable(tmp_path, monkeypatch):
+    """The console script's sys.path does not hold the working folder; a user's `my_models.py`
+    beside the config is what `model.arch: my_models:build` means."""
+    (tmp_path / "my_models_here.py").write_text(
+        "from torch import nn\n\ndef build(num_classes):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes))\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    m = build_model("my_models_here:build", num_classes=4, input_shape=(1, 8, 8), trust_code=True)
+    assert m[1].out_features == 4
+    sys.modules.pop("my_models_here", None)
