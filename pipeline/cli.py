@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from nhle_pipeline.pipeline.errors import BAD_INPUT, KNOWN_FAILURES, GateFailure
+from nhle_pipeline.pipeline.errors import BAD_INPUT, KNOWN_FAILURES, GateFailure, Terminated
 
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -60,10 +60,6 @@ TRAIN_STOPPED = "; no weights were written (the training state is kept: run the 
 def _stopped(fn, terminated: bool) -> str:
     head = TERMINATED if terminated else INTERRUPTED
     return head.split(";")[0] + TRAIN_STOPPED if fn.__name__ == "train" else head
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the process is, so it unwinds like Ctrl-C (an existing release intact)."""
 
 
 def _on_sigterm(signum, frame):

@@ -139,14 +139,19 @@ def leave_group(group: Group) -> None:
 
 def verdict_of(exc: BaseException | None) -> tuple[int, str]:
     """The exit code and message rank 0 ends with, to be shared with every rank."""
-    from nhle_pipeline.pipeline.errors import BAD_INPUT, GateFailure
+    from nhle_pipeline.pipeline.errors import BAD_INPUT, GateFailure, Terminated, disk_full
 
     if exc is None:
         return 0, ""
     if isinstance(exc, GateFailure):
         return 1, str(exc)
+    full = disk_full(exc)  # before bad input: the CLI checks a full disk first too
+    if full is not None:
+        return 4, full.filename or ""
     if isinstance(exc, BAD_INPUT):
         return 2, str(exc)
+    if isinstance(exc, Terminated):
+        return 143, "terminated"
     if isinstance(exc, KeyboardInterrupt):
         return 130, "interrupted"
     return 3, f"rank 0 failed ({type(exc).__name__}: {_first_line(exc)})"
@@ -154,7 +159,9 @@ def verdict_of(exc: BaseException | None) -> tuple[int, str]:
 
 def raise_verdict(code: int, message: str) -> None:
     """On a rank other than 0: end as rank 0 did (the CLI maps the error to the same exit code)."""
-    from nhle_pipeline.pipeline.errors import GateFailure
+    import errno
+
+    from nhle_pipeline.pipeline.errors import GateFailure, Terminated
 
     if code == 0:
         return
@@ -162,6 +169,10 @@ def raise_verdict(code: int, message: str) -> None:
         raise GateFailure(message)
     if code == 2:
         raise InputError(message)
+    if code == 4:  # the CLI's disk-full line and exit code, as on rank 0
+        raise OSError(errno.ENOSPC, "No space left on device (on rank 0)", message or None)
+    if code == 143:
+        raise Terminated
     if code == 130:
         raise KeyboardInterrupt
     raise DistributedError(message)

@@ -51,9 +51,26 @@ class GateFailure(PipelineError):
         self.report_dir = report_dir
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so it unwinds like Ctrl-C (an existing release intact)."""
+
+
+def disk_full(e: BaseException | None) -> OSError | None:
+    """The no-space (or quota) OSError in ``e``'s chain (itself, its cause, its context), if any."""
+    import errno
+
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 BAD_INPUT = (InputError, OnnxFileError, ProviderUnavailable)
 KNOWN_FAILURES = (PipelineError, ExportError, OnnxError, VerifyError)
 __all__ = [
-    "BAD_INPUT", "KNOWN_FAILURES", "ConfigError", "DataError", "ExportError", "GateFailure", "InputError",
+    "BAD_INPUT", "Terminated", "disk_full", "KNOWN_FAILURES", "ConfigError", "DataError", "ExportError", "GateFailure", "InputError",
     "ModelError", "OnnxFileError", "PipelineError", "ProviderUnavailable", "ReleaseError", "TamperedReleaseError",
 ]
