@@ -17,5 +17,9 @@ def format_value(v, float_spec: str = ".4f", booleans: tuple[str, str] = ("yes",
 
 
 def format_gate_value(v) -> str:
-    """A gate's value or threshold: 4 significant digits, booleans as true/false."""
-    return format_value(float(v) if isinstance(v, int) and not isinstance(v, bool) else v, ".4g", ("true", "false"))
+    """A gate's value or threshold: 4 significant digits, booleans as true/false (-0 is 0)."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if isinstance(v, float) and v == 0.0:
+        v = 0.0  # a threshold of -0.0 (acc_r_drop_max 0) reads "0", not "-0"
+    return format_value(v, ".4g", ("true", "false"))

@@ -25,13 +25,14 @@ import numpy as np
 from nhle_pipeline.pipeline.release.manifest import Manifest
 from nhle_pipeline.pipeline.release.report_md import nhle_settings_line
 from nhle_pipeline.pipeline.release.report_view import (
-    DEFINITIONS,
     build_view,
+    definitions_for,
     failed_gates_line,
     fmt,
     fmt_interval,
     forgetting_statement,
 )
+from nhle_pipeline.verify.formatting import format_gate_value
 
 TEMPLATE = "templates/report.html"
 PCA_MAX_POINTS = 2_000
@@ -207,6 +208,7 @@ def _environment():
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = fmt
+    env.filters["gate"] = format_gate_value  # the one gate formatter (terminal, report.md, here)
     env.filters["interval"] = fmt_interval
     text = files("nhle_pipeline.pipeline").joinpath(TEMPLATE).read_text(encoding="utf-8")
     return env.from_string(text)
@@ -239,7 +241,7 @@ def render_html(m: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]],
         forgetting=forgetting_statement(m.metrics.representation), failed_gates=failed_gates_line(m),
         level=m.metrics.representation.level if m.metrics.representation is not None else "none",
         unlearning=f"NHLE {nh.steps} steps (stopped: {nh.stopped}); {nhle_settings_line(nh)}; CWM {m.cwm_mode}",
-        images=images, definitions=DEFINITIONS, forgotten_names=forgotten_names,
+        images=images, definitions=definitions_for(m), forgotten_names=forgotten_names,
         versions=", ".join(f"{k} {v}" for k, v in m.runtime.versions.items()),
         total_s=sum(m.timings_s.values()),
     )

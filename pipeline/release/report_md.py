@@ -8,13 +8,13 @@ from pathlib import Path
 from nhle_pipeline.pipeline.config import NHLE_PRESET_KEYS
 from nhle_pipeline.pipeline.release.manifest import Manifest, NHLERecord
 from nhle_pipeline.pipeline.release.report_view import (
-    DEFINITIONS,
     build_view,
+    definitions_for,
     failed_gates_line,
     fmt_interval,
     forgetting_statement,
 )
-from nhle_pipeline.verify.formatting import format_value
+from nhle_pipeline.verify.formatting import format_gate_value, format_value
 
 
 def _f(v, digits: int = 4) -> str:
@@ -95,8 +95,9 @@ def render_report(m: Manifest, created: str | None = None) -> str:
         "| gate | value | threshold | result |",
         "| --- | --- | --- | --- |",
     ]
-    for g in m.gates:
-        lines.append(f"| {g.name} | {_f(g.value)} | {g.op} {_f(g.threshold)} | {'✓ pass' if g.passed else '✗ FAIL'} |")
+    for g in m.gates:  # the one gate formatter (4 significant digits), failures in bold
+        name, result = (g.name, "✓ pass") if g.passed else (f"**{g.name}**", "**✗ FAIL**")
+        lines.append(f"| {name} | {format_gate_value(g.value)} | {g.op} {format_gate_value(g.threshold)} | {result} |")
     lines += [
         "",
         "## Accuracy (onnxruntime, test split)",
@@ -178,7 +179,7 @@ def render_report(m: Manifest, created: str | None = None) -> str:
     lines += ["", "## Files", "", "| file | sha256 | bytes |", "| --- | --- | --- |"]
     lines += [f"| {k} | `{v.sha256}` | {v.bytes:,} |" for k, v in m.files.items()]
     lines += ["", "The reports' and the manifest's own digests are in `manifest.json` (a file cannot list itself)."]
-    lines += ["", "## Definitions", ""] + [f"- **{name}**: {text}" for name, text in DEFINITIONS]
+    lines += ["", "## Definitions", ""] + [f"- **{name}**: {text}" for name, text in definitions_for(m)]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in m.runtime.versions.items()), ""]
     return "\n".join(lines)
 

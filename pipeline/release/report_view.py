@@ -195,3 +195,23 @@ def _short_of_representation(rep) -> str:
             f"({GAP_CLOSED_MIN:.0%} each, or within noise, needed); CKA to the reference "
             f"{'rose' if toward else 'did not rise'}")
 
+
+def definitions_for(m) -> list[tuple[str, str]]:
+    """The definitions of what this report shows (relearning only where it ran), plus the
+    representation audit's where it ran."""
+    relearned = m.metrics.evidence.relearn is not None
+    out = [(n, t) for n, t in DEFINITIONS if n != "relearning" or relearned]
+    if m.metrics.representation is not None:
+        out += [
+            ("LPR_F / LPR_R", "linear-probe recovery: a fresh multinomial logistic regression on standardised "
+                              "features of a seeded class-balanced training subset of all classes, scored on the "
+                              "forgotten / retained classes' test images: what a new head on the shipped features "
+                              "recovers."),
+            ("CKA", "linear centred kernel alignment of two models' features on the same test images "
+                    "(1: the same representation up to rotation and scale)."),
+            ("forgetting level", "output: the file never outputs the forgotten classes (output_masked); "
+                                 "representation: the features too, judged against a retrained reference "
+                                 "(docs: Evidence, levels of forgetting)."),
+        ]
+    return out
+

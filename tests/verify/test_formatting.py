@@ -48,3 +48,9 @@ def test_format_value_spec_and_words():
 )
 def test_format_gate_value(value, expect):
     assert format_gate_value(value) == expect
+
+
+def test_a_gate_threshold_of_minus_zero_reads_zero():
+    from nhle_pipeline.verify.formatting import format_gate_value
+
+    assert format_gate_value(-0.0) == "0" and format_gate_value(1e-6) == "1e-06" and format_gate_value(-0.035) == "-0.035"

@@ -12,7 +12,7 @@ def test_report_shows_verdict_gates_accuracy_and_files():
     m.files = {"model.onnx": FileDigest(sha256="ef" * 32, bytes=1234)}
     text = render_report(m)
     assert "**Verdict: RELEASED**" in text
-    assert "| acc_f | 0.0000 | <= 0.0100 | ✓ pass |" in text
+    assert "| acc_f | 0 | <= 0.01 | ✓ pass |" in text
     # counts and 95 % Wilson intervals: 57 of 60 retained -> [0.863, 0.983]; 0 of 30 forgotten -> [0, 0.114]
     assert "| Acc_R | 60 | 0.9600 | [0.886, 0.991] | 0.9500 | [0.863, 0.983] | -0.0100 |" in text
     assert "| Acc_F | 30 | 0.9000 | [0.744, 0.965] | 0.0000 | [0.000, 0.114] | -0.9000 |" in text
@@ -46,3 +46,12 @@ def test_nhle_settings_line_says_which_data_ran():
     assert nhle_settings_line(nh).endswith("data: forget samples + 72 retained samples")
     nh.settings = None
     assert nhle_settings_line(nh) == "not recorded"
+
+
+def test_only_what_ran_is_defined_and_failed_gates_stand_out():
+    m = sample_manifest(status="gate_failed", passed=False)
+    m.gates[1].passed = False
+    text = render_report(m)
+    assert "**relearning**" not in text  # it did not run in this manifest
+    assert "| **acc_r_drop** | -0.01 | >= -0.035 | **✗ FAIL** |" in text
+    assert "NOT RELEASED: gate(s) failed: acc_r_drop**" in text
