@@ -223,6 +223,10 @@ def render_html(m: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]],
     gap = ev.get("gap_to_reference")
     evidence = [{"label": label, "values": [ev[c].get(key) for c in cols], "gap": gap.get(key) if gap else None}
                 for key, label in EVIDENCE_ROWS]
+    base = ev["original"].get("ratio_d")
+    evidence.insert(1, {"label": "Ratio_D / the original's (what ratio_d_relative gates)", "gap": None,
+                        "values": [ev[c]["ratio_d"] / base if base and ev[c].get("ratio_d") is not None else None
+                                   for c in cols]})
     nh = m.metrics.nhle
     with _literal_text():
         per_class = _per_class_chart(view)

@@ -132,6 +132,10 @@ def render_report(m: Manifest, created: str | None = None) -> str:
         for key in ("ratio_d", "d_inter", "d_intra", "probe_auc", "mia_efficacy"):
             row = [_f(ev[c].get(key)) for c in cols] + ([_f(gap.get(key))] if gap else [])
             lines.append(f"| {key} | " + " | ".join(row) + " |")
+        rel = [ev[c]["ratio_d"] / ev["original"]["ratio_d"] if ev[c].get("ratio_d") is not None
+               and ev["original"].get("ratio_d") else None for c in cols]
+        lines.append("| ratio_d / the original's (what ratio_d_relative gates) | "
+                     + " | ".join(_f(v) for v in rel) + (" | |" if gap else " |"))
         if gap:
             lines.append(f"\nMean absolute gap to the retrained reference: {_f(gap.get('mean'))}")
     rep = met.representation
