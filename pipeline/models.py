@@ -223,6 +223,12 @@ def _close(name: str, names: list[str]) -> str:
     return f"; close matches: {close}" if close else ""
 
 
+# Builder arguments that would make a library read or fetch weights: the config's model.weights
+# is the only weights a run (or verify's rebuild) loads.
+LIBRARY_KWARGS_REFUSED = ("weights", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path",
+                          "cache_dir", "progress")
+
+
 def _library_builder(arch: str, in_channels: int) -> Builder:
     """The library's own builder for ``arch``, called with ``num_classes`` and ``model.kwargs``."""
     lib, _, name = arch.partition(":")
@@ -280,6 +286,10 @@ def build_model(
     c, h, w = input_shape
     kwargs = dict(kwargs or {})
     if library_of(arch):
+        refused = sorted(set(kwargs) & set(LIBRARY_KWARGS_REFUSED))
+        if refused:
+            raise ModelError(f"model.kwargs: {refused} would make {arch.split(':')[0]} load or fetch weights; "
+                             "give the weights in model.weights")
         fn = _library_builder(arch, c)
         call = lambda: fn(num_classes=num_classes, **kwargs)  # noqa: E731
     elif ":" in arch:

@@ -40,7 +40,7 @@ from torch import nn
 @dataclass
 class ProjectionResult:
     layers: list[str]  # the layers whose weights were projected, in order
-    skipped: list[str]  # eligible by type but not projected (grouped convolutions)
+    skipped: list[str]  # eligible by type but not projected (grouped convolutions, layers never called)
     rank: int  # directions removed per layer
     n_forget: int
     n_retained: int
@@ -101,7 +101,7 @@ def layer_inputs(model: nn.Module, names: list[str], x: torch.Tensor, micro_batc
     finally:
         for h in hooks:
             h.remove()
-    return {n: torch.cat(v) for n, v in got.items()}
+    return {n: torch.cat(v) for n, v in got.items() if v}  # a layer that never ran has no inputs
 
 
 def forgotten_directions(forget: torch.Tensor, retained: torch.Tensor, retained_y: torch.Tensor, rank: int) -> torch.Tensor:
@@ -140,6 +140,9 @@ def project_forgotten_directions(
     modules = dict(model.named_modules())
     done = []
     for n in names:
+        if n not in ins_f or n not in ins_r:  # never called in eval (an auxiliary head, attention's out_proj)
+            skipped.append(n)
+            continue
         u = forgotten_directions(ins_f[n], ins_r[n], ry, rank)
         if u.shape[1] == 0:
             continue

@@ -37,6 +37,10 @@ def graph_problems(model, *, domains: tuple[str, ...] = STANDARD_DOMAINS) -> lis
     sub = sorted({n.op_type for n in g.node if any(a.type in (a.GRAPH, a.GRAPHS) for a in n.attribute)})
     if sub:
         problems.append(f"nodes with subgraphs {sub}")
+    sparse = sorted({n.output[0] for n in g.node if n.op_type == "Constant"
+                     and any(a.name == "sparse_value" for a in n.attribute)})
+    if sparse:
+        problems.append(f"sparse Constant nodes {sparse[:5]}")
     if len(g.sparse_initializer):
         problems.append(f"sparse initializers {[t.values.name for t in g.sparse_initializer]}")
     names = [t.name for t in g.initializer]

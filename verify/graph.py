@@ -30,3 +30,11 @@ def rows_masked(onnx_path: str | Path, head_name: str, classes: list[int], bias:
     if b is None:
         return rows_zero and bias == 0.0
     return rows_zero and bias is not None and bool(np.all(b[classes] == np.float32(bias)))
+
+
+def initializer_arrays(model) -> dict[str, np.ndarray]:
+    """Every initializer of ``model`` as an array, by name (names defined once: canonical graphs)."""
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+

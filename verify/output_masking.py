@@ -25,8 +25,11 @@ the output depend on the input — so a True at the end is a proof:
 - ``Shape`` and ``Size`` depend on the input (the batch size is input): a
   graph that behaves differently at batch 1 cannot pass.
 
-NaN or infinite inputs (0 · inf) are outside the proof; the numeric check on
-the test split (``forgotten_logit_spread``) covers the data that is measured.
+A zero weight reads nothing only while what it multiplies is finite: after
+such a shortcut on an input-dependent tensor only ops that carry NaN and inf
+through (``FRAGILE_OK``) may follow, so an overflow a crafted input causes can
+make a forgotten logit NaN but not another number; the numeric check on the
+test split (``forgotten_logit_spread``) covers the data that is measured.
 """
 
 from __future__ import annotations
@@ -55,16 +58,23 @@ INPUT_DEPENDENT = {"Shape", "Size"}  # the batch size is part of the input
 RANDOM = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 
 CONST = "const"  # a tensor with no batch dimension, the same for every input
+# After a zero-weight shortcut on an input-dependent tensor (0 * x is 0 only while x is finite),
+# only ops that carry a NaN or inf through (or map every value alike) may follow: an op that can
+# tell NaN from a number (IsNaN, comparisons, Where, Max/Min/Clip, casts to integers) would turn
+# an overflow a crafted input causes into an input-dependent logit.
+FRAGILE_OK = {"Identity", "Add", "Sub", "Mul", "Div", "Neg", "Relu", "Reshape", "Flatten", "Squeeze",
+              "Unsqueeze", "Transpose", "GlobalAveragePool", "AveragePool", "ReduceMean", "ReduceSum",
+              "Gemm", "MatMul", "Conv", "Concat", "BatchNormalization", "Dropout", "Cast"}
+FLOAT_TYPES = (1, 10, 11, 16)  # TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
 def constant_outputs(model, output: str | None = None) -> np.ndarray:
     """(C,) bool: which elements of the (N, C) output (the first graph output unless named) are the
     same for every input, as far as the graph proves it."""
-    import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    shapes = _static_shapes(inferred)
+    shapes = _static_shapes(_inferred_shapes(model))
     state: dict[str, object] = {}
+    fragile: set[str] = set()  # tensors whose constancy rests on a zero-weight shortcut
     weights: dict[str, np.ndarray] = {}
     names = [t.name for t in model.graph.initializer]
     for t in model.graph.initializer:
@@ -73,9 +83,15 @@ def constant_outputs(model, output: str | None = None) -> np.ndarray:
             weights[t.name] = _array(t)
     for node in model.graph.node:
         masks = _node(node, state, weights, shapes)
+        shortcut = node.op_type in ("Gemm", "MatMul", "Conv") and node.input and state.get(node.input[0]) is not CONST
+        carries = [i for i in node.input if i in fragile]
+        if carries and not _carries_nan(node):
+            masks = [False] * len(node.output)  # it could tell an overflow from a number: depends
         for name, mask in zip(node.output, masks, strict=False):
             if name:
                 state[name] = mask
+                if isinstance(mask, np.ndarray) and mask.any() and (shortcut or carries):
+                    fragile.add(name)
     out = output or model.graph.output[0].name
     got = state.get(out)
     width = _width(shapes.get(out))
@@ -84,6 +100,43 @@ def constant_outputs(model, output: str | None = None) -> np.ndarray:
     if not isinstance(got, np.ndarray) or got.ndim != 1:
         return np.zeros(width or 0, dtype=bool)
     return got
+
+
+def _carries_nan(node) -> bool:
+    if node.op_type not in FRAGILE_OK:
+        return False
+    if node.op_type == "Cast":
+        return next((a.i for a in node.attribute if a.name == "to"), 0) in FLOAT_TYPES
+    return True
+
+
+def _inferred_shapes(model):
+    """Shapes onnx infers from the graph alone: the author's value_info and declared output shapes
+    are dropped first (onnxruntime only warns when they are wrong), the input's are kept (enforced).
+    Weights stay out of the copy (a model over 2 GB cannot be serialised whole)."""
+    import onnx
+
+    g = onnx.GraphProto()
+    g.CopyFrom(model.graph)
+    del g.value_info[:]
+    for out in g.output:
+        out.type.tensor_type.ClearField("shape")
+    for t in g.initializer:  # shapes and types are all inference needs
+        t.ClearField("raw_data")
+        del t.float_data[:]
+        del t.int64_data[:]
+        del t.int32_data[:]
+        del t.double_data[:]
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
+        if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):  # shapes and axes need values
+            src = next(x for x in model.graph.initializer if x.name == t.name)
+            t.CopyFrom(src)
+    light = onnx.helper.make_model(g, opset_imports=model.opset_import, ir_version=model.ir_version)
+    try:
+        return onnx.shape_inference.infer_shapes(light, strict_mode=False)
+    except Exception:  # noqa: BLE001 - no shapes: every rule that needs one says "depends"
+        return light
 
 
 def forgotten_logits_constant(path: str | Path, forget: list[int]) -> bool:
@@ -116,10 +169,14 @@ def _node(node, state: dict, weights: dict, shapes: dict) -> list:
     if out_shape is None:
         return dep
     op = node.op_type
+    if op == "Dropout" and (any(m is not CONST for m in ins[1:]) or
+                            (len(node.input) > 2 and node.input[2] and not _const_false(node.input[2], weights))):
+        return dep  # a ratio from the data, or training mode: random, input-dependent
     if op in UNARY:
         return [_broadcast([ins[0]], out_shape)] + dep[1:]
     if op == "BatchNormalization":  # inference: a per-channel affine of constants
-        if any(m is not CONST for m in ins[1:]):
+        training = next((a.i for a in node.attribute if a.name == "training_mode"), 0)
+        if training or len([o for o in node.output if o]) > 1 or any(m is not CONST for m in ins[1:]):
             return dep
         return [_broadcast(ins[:1], out_shape)] + dep[1:]
     if op in NARY:
@@ -169,6 +226,8 @@ def _linear(node, ins: list, weights: dict, shapes: dict, out_shape: tuple[int, 
         return False
     a_mask = ins[0]
     w = weights[node.input[1]]
+    if not isinstance(w, np.ndarray) or w.ndim != 2 or not np.issubdtype(w.dtype, np.floating):
+        return False
     attrs = {a.name: a for a in node.attribute}
     if node.op_type == "Gemm":
         if attrs.get("transA") and attrs["transA"].i:
@@ -198,6 +257,8 @@ def _conv(node, ins: list, weights: dict, out_shape: tuple[int, ...]):
     if len(ins) > 2 and ins[2] is not CONST:
         return False
     w = weights[node.input[1]]
+    if not isinstance(w, np.ndarray) or w.ndim != 4 or not np.issubdtype(w.dtype, np.floating):
+        return False
     group = next((a.i for a in node.attribute if a.name == "group"), 1)
     c_out = out_shape[0]
     x_mask = ins[0]
@@ -316,6 +377,11 @@ def _array(t) -> np.ndarray:
     from onnx import numpy_helper
 
     return numpy_helper.to_array(t)
+
+
+def _const_false(name: str, weights: dict) -> bool:
+    v = weights.get(name)
+    return isinstance(v, np.ndarray) and v.size == 1 and not bool(v.reshape(-1)[0])
 
 
 def _constant_value(node) -> np.ndarray | None:

@@ -94,9 +94,15 @@ def linear_probe_recovery(train_feats: np.ndarray, train_y: np.ndarray, test_fea
     if len(np.unique(train_y)) < 2 or not (np.isfinite(train_feats).all() and np.isfinite(test_feats).all()):
         return nan
     idx = balanced_subset(train_y, LPR_PER_CLASS, seed)
+    x = train_feats[idx].astype(np.float64)
+    # a unit that is (nearly) constant on the probe's images (a dead ReLU) carries nothing, and the
+    # scaler would blow another machine's float noise in it up to unit size: leave it out
+    live = np.ptp(x, axis=0) > 1e-6 * max(1.0, float(np.abs(x).max()) if x.size else 1.0)
+    if not live.any():
+        return nan
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=LPR_MAX_ITER, random_state=seed))
-    probe.fit(train_feats[idx], train_y[idx])
-    hit = probe.predict(test_feats) == test_y
+    probe.fit(x[:, live], train_y[idx])
+    hit = probe.predict(test_feats.astype(np.float64)[:, live]) == test_y
     fmask = np.isin(test_y, forget)
     lpr_f = float(hit[fmask].mean()) if fmask.any() else float("nan")
     lpr_r = float(hit[~fmask].mean()) if (~fmask).any() else float("nan")

@@ -392,6 +392,18 @@ def check_release_weights(release: Path, cfg, data, manifest: Manifest, got, for
         load_weights(model, release / WEIGHTS, trust_pickle=False)
     except ModelError as e:
         raise TamperedReleaseError(f"{release / WEIGHTS}: not the weights of the release's architecture ({e})") from e
+    from nhle_pipeline.export.onnx_file import load_onnx
+    from nhle_pipeline.verify.graph import initializer_arrays
+
+    # The heads' tensors are the exporter's initializers unchanged (other layers may be folded,
+    # BatchNorm into its Conv): CWM's masked rows must be the same bits in both files.
+    inits = initializer_arrays(load_onnx(release / MODEL))
+    state = model.state_dict()
+    for head in manifest.heads or [manifest.head]:
+        for k in (f"{head}.weight", f"{head}.bias"):
+            if k in state and k in inits and not np.array_equal(state[k].detach().cpu().numpy(), inits[k]):
+                raise TamperedReleaseError(
+                    f"{release / WEIGHTS}: tensor '{k}' is not model.onnx's initializer of that name")
     rows = batch_sample(got.test_idx, data.test.y, forget)
     x = np.concatenate(list(data.test.image_batches(got.test_idx[rows], len(rows))))
     with torch.no_grad():
@@ -401,6 +413,26 @@ def check_release_weights(release: Path, cfg, data, manifest: Manifest, got, for
         raise TamperedReleaseError(f"{release / WEIGHTS}: its logits differ from model.onnx's by {diff:.3g} "
                                    f"(> {atol:g}) on {len(rows)} test images: not the weights of the shipped model")
     notes.append(f"{WEIGHTS} gives model.onnx's logits (max |Δ| {diff:.2g} on {len(rows)} test images)")
+
+
+def check_derived_batch_independence(release: Path, data, got, forget: list[int], device: str) -> None:
+    """A reduced-precision derivative answers the same top-1 class at batch 1 and 3 as in the
+    measuring pass (its logits may move by a quantization step: dynamic INT8 scales per batch)."""
+    import numpy as np
+
+    from nhle_pipeline.verify.batch_independence import BATCH_SIZES, batch_sample
+    from nhle_pipeline.verify.ort import open_session, ort_logits
+
+    rows = batch_sample(got.test_idx, data.test.y, forget)
+    images = np.concatenate(list(data.test.image_batches(got.test_idx[rows], len(rows))))
+    sess, _ = open_session(release / MODEL, device)
+    want = got.test_logits[rows].argmax(1)
+    for size in BATCH_SIZES:
+        top1 = ort_logits(sess, images, size).argmax(1)
+        if not np.array_equal(top1, want):
+            raise TamperedReleaseError(
+                f"{release / MODEL}: its top-1 class depends on the batch: {int((top1 != want).sum())} of "
+                f"{len(rows)} test images change class at batch {size}")
 
 
 # Gates whose recorded value verify recomputes the same way (the rest are producer-side or depend
@@ -625,6 +657,10 @@ def verify_release(
     public_key = public_key or policy.public_key
     if policy.require_signature and public_key is None:
         raise InputError("--public-key: the policy requires a signature; give the producer's public key")
+    if policy.gates.require_representation and public_key is None:
+        raise InputError("gates.require_representation: the level is judged against the producer's retrained "
+                         "reference, which verify does not retrain: the policy needs the producer's signature "
+                         "(require_signature: true and --public-key)")
     if policy.require_source_weights and source_weights is None:
         raise InputError("--source-weights: the policy requires the original model's weights to measure ΔAcc_R")
 
@@ -669,6 +705,8 @@ def verify_release(
             recalibrated = _recalibrate(rel / MODEL, cfg, data, device)
         if derived:
             from nhle_pipeline.pipeline.release.derived import check_derived
+
+            check_derived_batch_independence(rel, data, got, forget, "cpu" if device == "auto" else device)
 
             return check_derived(rel, manifest, cfg, data, got, parent=parent, parent_manifest=parent_manifest,
                                  policy=policy, policy_source=policy_source, notes=notes, signature=fingerprint,

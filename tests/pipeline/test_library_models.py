@@ -119,3 +119,10 @@ def test_a_factory_module_in_the_working_folder_is_importable(tmp_path, monkeypa
     m = build_model("my_models_here:build", num_classes=4, input_shape=(1, 8, 8), trust_code=True)
     assert m[1].out_features == 4
     sys.modules.pop("my_models_here", None)
+
+
+@pytest.mark.parametrize("key", ["weights", "pretrained", "checkpoint_path"])
+def test_library_arguments_that_load_weights_are_refused(key):
+    """The config's model.weights is the only weights a run, or verify's rebuild, reads."""
+    with pytest.raises(ModelError, match=f"model.kwargs: \\['{key}'\\] would make torchvision load or fetch weights"):
+        build_model("torchvision:resnet18", num_classes=3, input_shape=(3, 32, 32), kwargs={key: "x"})

@@ -64,3 +64,19 @@ def test_grouped_convolutions_are_skipped_and_said():
     r = project_forgotten_directions(model, torch.randn(3, 2, 8, 8), torch.randn(10, 2, 8, 8),
                                      torch.arange(10) % 2 + 1, heads=["3"], num_forgotten=1)
     assert r.layers == ["0"] and r.skipped == ["1"]
+
+
+def test_a_layer_the_forward_never_calls_is_skipped_and_said():
+    """An auxiliary head unused in eval, attention's out_proj (called functionally): no inputs seen."""
+
+    class Aux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.aux, self.head = nn.Linear(8, 6), nn.Linear(6, 3), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.body(x)))
+
+    r = project_forgotten_directions(Aux(), torch.randn(3, 8), torch.randn(10, 8), torch.arange(10) % 2 + 1,
+                                     heads=["head"], num_forgotten=1)
+    assert r.layers == ["body"] and r.skipped == ["aux"]

@@ -165,3 +165,38 @@ def test_the_batch_one_switch_is_canonical_in_form_but_not_in_structure(digits_p
 
 def _spread_of(logits: np.ndarray, cls: int) -> float:
     return float(logits[:, cls].max() - logits[:, cls].min())
+
+
+def test_an_overflow_switch_after_the_masked_head_is_not_a_constant(tmp_path):
+    """0 * x is 0 only while x is finite: a graph that tests the masked head's product for NaN
+    (IsNaN -> Where) turns a crafted overflow into an input-dependent logit; the proof refuses it."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.zeros((2, 4), np.float32)
+    w[1] = 1.0
+    g = helper.make_graph(
+        [helper.make_node("Mul", ["x", "k"], ["big"]), helper.make_node("Exp", ["big"], ["e"]),
+         helper.make_node("Gemm", ["e", "w", "b"], ["z"], transB=1),
+         helper.make_node("IsNaN", ["z"], ["nan"]), helper.make_node("Where", ["nan", "hi", "z"], ["y"])],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        [numpy_helper.from_array(np.array(100.0, np.float32), "k"), numpy_helper.from_array(w, "w"),
+         numpy_helper.from_array(np.array([-5.0, 0.0], np.float32), "b"),
+         numpy_helper.from_array(np.array([100.0, 0.0], np.float32), "hi")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    assert not constant_outputs(m)[0]
+    g.node.pop()  # without the switch, the masked row's logit is the bias (or NaN on an overflow)
+    g.node.pop()
+    g.output[0].name = "z"
+    assert constant_outputs(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))[0]
+
+
+def test_a_sparse_constant_is_not_a_graph_an_export_makes(digits_pair):
+    from onnx import helper, numpy_helper
+
+    _, masked, d = digits_pair
+    m = onnx.load(str(masked))
+    values = numpy_helper.from_array(np.array([1.0], np.float32), "v")
+    sparse = helper.make_sparse_tensor(values, numpy_helper.from_array(np.array([0], np.int64), "i"), [4])
+    m.graph.node.insert(0, helper.make_node("Constant", [], ["sp"], sparse_value=sparse))
+    assert any("sparse Constant nodes ['sp']" in p for p in graph_problems(m))
