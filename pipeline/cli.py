@@ -473,8 +473,7 @@ def _print_derived(console, m) -> None:
 @handle_errors
 def init(path: Path, force: bool) -> None:
     """Write a commented starter config to PATH (default: pipeline.yaml)."""
-    from importlib.resources import files
-
+    from nhle_pipeline.pipeline.config_reference import starter_yaml
     from nhle_pipeline.pipeline.errors import ConfigError
 
     if path.is_symlink() and not path.exists():
@@ -484,7 +483,7 @@ def init(path: Path, force: bool) -> None:
     if not path.parent.is_dir():
         raise ConfigError(f"{path}: folder '{path.parent}' does not exist")
     try:
-        path.write_text(files("nhle_pipeline.pipeline").joinpath("templates/starter.yaml").read_text(encoding="utf-8"))
+        path.write_text(starter_yaml(), encoding="utf-8")
     except OSError as e:  # a read-only folder, a full disk
         raise ConfigError(f"{path}: cannot write it ({e.strerror})") from e
     click.echo(f"wrote {path}")

@@ -79,27 +79,49 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
+def shown(default_text: str) -> dict[str, str]:
+    """A field's default as the reference table shows it, where the value alone does not say
+    it (``None`` that means "the variant's", "auto", "the file's stem")."""
+    return {"shown_default": default_text}
+
+
 class ModelConfig(_Section):
-    # Registry name (mlp, lenet, cnn, vgg16, resnet18, resnet34, mobilenet_v3_large,
-    # inception_v3) or an import path "package.module:factory".
-    arch: str = Field(min_length=1)
-    # Trained weights: .safetensors, or a torch.save() state dict (.pt/.pth).
-    weights: str | None = None
-    num_classes: int = Field(ge=2)
-    # Dotted module name(s) of the classifier head(s): an nn.Linear or a 1x1 nn.Conv2d with
-    # num_classes outputs; several when their outputs are combined (DeiT-distilled's head and
-    # head_dist). CWM masks every one; the first is the one whose input the evidence reads.
-    # Default: every such layer that feeds each logit on its own (found by probing the model),
-    # the last of them first.
-    head: str | list[str] | None = None
-    # Extra keyword arguments for the architecture's builder.
-    kwargs: dict[str, Any] = Field(default_factory=dict)
-    # Allow full unpickling of a checkpoint (can run arbitrary code). Only for
-    # files you trust.
-    trust_pickle: bool = False
-    # Allow a "package.module:factory" arch (importing it runs the module's
-    # code). Off: such a config is refused before anything is imported.
-    trust_code: bool = False
+    """The trained model: its architecture, weights and head."""
+
+    arch: str = Field(
+        min_length=1, examples=["mlp"],
+        description="`mlp`, `lenet`, `cnn` (small 3-block conv net for 32×32 colour), `vgg16`, `vgg16_bn`, "
+        "`resnet18`, `resnet34`, `mobilenet_v3_large`, `inception_v3` (below 64 px the registry's "
+        "VGG/ResNet/MobileNet get a CIFAR-style stem); `torchvision:NAME` (any torchvision classification "
+        "model, `torchvision.models.get_model(NAME, weights=None, num_classes=…, **kwargs)`, 3-channel "
+        "images, the library's stem as it is) or `timm:NAME` (`timm.create_model(NAME, pretrained=False, "
+        "num_classes=…, in_chans=…, **kwargs)`, the `timm` extra) — the libraries' own builders, no code "
+        "opt-in; or `package.module:factory` (called with `num_classes=` and `model.kwargs`; needs "
+        "`model.trust_code: true`)")
+    weights: str | None = Field(
+        default=None, examples=["runs/digits-mlp.safetensors"], json_schema_extra=shown("—"),
+        description="`.safetensors`, or a `torch.save` state dict loaded with `weights_only=True`; a "
+        "training wrapper's key prefix (`module.`, `model.`, `_orig_mod.`) is removed")
+    num_classes: int = Field(ge=2, examples=[10], description="must match the checkpoint")
+    head: str | list[str] | None = Field(
+        default=None, json_schema_extra=shown("auto"),
+        description="dotted name, or a list of names, of the classifier head(s): an `nn.Linear` or a 1×1 "
+        "`nn.Conv2d` (SqueezeNet) with `num_classes` outputs; several when their outputs are combined "
+        "(DeiT-distilled's `head` and `head_dist`). CWM masks every one (same bias in each); the first is "
+        "the one whose input the evidence reads. Default: the last Linear with `num_classes` outputs (a 1×1 "
+        "Conv when there is none), plus every other such layer that moves each logit on its own when pushed "
+        "(found by probing the built model: a hidden layer that happens to be as wide as the classes is not "
+        "a head). The `output_masked` gate proves the result on the exported graph")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="builder arguments, e.g. `{hidden: [256, 128]}` for `mlp`")
+    trust_pickle: bool = Field(
+        default=False, description="allow full unpickling of the checkpoint (can run code); refused otherwise")
+    trust_code: bool = Field(
+        default=False,
+        description="allow a `package.module:factory` arch (importing it runs that module's code, "
+        "`torch.hub:load` included); refused otherwise, before anything is imported; "
+        "`pipeline run/train --trust-code` sets it (and the manifest records it)")
 
     @field_validator("kwargs")
     @classmethod
@@ -189,27 +211,43 @@ class TransformConfig(_Section):
 
 
 class DataConfig(_Section):
-    dataset: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
-    # Folder with the data (npz: train.npz + test.npz; imagefolder: train/ and
-    # test/ with one sub-folder per class; torchvision sets: their usual root).
-    root: str | None = None
-    # torchvision sets only: fetch over the network if missing (off by default).
-    download: bool = False
-    # Inputs are float32 in [0, 1]; normalise per channel only when set.
-    normalize: Normalize | None = None
-    # Resize / center crop per batch (uint8 images: npz, imagefolder, torchvision sets).
-    transform: TransformConfig | None = None
-    # Images per onnxruntime / evaluation batch; null: 256 up to 64x64-pixel images,
-    # fewer for larger ones (16 at 224 px), so the passes' memory does not grow with
-    # the image size (pipeline.data.eval_batch_size).
-    batch_size: int | None = Field(default=None, ge=1)
-    # DataLoader worker processes that decode image files (imagefolder); 0: decode in-process.
-    workers: int = Field(default=0, ge=0, le=64)
-    # The name of each class id, in id order (model.num_classes of them). Default: the
-    # data's own names (imagefolder: the class folders in sorted order; torchvision sets:
-    # their classes; npz: a 'class_names' array in train.npz; digits: '0'..'9'). When
-    # both are present they must agree.
-    class_names: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(default=None, min_length=2)
+    """The data the model is measured on (and its forget samples drawn from)."""
+
+    dataset: Literal[DATASETS] = Field(  # type: ignore[valid-type]
+        default="digits",
+        description="`digits` (embedded, scikit-learn), `npz`, `imagefolder`, `mnist`, `fashionmnist`, "
+        "`svhn`, `cifar10`, `cifar100`")
+    root: str | None = Field(
+        default=None, json_schema_extra=shown("—"),
+        description="local folder (all but digits). `npz`: `train.npz` + `test.npz` with `x` uint8 "
+        "`(N,H,W)` or `(N,H,W,3)`, `y` `(N,)`; `imagefolder`: `train/<class>/…`, `test/<class>/…`; "
+        "torchvision sets: their usual root")
+    download: bool = Field(default=False, description="torchvision sets only; nothing is fetched otherwise")
+    normalize: Normalize | None = Field(
+        default=None, json_schema_extra=shown("none"),
+        description="`{mean: [...], std: [...]}` per channel; inputs are float32 in [0, 1] otherwise")
+    transform: TransformConfig | None = Field(
+        default=None, json_schema_extra=shown("none"),
+        description="per-batch resize and crop of uint8 images: `{preset: imagenet}` (shorter side 256, "
+        "center crop 224, and ImageNet's mean/std unless `data.normalize` is set) or `{resize: N, "
+        "center_crop: M}`; needed when image files differ in size")
+    batch_size: int | None = Field(
+        default=None, ge=1, json_schema_extra=shown("auto"),
+        description="images per evaluation batch; auto: 256 up to 64×64 px, then fewer (a power of two "
+        "with about 256 × 64 × 64 pixels; 16 at 224 px, the minimum), so memory does not grow with the "
+        "image size")
+    workers: int = Field(
+        default=0, ge=0, le=64,
+        description="DataLoader worker processes that decode image files (`imagefolder`); 0 decodes in "
+        "the main process")
+    class_names: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        default=None, min_length=2, json_schema_extra=shown("the data's"),
+        description="the name of each class id, in id order, one per model output. Default: the data's "
+        "own names: `imagefolder`: its class folders **sorted as strings** (`11` sorts before `2`, so "
+        "folder `2` is id 1 when folder `11` exists: name classes to avoid mistakes), torchvision sets: "
+        "their `classes`, `npz`: an optional `class_names` string array in `train.npz`, digits: `0`…`9`. "
+        "Given both, they must agree. Recorded in the manifest (`class_names`), `model.onnx`'s metadata "
+        "and the Triton labels file; `pipeline verify` refuses evaluation data whose names differ")
 
     @field_validator("class_names")
     @classmethod
@@ -231,14 +269,19 @@ class DataConfig(_Section):
 
 
 class ForgetConfig(_Section):
-    # Class ids (integers) or class names (strings: data.class_names or the data's own
-    # names, resolved to ids when the data is loaded; the manifest records both).
-    classes: list[int | Annotated[str, Field(min_length=1)]] = Field(min_length=1)
-    # Forget samples per class, from the training split (paper: 16 for one
-    # class, 8 per class for several).
-    samples_per_class: int = Field(default=16, ge=1)
-    # "first": in dataset order (the paper's protocol); "random": seeded.
-    selection: Literal["first", "random"] = "first"
+    """What to forget, and the handful of samples NHLE fine-tunes on."""
+
+    classes: list[int | Annotated[str, Field(min_length=1)]] = Field(
+        min_length=1, examples=[[0]],
+        description="classes to forget, not all: ids (integers < `num_classes`) or names (strings, see "
+        "`data.class_names`), resolved to ids when the data is loaded; the manifest records the ids, the "
+        "names and the resolved config")
+    samples_per_class: int = Field(
+        default=16, ge=1,
+        description="forget samples per class from the training split (the paper: 16 for one class, 8 per "
+        "class for several)")
+    selection: Literal["first", "random"] = Field(
+        default="first", description="`first`: dataset order (the paper's protocol); `random`: seeded")
 
     @field_validator("classes")
     @classmethod
@@ -274,44 +317,59 @@ NHLE_PRESET_KEYS = tuple(NHLE_PRESETS["anchored"])  # the settings a preset fill
 
 
 class NHLEConfig(_Section):
-    enabled: bool = True
-    # The loss on the forget samples (pipeline/nhle.py):
-    # "anchored" (default): soft-ce on the forgotten logit plus `anchor` x the
-    #   mean squared change of the retained logits (the original's, on the same
-    #   forget samples), relative steps, stop once half the forget samples are no longer top-1;
-    # "soft-ce": PyTorch soft-target cross-entropy with y~ (gradient -y~);
-    # "paper": the loss whose logit gradient is y - y~ (Eq. 2).
-    variant: Literal["anchored", "soft-ce", "paper"] = "anchored"
-    # Every setting below left unset takes the variant's value in NHLE_PRESETS.
-    # "relative": each parameter tensor moves by lr x its own norm per step,
-    # along its gradient (scale-free: one lr fits an MLP and a BatchNorm CNN);
-    # "sgd": plain SGD (with momentum and grad_clip).
-    optimizer: Literal["relative", "sgd"] | None = None
-    lr: float | None = Field(default=None, gt=0)
-    # Weight of the retained-logit anchor (0: off).
-    anchor: float | None = Field(default=None, ge=0)
-    max_steps: int | None = Field(default=None, ge=1)
-    # Stopping rules (the losses are unbounded below: a stop is needed); the
-    # loop stops at the first step where every rule that is set holds:
-    # at most this fraction of forget samples still predicted as its class;
-    stop_forget_acc: float | None = Field(default=None, ge=0, le=1)
-    # every forget sample's forgotten logit at least this far below its best
-    # retained logit.
-    stop_margin: float | None = Field(default=None, ge=0)
-    # every forget sample's forgotten logit this many times the original's
-    # lead (mean over the forget samples of own logit - best retained logit,
-    # at least 1) below its best retained logit: a margin in the model's scale.
-    stop_margin_relative: float | None = Field(default=None, ge=0)
-    # Opt-in retained-data mode: this many training samples of every retained
-    # class (seeded random draw) join the anchor. 0 (default): forget samples
-    # only. Runs that use retained samples say so in the manifest and report.
-    retained_per_class: int = Field(default=0, ge=0)
-    momentum: float = Field(default=0.0, ge=0, lt=1)  # sgd only
-    # Clip the global gradient norm per step (sgd only; None: no clipping).
-    grad_clip: float | None = Field(default=5.0, gt=0)
-    # Keep BatchNorm running statistics frozen (a 16-sample batch would
-    # corrupt them).
-    freeze_batchnorm: bool = True
+    """NHLE fine-tuning on the forget samples (pipeline/nhle.py). Every setting left unset (null)
+    takes its variant's value in NHLE_PRESETS."""
+
+    enabled: bool = Field(default=True, description="run NHLE (off: CWM alone, output masking; the "
+                          "`nhle_completed` gate then fails unless it is turned off)")
+    variant: Literal["anchored", "soft-ce", "paper"] = Field(
+        default="anchored",
+        description="`anchored`: `soft-ce` plus the retained-logit anchor (below); `soft-ce`: PyTorch "
+        "soft-target cross-entropy with the NHLE label (logit gradient −y~); `paper`: loss with logit "
+        "gradient y − y~ (Eq. 2)")
+    optimizer: Literal["relative", "sgd"] | None = Field(
+        default=None, json_schema_extra=shown("variant's"),
+        description="`relative`: each parameter tensor moves `lr` × its own norm per step, along its "
+        "gradient (scale-free: one lr fits an MLP and a BatchNorm CNN); `sgd`: plain SGD (`momentum`, "
+        "`grad_clip`). Full batch of forget samples, all parameters")
+    lr: float | None = Field(
+        default=None, gt=0, json_schema_extra=shown("variant's"),
+        description="`anchored`: 0.0003 (relative; 0.001 before 0.5); `soft-ce`, `paper`: 0.01 (SGD)")
+    anchor: float | None = Field(
+        default=None, ge=0, json_schema_extra=shown("variant's"),
+        description="weight of the mean squared change of the retained classes' logits on the forget "
+        "samples, against the original model's; `anchored`: 3.0, others 0 (off)")
+    max_steps: int | None = Field(
+        default=None, ge=1, json_schema_extra=shown("variant's"),
+        description="upper bound (the losses are unbounded below: a stop rule ends the loop): `anchored` "
+        "500, others 100")
+    stop_forget_acc: float | None = Field(
+        default=None, ge=0, le=1, json_schema_extra=shown("variant's"),
+        description="stop once the forget samples' accuracy is ≤ this: 0.5 for `anchored` (since 0.5), "
+        "`soft-ce` and `paper`")
+    stop_margin: float | None = Field(
+        default=None, ge=0, json_schema_extra=shown("variant's"),
+        description="stop once every forget sample's forgotten logit is this far below its best retained "
+        "logit: unset in every preset (`anchored` used 5.0 before 0.5; `stop_margin: 5` restores that "
+        "push). When both stop rules are set, both must hold")
+    stop_margin_relative: float | None = Field(
+        default=None, ge=0, json_schema_extra=shown("variant's"),
+        description="the same margin in units of the original model's lead (mean over the forget samples "
+        "of their own logit minus the best retained logit, at least 1): scale-free. Preset only for the "
+        "retained mode (3.0)")
+    retained_per_class: int = Field(
+        default=0, ge=0,
+        description="opt-in retained-data mode: this many training samples of every retained class "
+        "(seeded random draw) join the anchor; with `anchored`, the preset then pushes on to "
+        "`stop_margin_relative` 3 (`max_steps` 300, relative lr 0.001) instead of stopping at half. The "
+        "manifest and report say how many retained samples were read")
+    momentum: float = Field(default=0.0, ge=0, lt=1, description="`sgd` only: momentum")
+    grad_clip: float | None = Field(
+        default=5.0, gt=0, description="`sgd` only: global gradient-norm clip per step (`null` = off)")
+    freeze_batchnorm: bool = Field(
+        default=True,
+        description="BatchNorm statistics (and dropout) stay in eval mode (a 16-sample batch would "
+        "corrupt them)")
 
     def resolved(self) -> dict[str, Any]:
         """Every setting with the variant's presets filled in (what the run uses and records)."""
@@ -328,32 +386,40 @@ class NHLEConfig(_Section):
 
 
 class CWMConfig(_Section):
-    # "calibrated" (default): rows 0 and bias a margin below the lowest retained
-    # logit seen on 1,024 training images, so a forgotten class is never top-1
-    # and the output survives INT8/FP16 (pipeline/cwm.py); "suppress": rows 0
-    # and the fixed bias suppress_bias (-1e4 makes static INT8 lose Acc_R);
-    # "zero": rows and bias 0 (the paper) - its logit 0 still wins whenever
-    # every other logit is negative (digits, 5 seeds: Acc_F 0.098 +/- 0.043
-    # after NHLE); "none": skip CWM (ablation).
-    mode: Literal["calibrated", "zero", "suppress", "none"] = "calibrated"
-    suppress_bias: float = Field(default=-1.0e4, lt=0)
+    """Class Weight Masking of the head(s) (pipeline/cwm.py)."""
+
+    # "suppress" with -1e4 makes static INT8 lose Acc_R; "zero"'s logit 0 still wins whenever every
+    # other logit is negative (digits, 5 seeds: Acc_F 0.098 +/- 0.043 after NHLE).
+    mode: Literal["calibrated", "zero", "suppress", "none"] = Field(
+        default="calibrated",
+        description="`calibrated` (rows 0, bias a margin below the lowest retained logit the unlearned "
+        "model gives on 1,024 training images: never top-1 there, and the output keeps its precision "
+        "under INT8/FP16; the manifest's `metrics.cwm` records the bias and how it was chosen), "
+        "`suppress` (rows 0, the fixed bias `suppress_bias`), `zero` (the paper: rows and bias 0), "
+        "`none` (ablation)")
+    suppress_bias: float = Field(default=-1.0e4, lt=0, description="the bias of mode `suppress`")
 
 
 class ProjectionConfig(_Section):
-    # Feature projection (pipeline/projection.py), before NHLE: the forgotten classes' own
-    # directions removed, in closed form, from the input of every Linear and Conv2d but the
-    # head, so that the features forget the class too, not only the outputs. It reads
-    # `retained_per_class` seeded retained training samples per class (their class means),
-    # recorded in the manifest.
-    enabled: bool = False
-    retained_per_class: int = Field(default=20, ge=1)
-    # directions removed per layer, per forgotten class
-    rank_per_class: int = Field(default=1, ge=1)
-    # 1: the directions removed entirely; less: damped
-    alpha: float = Field(default=1.0, gt=0, le=1)
+    """Feature projection before NHLE (pipeline/projection.py): the features forget too."""
+
+    enabled: bool = Field(
+        default=False,
+        description="the forgotten classes' own directions, outside the span of the retained class means, "
+        "removed in closed form from the input of every Linear and ungrouped Conv2d but the head — for the "
+        "features to forget too ([Evidence: levels](../explanation/evidence.md#levels-of-forgetting))")
+    retained_per_class: int = Field(
+        default=20, ge=1,
+        description="seeded retained training samples per class whose means the projection keeps "
+        "(recorded in the manifest)")
+    rank_per_class: int = Field(default=1, ge=1, description="directions removed per layer, per forgotten class")
+    alpha: float = Field(default=1.0, gt=0, le=1,
+                         description="in (0, 1]: 1 removes the directions, less damps them")
 
 
 class UnlearnConfig(_Section):
+    """How the forgetting is done: projection, NHLE, CWM, in that order."""
+
     projection: ProjectionConfig = Field(default_factory=ProjectionConfig)
     nhle: NHLEConfig = Field(default_factory=NHLEConfig)
     cwm: CWMConfig = Field(default_factory=CWMConfig)
@@ -365,11 +431,14 @@ OPSET_MIN, OPSET_MAX = 18, 23
 
 
 class ExportConfig(_Section):
-    opset: int = Field(default=18, ge=OPSET_MIN, le=OPSET_MAX)
-    # The ONNX IR version model.onnx is written with. null (default): the exporter's own, 10
-    # (onnxruntime 1.18+, Triton 24.05+); 9 or 8 rewrite the file for older servers
-    # (docs/serving.md). Each carries opsets up to IR_VERSION_MAX_OPSET (9: 20, 8: 18).
-    ir_version: int | None = None
+    """The ONNX file (export/)."""
+
+    opset: int = Field(default=18, ge=OPSET_MIN, le=OPSET_MAX, description=f"{OPSET_MIN} to {OPSET_MAX}")
+    # The exporter's own IR is 10 (onnxruntime 1.18+, Triton 24.05+).
+    ir_version: int | None = Field(
+        default=None, json_schema_extra=shown("unset (the exporter's IR 10)"),
+        description="8, 9 or 10: the ONNX IR version model.onnx is written with, for older servers "
+        "([Serving](../serving.md)); IR 9 carries opsets ≤ 20, IR 8 ≤ 18 (else exit 2 naming the field)")
 
     @field_validator("ir_version")
     @classmethod
@@ -391,18 +460,23 @@ class ExportConfig(_Section):
 
 
 class EvidenceConfig(_Section):
-    # Relearning (verify/relearn.py) of the unlearned and the original PyTorch
-    # models in the verify stage: k = 1, 4, 16 held-out samples per forgotten
-    # class, 64 SGD steps each, and retained-only drift. Off by default (cost:
-    # README, "Evidence of forgetting").
-    relearn: bool = False
+    """Evidence beyond the gates' defaults, measured in the verify stage."""
+
+    relearn: bool = Field(
+        default=False,
+        description="relearning test (verify/relearn.py) of the release and the original in the verify "
+        "stage: k = 1, 4, 16 held-out samples per forgotten class, 64 SGD steps each (see "
+        "[Evidence](../explanation/evidence.md); seconds on the examples)")
 
 
 class VerifyConfig(_Section):
+    """The verification stage: gates, the retrained reference, optional evidence."""
+
     gates: GatesConfig = Field(default_factory=GatesConfig)
-    # "retrain": also train a model without the forgotten classes (same recipe
-    # as `train:`, needs the training split) and report the gap to it.
-    reference: Literal["none", "retrain"] = "none"
+    reference: Literal["none", "retrain"] = Field(
+        default="none",
+        description="`retrain`: also train the reference without the forgotten classes (same recipe as "
+        "`train`, needs the training split; costs one training run) and report the gap to it")
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
 
     @model_validator(mode="after")
@@ -416,38 +490,49 @@ class VerifyConfig(_Section):
 
 
 class CacheConfig(_Section):
-    # Reuse the original model's measurements across forget requests (keyed by
-    # the weights' sha256, the data, preprocessing, evidence settings and the
-    # code version); a corrupt entry is rebuilt, never trusted.
-    enabled: bool = True
-    # Where: default $PIPELINE_CACHE_DIR, else ~/.cache/nhle-pipeline. Also holds
-    # npz members extracted for memory mapping.
-    dir: str | None = None
+    """The original model's measurements, reused across forget requests."""
+
+    enabled: bool = Field(
+        default=True,
+        description="reuse the original model's measurements across forget requests (keyed by the "
+        "weights' sha256, the data, preprocessing, evidence settings and the code version; a corrupt "
+        "entry is rebuilt, never trusted; [Scale](../guides/scale.md)); `--no-cache` overrides")
+    dir: str | None = Field(
+        default=None, json_schema_extra=shown("`$PIPELINE_CACHE_DIR`, else `~/.cache/nhle-pipeline`"),
+        description="the baseline cache (`baseline/`) and npz members extracted for memory mapping (`npz/`)")
 
 
 class TritonConfig(_Section):
     """The release's Triton model repository (triton/<name>/config.pbtxt)."""
 
-    # Where Triton places the model instances: auto (KIND_AUTO: the GPUs it sees, else
-    # the CPU), gpu (KIND_GPU: refused to load where there is none), cpu (KIND_CPU).
-    kind: Literal["auto", "gpu", "cpu"] = "auto"
-    # The largest batch Triton accepts (and dynamic batching merges requests up to).
-    max_batch_size: int = Field(default=256, ge=1, le=2**31 - 1)
-    # Model instances per device (per GPU, or on the CPU): more serve concurrent requests.
-    instances: int = Field(default=1, ge=1, le=64)
+    kind: Literal["auto", "gpu", "cpu"] = Field(
+        default="auto",
+        description="where Triton places the model: `auto` (`KIND_AUTO`: the GPUs it sees, else the CPU), "
+        "`gpu` (`KIND_GPU`: refused where there is none), `cpu` (`KIND_CPU`)")
+    max_batch_size: int = Field(
+        default=256, ge=1, le=2**31 - 1,
+        description="the largest batch Triton accepts (a bigger request is refused with HTTP 400); "
+        "dynamic batching merges requests up to it")
+    instances: int = Field(
+        default=1, ge=1, le=64,
+        description="model instances per device (`instance_group.count`): more for many concurrent "
+        "small requests")
 
 
 class ReleaseConfig(_Section):
-    dir: str = "releases"
-    # The Triton repository's settings (written into config.pbtxt; part of the config's sha256).
+    """Where and how a release is written (only when every gate passes)."""
+
+    dir: str = Field(default="releases", description="releases/<name>/ appears here; `--out` overrides")
     triton: TritonConfig = Field(default_factory=TritonConfig)
-    # Release folder name; default: the config file's stem.
-    name: str | None = None
-    # PEM elliptic-curve private key: sign the release (release.sig, OpenSSF
-    # model signing) so `pipeline verify --public-key` can tell who wrote it.
-    # `pipeline run --sign-key` overrides. Not part of the config's sha256 nor
-    # of the manifest: which key signs is not part of the unlearning request.
-    sign_key: str | None = Field(default=None, min_length=1, exclude=True)
+    name: str | None = Field(
+        default=None, json_schema_extra=shown("config file stem"),
+        description="the release folder's name: letters, digits, `.`, `_`, `-` only")
+    # Which key signs is not part of the unlearning request: excluded from the sha256 and manifest.
+    sign_key: str | None = Field(
+        default=None, min_length=1, exclude=True,
+        description="PEM elliptic-curve private key: sign the release (`release.sig`, OpenSSF model "
+        "signing, so `pipeline verify --public-key` can tell who wrote it); `run --sign-key` overrides. "
+        "Not part of the config's sha256 nor recorded in the manifest")
 
     @field_validator("name")
     @classmethod
@@ -463,14 +548,17 @@ class ReleaseConfig(_Section):
 class TrackingConfig(_Section):
     """Optional MLflow experiment tracking of `pipeline run` (pipeline/tracking.py)."""
 
-    # MLflow tracking URI: a local folder (a path or file:///abs/path: MLflow's file
-    # store), http(s)://host:port (a tracking server), databricks. null: nothing is
-    # logged and mlflow is never imported. Set: mlflow must be installed
-    # (pip install 'nhle-pipeline[tracking]'), checked before any work.
-    mlflow_uri: str | None = Field(default=None, min_length=1)
-    experiment: str = Field(default="nhle-pipeline", min_length=1)
-    # The MLflow run's name; default: the release name.
-    run_name: str | None = Field(default=None, min_length=1)
+    mlflow_uri: str | None = Field(
+        default=None, min_length=1,
+        description="log each `pipeline run` to MLflow (see [Experiment tracking](../guides/tracking.md)): "
+        "a folder or `file:///…` (MLflow's file store), `http(s)://…` (a tracking server), `databricks` "
+        "(mlflow must be installed: the `tracking` extra, checked before any work); null: nothing is "
+        "logged and mlflow is never imported. Not part of the config's sha256 nor recorded in the "
+        "manifest (nor is the rest of `tracking`)")
+    experiment: str = Field(default="nhle-pipeline", min_length=1,
+                            description="the MLflow experiment (created when missing)")
+    run_name: str | None = Field(default=None, min_length=1, json_schema_extra=shown("the release name"),
+                                 description="the MLflow run's name")
 
     @field_validator("experiment", "run_name")
     @classmethod
@@ -484,32 +572,40 @@ class TrackingConfig(_Section):
 class TrainConfig(_Section):
     """Recipe for `pipeline train` (the original model) and the retrained reference."""
 
-    epochs: int = Field(default=30, ge=1)
-    lr: float = Field(default=1.0e-3, gt=0)
-    batch_size: int = Field(default=64, ge=1)
-    weight_decay: float = Field(default=0.0, ge=0)
-    optimizer: Literal["adam", "sgd"] = "adam"
-    # constant: lr throughout; onecycle: torch's OneCycleLR with lr as the peak
-    # (warm-up over the first 30 % of the steps, then cosine decay to lr / 2.5e5).
-    schedule: Literal["constant", "onecycle"] = "constant"
-    # crop-flip: per training batch, a random crop after 4-px zero padding and a
-    # horizontal flip (half the images), seeded by the config's seed.
-    augment: Literal["none", "crop-flip"] = "none"
-    # bf16: the forward pass under torch.autocast(<device type>, bfloat16); weights
-    # and the optimizer stay float32. none: float32 throughout (exact, the default).
-    autocast: Literal["none", "bf16"] = "none"
-    # Images and 4-D weights in channels-last memory order while training (faster
-    # convolutions on CPU with bf16 and on CUDA); the saved weights are the same layout-free tensors.
-    channels_last: bool = False
-    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    epochs: int = Field(default=30, ge=1, description="passes over the training split")
+    lr: float = Field(default=1.0e-3, gt=0, description="learning rate (the peak with `onecycle`)")
+    batch_size: int = Field(default=64, ge=1, description="images per training step")
+    weight_decay: float = Field(default=0.0, ge=0, description="the optimizer's weight decay")
+    optimizer: Literal["adam", "sgd"] = Field(default="adam", description="`adam`, or `sgd` with momentum 0.9")
+    schedule: Literal["constant", "onecycle"] = Field(
+        default="constant",
+        description="`onecycle`: `lr` is the peak of torch's OneCycleLR (warm-up over 30 % of the steps, "
+        "then decay to lr / 2.5·10⁵)")
+    augment: Literal["none", "crop-flip"] = Field(
+        default="none",
+        description="`crop-flip`: per batch, a random crop after 4-px zero padding and a horizontal flip, "
+        "seeded by `seed`")
+    autocast: Literal["none", "bf16"] = Field(
+        default="none",
+        description="`bf16`: the forward pass under `torch.autocast` (cpu or cuda) in bfloat16; weights "
+        "and the optimizer stay float32")
+    channels_last: bool = Field(
+        default=False,
+        description="channels-last memory order while training (faster convolutions with bf16 on CPU and "
+        "on CUDA; the saved weights are unaffected)")
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1, description="cross-entropy label smoothing, in [0, 1)")
 
 
 class Config(_Section):
+    """A forget request: `pipeline run CONFIG` (written by `pipeline init`)."""
+
     # numpy, torch and scikit-learn all accept 0 .. 2**32 - 1 (sklearn's random_state bound).
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
-    # auto: CUDA when PyTorch sees it (and onnxruntime's CUDA provider when
-    # available), else CPU.
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(default=0, ge=0, le=2**32 - 1,
+                      description="drives sampling, fine-tuning and training")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="`auto` (CUDA when PyTorch sees it, and onnxruntime's CUDA provider when available), "
+        "`cpu`, `cuda` (error if absent)")
     model: ModelConfig
     data: DataConfig = Field(default_factory=DataConfig)
     forget: ForgetConfig

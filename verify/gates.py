@@ -17,34 +17,45 @@ from nhle_pipeline.verify.measure import COPY_ATOL
 
 
 class GatesConfig(BaseModel):
-    """The thresholds (``verify.gates`` in a config); strict like every config section."""
+    """The gates' thresholds (every gate is evaluated and reported; a missing or NaN value fails)."""
+
+    # Strict like every config section (pipeline/config.py's _Section).
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
-    # Highest accepted top-1 accuracy on the forgotten classes' test samples.
-    acc_f_max: float = Field(default=0.01, ge=0, le=1)
-    # Largest accepted drop of retained accuracy vs the original (paper: 0.035).
-    acc_r_drop_max: float = Field(default=0.035, ge=0, le=1)
-    # Max |ONNX logits - PyTorch logits| on finite logits.
-    parity_atol: float = Field(default=1.0e-3, gt=0)
-    # NHLE ran and met its stop rule (not diverged, not out of steps, not
-    # disabled): CWM alone is output masking, not unlearning. false: allow it.
-    nhle_completed: bool = True
-    # Optional evidence gates (null = off; see README "Evidence of forgetting").
-    # Ratio_D(unlearned) / Ratio_D(original) must be <= this.
-    ratio_d_max_relative: float | None = Field(default=None, gt=0)
-    # ROC AUC of the forgotten-vs-retained feature probe must be <= this.
-    probe_auc_max: float | None = Field(default=None, ge=0, le=1)
-    # MIA-efficacy on the forgotten classes' training samples must be >= this.
-    mia_efficacy_min: float | None = Field(default=None, ge=0, le=1)
-    # Steps to relearn the forgotten classes (verify/relearn.py, summed over k) / the
-    # original's must be >= this; needs verify.evidence.relearn. Applied by `pipeline run`
-    # only: `pipeline verify` has the ONNX file, not trainable weights.
-    relearn_steps_min_relative: float | None = Field(default=None, gt=0)
-    # Require the representation level of forgetting (verify/representation.py): the features,
-    # not only the outputs, within reach of a retrained reference (needs verify.reference: retrain
-    # in the run that made the release).
-    require_representation: bool = False
+    acc_f_max: float = Field(default=0.01, ge=0, le=1,
+                             description="highest accepted Acc_F (top-1 accuracy on the forgotten classes' "
+                             "test images) of the unlearned ONNX model")
+    acc_r_drop_max: float = Field(default=0.035, ge=0, le=1,
+                                  description="largest accepted drop of Acc_R against the original ONNX model "
+                                  "(0.035, the paper's bound)")
+    parity_atol: float = Field(default=1.0e-3, gt=0,
+                               description="max \\|ONNX − PyTorch\\| on the finite logits (also the "
+                               "`batch_independent` gate's tolerance)")
+    nhle_completed: bool = Field(
+        default=True,
+        description="NHLE must have run and met its stop rule (not diverged, not out of steps, not "
+        "disabled): CWM alone is output masking, not unlearning. false: allow it")
+    # Optional evidence gates (null = off; docs/explanation/evidence.md).
+    ratio_d_max_relative: float | None = Field(
+        default=None, gt=0, json_schema_extra={"shown_default": "off"},
+        description="Ratio_D(unlearned) / Ratio_D(original) must be ≤ this")
+    probe_auc_max: float | None = Field(
+        default=None, ge=0, le=1, json_schema_extra={"shown_default": "off"},
+        description="the forgotten-vs-retained feature probe's ROC AUC must be ≤ this")
+    mia_efficacy_min: float | None = Field(
+        default=None, ge=0, le=1, json_schema_extra={"shown_default": "off"},
+        description="MIA-efficacy on the forgotten classes' training samples must be ≥ this")
+    relearn_steps_min_relative: float | None = Field(
+        default=None, gt=0, json_schema_extra={"shown_default": "off"},
+        description="steps to relearn the forgotten classes (summed over k = 1, 4, 16) ÷ the original's "
+        "must be ≥ this; needs `verify.evidence.relearn: true`. `pipeline run` only: `pipeline verify` "
+        "has the ONNX file, not trainable weights")
+    require_representation: bool = Field(
+        default=False,
+        description="require the representation level of forgetting (the features, not only the outputs, "
+        "within reach of a retrained reference: [Evidence](../explanation/evidence.md#levels-of-forgetting)); "
+        "needs `verify.reference: retrain` in the run, and a signature in `pipeline verify`")
 
 
 @dataclass(frozen=True)

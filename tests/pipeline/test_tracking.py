@@ -74,9 +74,9 @@ def test_tracking_is_not_part_of_the_request(digits_weights, tmp_path):
 
 
 def test_the_starter_config_shows_the_tracking_defaults():
-    from importlib.resources import files
+    from nhle_pipeline.pipeline.config_reference import starter_yaml
 
-    text = files("nhle_pipeline.pipeline").joinpath("templates/starter.yaml").read_text()
+    text = starter_yaml()
     assert parse_config(yaml.safe_load(text)).tracking == TrackingConfig()
     assert yaml.safe_load(text)["tracking"] == TrackingConfig().model_dump()
 
