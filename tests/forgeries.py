@@ -94,3 +94,16 @@ def unused_initializer(shipped: Path, dst: Path) -> Path:
     m.graph.initializer.append(helper.make_tensor("spare", TensorProto.FLOAT, [1], [0.0]))
     onnx.save(m, str(dst))
     return dst
+
+
+def identity_before_head(shipped: Path, dst: Path) -> Path:
+    """An Identity between the features and the head: the same model, another graph (what an
+    exporter of another version may write, or a forger)."""
+    m = onnx.load(str(shipped))
+    head = _head(m)
+    feats = head.input[0]
+    m.graph.node.insert(list(m.graph.node).index(head),
+                        helper.make_node("Identity", [feats], [f"{feats}_again"], name="extra_identity"))
+    head.input[0] = f"{feats}_again"
+    onnx.save(m, str(dst))
+    return dst

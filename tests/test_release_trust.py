@@ -464,3 +464,25 @@ def test_the_unlearned_weights_ship_and_must_be_the_models(rel, digits_weights):
     shutil.copyfile(digits_weights, rel / "model.safetensors")
     _forge(rel)
     _verify(rel, code=2, expect="is not model.onnx's initializer of that name")  # tensor by tensor
+
+
+def test_a_graph_from_another_exporter_is_taken_only_on_a_signature(rel, keys, tmp_path):
+    """A graph that differs from this machine's fresh export is tampered when both exporters are the
+    same versions; exported with another torch, an unsigned release is refused naming the versions
+    to verify with, a signed one verifies (the graph comparison said skipped)."""
+    from nhle_pipeline.pipeline.release.signing import load_signing_key, sign_release
+    from tests import forgeries
+
+    other = forgeries.identity_before_head(rel / "model.onnx", tmp_path / "other.onnx")
+    _forge(rel, model=other)
+    sign_release(rel, load_signing_key(keys["key"]))
+    _verify(rel, "--public-key", keys["pub"], code=2, expect="not the graph the exporter makes")
+
+    def exported_elsewhere(m):
+        m["runtime"]["versions"]["torch"] = "2.0.0"
+
+    _forge(rel, edit=exported_elsewhere)
+    _verify(rel, code=2, expect="exported with torch 2.0.0 where this machine has")
+    sign_release(rel, load_signing_key(keys["key"]))
+    r = _verify(rel, "--public-key", keys["pub"], code=0, expect="graph not compared with a fresh export")
+    assert "torch 2.0.0" in r.output

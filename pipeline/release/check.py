@@ -334,20 +334,47 @@ def check_graph(release: Path, derived: bool) -> None:
         raise TamperedReleaseError(f"{release / MODEL}: not a graph the exporter makes: {'; '.join(problems)}")
 
 
-def check_against_fresh_export(release: Path, fresh: Path, manifest: Manifest) -> None:
-    """The shipped graph is a fresh export of its architecture (node for node, attribute for attribute)."""
-    import torch
+# The packages whose versions shape an exported graph: another version of either may write the
+# same model with other nodes, so a difference from a fresh export proves nothing across them.
+EXPORTER_PACKAGES = ("torch", "onnxscript")
 
+
+def exporter_drift(manifest: Manifest) -> dict[str, tuple[str | None, str]]:
+    """Each exporter package whose version here is not the one the release was exported with:
+    name -> (the release's, or None where its manifest does not say; this machine's)."""
+    from nhle_pipeline.pipeline.release.manifest import library_versions
+
+    here, made = library_versions(), manifest.runtime.versions
+    return {k: (made.get(k), here[k]) for k in EXPORTER_PACKAGES if made.get(k) != here[k]}
+
+
+def check_against_fresh_export(release: Path, fresh: Path, manifest: Manifest, *, signed: bool,
+                               notes: list[str]) -> bool | None:
+    """The shipped graph is a fresh export of its architecture (node for node, attribute for
+    attribute): True. A difference is tampering, unless this machine's exporter is not the one
+    that made the release: then a signed release is taken on its producer's word (None: not
+    compared, and said), an unsigned one refused with the versions to verify with."""
     from nhle_pipeline.export.onnx_file import load_onnx
     from nhle_pipeline.verify.canonical import structure_difference
 
     diff = structure_difference(load_onnx(release / MODEL), load_onnx(fresh))
-    if diff:
-        made_by = manifest.runtime.versions.get("torch")
-        hint = (f" (the release was exported by torch {made_by}, this verify runs {torch.__version__}: "
-                "verify with the producer's versions)") if made_by and made_by != torch.__version__ else ""
+    if not diff:
+        return True
+    drift = exporter_drift(manifest)
+    if not drift:
         raise TamperedReleaseError(f"{release / MODEL}: not the graph the exporter makes for "
-                                   f"'{manifest.source_model.arch}': {diff}{hint}")
+                                   f"'{manifest.source_model.arch}': {diff}")
+    versions = ", ".join(f"{k} {made or '(not recorded)'} where this machine has {here}"
+                         for k, (made, here) in drift.items())
+    if signed:
+        notes.append(f"graph not compared with a fresh export: the signed release was exported with {versions}, "
+                     f"whose graph differs ({diff})")
+        return None
+    pins = " ".join(f"{k}=={made}" for k, (made, _) in drift.items() if made)
+    raise TamperedReleaseError(
+        f"{release / MODEL}: differs from this machine's export of '{manifest.source_model.arch}' ({diff}), and "
+        f"the release was exported with {versions}: verify with the producer's exporter"
+        + (f" (pip install {pins})" if pins else "") + ", or verify a signed release with --public-key")
 
 
 def check_batch_independence(release: Path, data, got, forget: list[int], atol: float, device: str) -> float:
@@ -717,11 +744,11 @@ def verify_release(
             original_onnx = _export_original(cfg, data, manifest, Path(source_weights), scratch)
             original = measure_onnx(original_onnx, manifest.head, data.train, data.test, forget, n,
                                     seed=cfg.seed, device=device, batch_size=eval_batch_size(cfg.data, data.input_shape), scratch=scratch)
-            check_against_fresh_export(rel, original_onnx, manifest)
-            graph_unchanged = True
+            graph_unchanged = check_against_fresh_export(rel, original_onnx, manifest, signed=fingerprint is not None,
+                                                         notes=notes)
         elif ":" not in cfg.model.arch or _library(cfg.model.arch):  # registry or library: export it here
-            check_against_fresh_export(rel, _export_fresh(cfg, data, manifest, scratch), manifest)
-            graph_unchanged = True
+            graph_unchanged = check_against_fresh_export(rel, _export_fresh(cfg, data, manifest, scratch), manifest,
+                                                         signed=fingerprint is not None, notes=notes)
         else:
             notes.append(f"graph not compared with a fresh export: model.arch '{cfg.model.arch}' imports code, "
                          "which verify never runs")

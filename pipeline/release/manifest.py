@@ -33,6 +33,7 @@ MANIFEST_SEAL = "manifest_sha256"
 def library_versions() -> dict[str, str]:
     import onnx
     import onnxruntime
+    import onnxscript
     import sklearn
     import torchvision
 
@@ -40,6 +41,7 @@ def library_versions() -> dict[str, str]:
         "pipeline": nhle_pipeline.pipeline.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "onnxscript": onnxscript.__version__,  # torch.onnx's exporter writes the graph with it
         "torchvision": torchvision.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
