@@ -111,7 +111,9 @@ class ModelConfig(_Section):
         "the one whose input the evidence reads. Default: the last Linear with `num_classes` outputs (a 1×1 "
         "Conv when there is none), plus every other such layer that moves each logit on its own when pushed "
         "(found by probing the built model: a hidden layer that happens to be as wide as the classes is not "
-        "a head). The `output_masked` gate proves the result on the exported graph")
+        "a head). A head without a bias takes `unlearn.cwm.mode: zero` only (the other modes set the "
+        "forgotten classes' bias; refused before any work). The `output_masked` gate proves the result on the "
+        "exported graph")
     kwargs: dict[str, Any] = Field(
         default_factory=dict,
         description="builder arguments, e.g. `{hidden: [256, 128]}` for `mlp`")

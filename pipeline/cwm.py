@@ -69,6 +69,18 @@ def masked_bias(mode: str, suppress_bias: float, calibration) -> float | None:
     return suppress_bias
 
 
+def check_heads_take_a_bias(model: nn.Module, heads: list[str], mode: str) -> None:
+    """Modes that set the forgotten classes' bias need heads that have one: refused before any work."""
+    if mode not in ("calibrated", "suppress"):
+        return
+    modules = dict(model.named_modules())
+    bare = [h for h in heads if getattr(modules.get(h), "bias", None) is None]
+    if bare:
+        raise ModelError(f"model.head: {', '.join(repr(h) for h in bare)} has no bias, which unlearn.cwm.mode "
+                         f"'{mode}' sets for the forgotten classes: use unlearn.cwm.mode 'zero' (their logits "
+                         "are then 0, which still wins where every other logit is negative) or a head with a bias")
+
+
 @torch.no_grad()
 def apply_cwm(head: nn.Linear, classes: list[int], mode: str, suppress_bias: float) -> None:
     """Mask ``classes`` in ``head``: ``zero`` rows+bias, or ``suppress`` (rows 0, bias ``suppress_bias``;

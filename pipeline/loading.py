@@ -16,6 +16,7 @@ from torch import nn
 
 from nhle_pipeline.pipeline.checkpoint import load_weights, sha256_file
 from nhle_pipeline.pipeline.config import Config
+from nhle_pipeline.pipeline.cwm import check_heads_take_a_bias
 from nhle_pipeline.pipeline.data import (
     Dataset,
     check_labels_fit,
@@ -116,6 +117,7 @@ def load_inputs(cfg: Config, device_override: str | None = None) -> Loaded:
     cfg, class_names = resolve_request(cfg, data)
     check_measurable(data, cfg.forget_ids)
     model, heads = build_configured_model_heads(cfg, data)
+    check_heads_take_a_bias(model, heads, cfg.unlearn.cwm.mode)
     head_name = heads[0]
     prefix = load_weights(model, cfg.model.weights, trust_pickle=cfg.model.trust_pickle)
     forget_idx = select_forget_indices(

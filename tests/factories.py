@@ -52,3 +52,8 @@ def conv_head(num_classes: int) -> nn.Module:
 def hidden_of_class_width(num_classes: int) -> nn.Module:
     """A hidden layer as wide as the classes, then the head: only the head feeds each logit alone."""
     return nn.Sequential(nn.Flatten(), nn.Linear(64, num_classes), nn.ReLU(), nn.Linear(num_classes, num_classes))
+
+
+def bias_free_head(num_classes: int) -> nn.Module:
+    """A classifier head without a bias (a cosine-classifier style head)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, num_classes, bias=False))

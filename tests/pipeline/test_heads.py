@@ -68,3 +68,25 @@ def test_each_head_shape_trains_releases_masked_at_the_output_and_verifies(tmp_p
     v = runner.invoke(cli, ["verify", str(rel)])
     assert v.exit_code == 0, v.output
     assert "[✓] output_masked" in v.output and "[✓] cwm_in_graph" in v.output
+
+
+def test_a_head_without_a_bias_is_refused_before_any_work_unless_cwm_zero(tmp_path):
+    """calibrated and suppress set the forgotten classes' bias: a bias-free head gets one line and
+    exit 2 naming model.head before the data is measured; mode zero loads it."""
+    from safetensors.torch import save_file
+
+    from nhle_pipeline.pipeline.cli import cli
+    from nhle_pipeline.pipeline.config import load_config
+    from nhle_pipeline.pipeline.loading import load_inputs
+
+    weights = tmp_path / "m.safetensors"
+    save_file(factories.bias_free_head(10).state_dict(), str(weights))
+    model = {"arch": "tests.factories:bias_free_head", "trust_code": True}
+    cfg = write_config(tmp_path / "c.yaml", digits_config(weights, tmp_path / "releases", model=model))
+    r = CliRunner().invoke(cli, ["run", str(cfg)])
+    assert r.exit_code == 2, r.output
+    assert "model.head: '3' has no bias, which unlearn.cwm.mode 'calibrated' sets" in r.output
+    assert not (tmp_path / "releases").exists()
+    zero = write_config(tmp_path / "z.yaml", digits_config(weights, tmp_path / "releases", model=model,
+                                                           unlearn={"cwm": {"mode": "zero"}}))
+    assert load_inputs(load_config(zero)).head_name == "3"
