@@ -33,7 +33,7 @@ from nhle_pipeline.pipeline.jsonio import loads as strict_json
 from nhle_pipeline.verify.evidence import PROBE_MAX_TRAIN
 from nhle_pipeline.verify.measure import EVIDENCE_MAX_TEST, ModelOutputs
 
-FORMAT = 1
+FORMAT = 2  # 2: the layer-wise audit's features (test_layer_<i>, train_layer_<i>)
 _ARRAYS = ("correct", "total", "test_idx", "test_logits", "test_features", "train_idx", "train_logits",
            "train_features")
 
@@ -109,12 +109,16 @@ class BaselineCache:
             return None
         try:
             with np.load(path, allow_pickle=False) as z:
-                arrays = {k: z[k] for k in _ARRAYS}
                 meta = strict_json(str(z["meta"]), allow_nan=True)  # a key twice: damaged, rebuilt
+                arrays = {k: z[k] for k in _array_names(len(meta["layers"]))}
                 stored_sum = str(z["checksum"])
             if meta.get("key") != key or stored_sum != _checksum(arrays, meta):
                 raise ValueError("key or checksum mismatch")
-            out = ModelOutputs(**arrays, provider=str(meta["provider"]), copy_max_abs=float(meta["copy_max_abs"]))
+            n = len(meta["layers"])
+            out = ModelOutputs(**{k: arrays[k] for k in _ARRAYS}, provider=str(meta["provider"]),
+                               copy_max_abs=float(meta["copy_max_abs"]), layers=tuple(str(t) for t in meta["layers"]),
+                               test_layer_features=tuple(arrays[f"test_layer_{i}"] for i in range(n)),
+                               train_layer_features=tuple(arrays[f"train_layer_{i}"] for i in range(n)))
             _check_shapes(out)
             return CachedBaseline(out, [str(t) for t in meta["op_types"]])
         except Exception:  # noqa: BLE001 - any damage means: rebuild
@@ -125,7 +129,11 @@ class BaselineCache:
         """Write the entry atomically; a cache that cannot be written is skipped, not an error."""
         out = entry.outputs
         arrays = {k: np.asarray(getattr(out, k)) for k in _ARRAYS}
-        meta = {"key": key, "provider": out.provider, "copy_max_abs": out.copy_max_abs, "op_types": entry.op_types}
+        for i in range(len(out.layers)):
+            arrays[f"test_layer_{i}"] = np.asarray(out.test_layer_features[i])
+            arrays[f"train_layer_{i}"] = np.asarray(out.train_layer_features[i])
+        meta = {"key": key, "provider": out.provider, "copy_max_abs": out.copy_max_abs, "op_types": entry.op_types,
+                "layers": list(out.layers)}
         tmp = self.path(key).with_name(f".{key}.{os.getpid()}.tmp")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -144,9 +152,13 @@ class BaselineCache:
         return self.path(key)
 
 
+def _array_names(n_layers: int) -> list[str]:
+    return [*_ARRAYS, *(f"{split}_layer_{i}" for i in range(n_layers) for split in ("test", "train"))]
+
+
 def _checksum(arrays: dict[str, np.ndarray], meta: dict) -> str:
     h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
-    for k in _ARRAYS:
+    for k in _array_names(len(meta["layers"])):
         a = np.ascontiguousarray(arrays[k])
         h.update(f"{k}:{a.dtype.str}:{a.shape}".encode())
         h.update(a.tobytes())
@@ -159,5 +171,7 @@ def _check_shapes(out: ModelOutputs) -> None:
         raise ValueError("test subset shapes")
     if out.train_logits.shape[0] != n_train or out.train_features.shape[0] != n_train:
         raise ValueError("train subset shapes")
+    if any(len(a) != n_test for a in out.test_layer_features) or any(len(a) != n_train for a in out.train_layer_features):
+        raise ValueError("layer feature shapes")
     if out.correct.shape != out.total.shape or np.any(out.correct > out.total):
         raise ValueError("counts")

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from nhle_pipeline.pipeline import yamlio
 from nhle_pipeline.pipeline.errors import ConfigError
 from nhle_pipeline.pipeline.jsonio import MAX_NUMBER_CHARS
 from nhle_pipeline.pipeline.names import name_problem
@@ -471,6 +472,24 @@ class EvidenceConfig(_Section):
         "[Evidence](../explanation/evidence.md); seconds on the examples)")
 
 
+class AuditConfig(_Section):
+    """The representation audit's layers (verify/audit_layers.py); the head's input is always audited."""
+
+    layers: list[Annotated[str, Field(min_length=1)]] | None = Field(
+        default=None, max_length=8, json_schema_extra=shown("auto"),
+        description="ONNX tensors audited layer-wise besides the head's input (LPR and CKA, pooled per "
+        "image), as the manifest's `metrics.representation.layers` names them. Default: the output of the "
+        "stage before the last (the input of the last downsampling Conv or pool) in a convolutional "
+        "network, else the last two hidden layers. A name the graph lacks is exit 2 listing its layers")
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"duplicate layers in {v}")
+        return v
+
+
 class VerifyConfig(_Section):
     """The verification stage: gates, the retrained reference, optional evidence."""
 
@@ -480,6 +499,7 @@ class VerifyConfig(_Section):
         description="`retrain`: also train the reference without the forgotten classes (same recipe as "
         "`train`, needs the training split; costs one training run) and report the gap to it")
     evidence: EvidenceConfig = Field(default_factory=EvidenceConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
 
     @model_validator(mode="after")
     def _relearn_gate_needs_relearn(self) -> VerifyConfig:
@@ -740,7 +760,7 @@ def load_config(path: str | Path) -> Config:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"{p}: cannot read as UTF-8 text ({e})") from e
     try:
-        data = yaml.safe_load(text)
+        data = yamlio.load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -64,6 +64,9 @@ def print_run_summary(m: Manifest, release: Path | None) -> None:
                   *([f"{ref.lpr_f:.4f}"] if r else []))
         t.add_row("CKA to original", f"{rep.original.cka_original:.4f}", f"{rep.unlearned.cka_original:.4f}",
                   *([format_value(ref.cka_original if ref else None)] if r else []))
+        for layer in rep.layers:
+            t.add_row(f"LPR_F at {layer.layer}", f"{layer.original.lpr_f:.4f}", f"{layer.unlearned.lpr_f:.4f}",
+                      *([format_value(layer.reference.lpr_f if layer.reference else None)] if r else []))
     console.print(t)
     if rep is not None:
         console.print(forgetting_line(rep))

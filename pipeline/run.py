@@ -46,7 +46,7 @@ from nhle_pipeline.pipeline.cwm import (
 from nhle_pipeline.pipeline.data import eval_batch_size
 from nhle_pipeline.pipeline.device import exact_fp32, seed_everything
 from nhle_pipeline.pipeline.distributed import Group
-from nhle_pipeline.pipeline.errors import GateFailure
+from nhle_pipeline.pipeline.errors import ConfigError, GateFailure
 from nhle_pipeline.pipeline.inference import torch_logits
 from nhle_pipeline.pipeline.loading import Loaded, cache_dir_for, load_inputs
 from nhle_pipeline.pipeline.models import find_head
@@ -74,6 +74,7 @@ from nhle_pipeline.pipeline.testhooks import die_if_rank, pause_at
 from nhle_pipeline.pipeline.tracking import open_tracker
 from nhle_pipeline.verify.batch_independence import batch_disagreement, batch_sample
 from nhle_pipeline.verify.canonical import graph_problems
+from nhle_pipeline.verify.errors import AuditLayerError
 from nhle_pipeline.verify.evidence import subsample
 from nhle_pipeline.verify.gates import GateResult, evaluate_gates
 from nhle_pipeline.verify.graph import op_types, rows_masked
@@ -161,16 +162,18 @@ class _Run:
     def ort_device(self) -> str:
         return _ort_device(self.inp)
 
-    def outputs(self, onnx_path: Path) -> ModelOutputs:
-        """One exported model's pass over the data, by onnxruntime (sharded over the group's ranks)."""
+    def outputs(self, onnx_path: Path, layers: list[str] | None) -> ModelOutputs:
+        """One exported model's pass over the data, by onnxruntime (sharded over the group's ranks);
+        ``layers``: the layer-wise audit's tensors (None: the automatic choice)."""
         if self.group.sharded:
-            self.group.broadcast(("measure", onnx_path.name, onnx_path.read_bytes()))
-        part = _shard_outputs(self.cfg, self.inp, onnx_path, self.scratch, self.group)
+            self.group.broadcast(("measure", onnx_path.name, onnx_path.read_bytes(), layers))
+        part = _shard_outputs(self.cfg, self.inp, onnx_path, self.scratch, self.group, layers)
         return merge_outputs(self.group.gather(part))
 
     def measure(self, onnx_path: Path) -> Measurement:
-        """Accuracy and evidence of one exported model for this forget request."""
-        return self.measurement(self.outputs(onnx_path))
+        """Accuracy and evidence of one exported model for this forget request, at the original's
+        audited layers (the same graph, the same tensor names)."""
+        return self.measurement(self.outputs(onnx_path, list(self.measured["original"].layers)))
 
     def measurement(self, out: ModelOutputs) -> Measurement:
         data, cfg = self.inp.data, self.cfg
@@ -186,6 +189,7 @@ class _Run:
             "num_classes": cfg.model.num_classes, "head": inp.head_name, "seed": cfg.seed,
             "data": data_fingerprint(inp.data.train, inp.data.test), "input_shape": inp.data.input_shape,
             "opset": cfg.export.opset, "ort_device": self.ort_device, "torch_device": inp.device.type,
+            "audit_layers": cfg.verify.audit.layers,
             "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
         })
 
@@ -195,11 +199,15 @@ def _ort_device(inp: Loaded) -> str:
     return "cpu" if inp.device.type == "cpu" else "auto"
 
 
-def _shard_outputs(cfg: Config, inp: Loaded, onnx_path: Path, scratch: Path, group: Group) -> ModelOutputs:
+def _shard_outputs(cfg: Config, inp: Loaded, onnx_path: Path, scratch: Path, group: Group,
+                   layers: list[str] | None) -> ModelOutputs:
     data = inp.data
-    return run_model(onnx_path, inp.head_name, data.train, data.test, cfg.model.num_classes, seed=cfg.seed,
-                     device=_ort_device(inp), batch_size=eval_batch_size(cfg.data, data.input_shape),
-                     scratch=scratch, shard=(group.rank, group.world), device_id=group.gpu)
+    try:
+        return run_model(onnx_path, inp.head_name, data.train, data.test, cfg.model.num_classes, seed=cfg.seed,
+                         device=_ort_device(inp), batch_size=eval_batch_size(cfg.data, data.input_shape),
+                         scratch=scratch, shard=(group.rank, group.world), device_id=group.gpu, layers=layers)
+    except AuditLayerError as e:
+        raise ConfigError(f"verify.audit.layers: {e}") from e
 
 
 def serve_shards(cfg: Config, group: Group, device: str | None = None) -> tuple[int, str]:
@@ -218,10 +226,10 @@ def serve_shards(cfg: Config, group: Group, device: str | None = None) -> tuple[
             if command[0] == "done":
                 return command[1], command[2]
             die_if_rank(group.rank)  # inert unless a test asks (pipeline/testhooks.py)
-            _, name, blob = command
+            _, name, blob, layers = command
             path = scratch / Path(name).name
             path.write_bytes(blob)
-            group.gather(_shard_outputs(cfg, inp, path, scratch, group))
+            group.gather(_shard_outputs(cfg, inp, path, scratch, group, layers))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -236,7 +244,7 @@ def _baseline(run: _Run) -> str:
     if entry is None:
         original_onnx = run.scratch / "original.onnx"
         export_onnx(run.inp.model, run.inp.data.input_shape, original_onnx, opset=run.cfg.export.opset)
-        entry = CachedBaseline(run.outputs(original_onnx), op_types(original_onnx))
+        entry = CachedBaseline(run.outputs(original_onnx, run.cfg.verify.audit.layers), op_types(original_onnx))
         if cache:
             cache.store(key, entry)
     run.original_ops = entry.op_types
@@ -380,21 +388,30 @@ def _verify(run: _Run, model: nn.Module, nh: NHLEResult, model_onnx: Path,
 
 
 def _representation(run: _Run, output_masked: bool | None) -> dict:
-    """The representation-level audit at the head input, from the passes already made."""
+    """The representation-level audit at the head input and the audited layers, from the passes
+    already made."""
     data, forget, seed = run.inp.data, run.forget, run.cfg.seed
     original, reference = run.measured["original"], run.measured.get("reference")
-
-    def one(m: Measurement) -> Audit:
-        return audit(f"input of '{run.inp.head_name}'",
-                     (m.train_features, data.train.y[m.train_idx]), (m.test_features, data.test.y[m.test_idx]),
-                     forget, seed, original_test=original.test_features,
-                     reference_test=reference.test_features if reference is not None else None)
-
     unlearned = run.measured["unlearned"]
+
+    def one(m: Measurement, layer: int | None) -> Audit:
+        def test_of(x: Measurement) -> np.ndarray:
+            return x.test_features if layer is None else x.test_layer_features[layer]
+
+        train = m.train_features if layer is None else m.train_layer_features[layer]
+        return audit(f"input of '{run.inp.head_name}'" if layer is None else m.layers[layer],
+                     (train, data.train.y[m.train_idx]), (test_of(m), data.test.y[m.test_idx]),
+                     forget, seed, original_test=test_of(original),
+                     reference_test=test_of(reference) if reference is not None else None)
+
+    def at(layer: int | None) -> tuple[Audit, Audit, Audit | None]:
+        return one(original, layer), one(unlearned, layer), one(reference, layer) if reference is not None else None
+
     ratio_d = (original.evidence.ratio_d, unlearned.evidence.ratio_d,
                reference.evidence.ratio_d if reference is not None else None)
-    return representation_block(one(original), one(unlearned), one(reference) if reference is not None else None,
-                                output_masked, ratio_d)
+    n_forget = int(np.isin(data.test.y[unlearned.test_idx], forget).sum())
+    return representation_block(*at(None), output_masked, ratio_d, [at(i) for i in range(len(original.layers))],
+                                n_forget)
 
 
 def _features(run: _Run) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -294,6 +294,7 @@ def test_policy_file_and_flags_decide_the_thresholds(rel, tmp_path):
     ("require_signature: true\n", [], "--public-key: the policy requires a signature"),
     ("require_source_weights: true\n", [], "--source-weights: the policy requires"),
     ("gates:\n  acc_f_maxx: 0.1\n", [], "gates.acc_f_maxx: unknown key"),
+    ("gates:\n  acc_f_max: 0.0\n  acc_f_max: 1.0\n", [], "the key 'acc_f_max' is given twice"),
     ("", ["--acc-f-max", "2"], "--acc-f-max"),
     ("", ["--source-weights", "{other_weights}"], "--source-weights"),
     ("", ["--public-key", "{other}"], "release.sig: signed with another key"),
@@ -419,13 +420,19 @@ def test_the_release_states_its_level_and_verify_recomputes_it(rel):
     assert rep["level"] == "output" and rep["reference"] is None and rep["original"]["cka_original"] == 1.0
     assert 0 <= rep["unlearned"]["lpr_f"] <= 1 and "forgetting level: output" in (rel / "report.md").read_text()
     assert 'id="forgetting-level"' in (rel / "report.html").read_text()
+    # layer-wise too: the digits MLP's first hidden layer, besides the head's input
+    assert [layer["layer"] for layer in rep["layers"]] == ["relu"]
+    assert 0 <= rep["layers"][0]["unlearned"]["lpr_f"] <= 1 and rep["layers"][0]["original"]["cka_original"] == 1.0
     r = _verify(rel, code=0, expect="forgetting level: output")
-    assert "representation audit: LPR_F, LPR_R" in r.output
+    assert "representation audit: LPR_F, LPR_R at the head's input and 1 layer(s)" in r.output
 
 
 @pytest.mark.parametrize("edit, code, expect", [
     (lambda rep: rep.update(level="representation"), 2, "records forgetting level 'representation'"),
     (lambda rep: rep["unlearned"].update(lpr_f=0.01), 1, "gate(s) failed: reproduces_manifest"),
+    (lambda rep: rep["layers"][0]["unlearned"].update(lpr_f=0.01), 1, "gate(s) failed: reproduces_manifest"),
+    (lambda rep: rep["layers"][0].update(layer="linear"), 2,
+     "metrics.representation.layers: 'linear' is not a layer of the graph; its layers: relu"),
 ])
 def test_a_forged_audit_is_refused(rel, edit, code, expect):
     _forge(rel, lambda m: edit(m["metrics"]["representation"]))

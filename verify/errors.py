@@ -9,3 +9,7 @@ class VerifyError(Exception):
 
 class ProviderUnavailable(VerifyError):
     """An onnxruntime execution provider was required (``device: cuda``) but cannot run here (bad input)."""
+
+
+class AuditLayerError(VerifyError):
+    """A tensor named for the layer-wise audit is not one the graph has, or cannot be pooled (bad input)."""

@@ -18,8 +18,14 @@ from nhle_pipeline.export.onnx_file import load_onnx
 FEATURES_OUTPUT = "penultimate_features"
 
 
-def with_feature_output(onnx_path: str | Path, head_name: str, out_path: str | Path) -> Path:
-    """Write a copy of ``onnx_path`` that also outputs the head's input as ``penultimate_features``."""
+LAYER_OUTPUT = "audit_layer_{}"  # the copy's extra output for the i-th audited layer
+
+
+def with_feature_output(onnx_path: str | Path, head_name: str, out_path: str | Path,
+                        layers: list[tuple[str, int]] = ()) -> Path:
+    """Write a copy of ``onnx_path`` that also outputs the head's input as ``penultimate_features``
+    and each of ``layers`` ((tensor, rank): verify/audit_layers.py) as ``audit_layer_<i>``, pooled
+    to one vector per image."""
     import onnx
     from onnx import helper
 
@@ -33,9 +39,32 @@ def with_feature_output(onnx_path: str | Path, head_name: str, out_path: str | P
     cast = helper.make_node("Cast", [feat], [FEATURES_OUTPUT], name="verify_features", to=onnx.TensorProto.FLOAT)
     model.graph.node.append(cast)
     model.graph.output.append(helper.make_tensor_value_info(FEATURES_OUTPUT, onnx.TensorProto.FLOAT, None))
+    for i, (tensor, rank) in enumerate(layers):
+        model.graph.node.extend(_pooled(tensor, rank, LAYER_OUTPUT.format(i), f"verify_layer_{i}"))
+        model.graph.output.append(helper.make_tensor_value_info(LAYER_OUTPUT.format(i), onnx.TensorProto.FLOAT, None))
     out = Path(out_path)
     onnx.save(model, str(out))
     return out
+
+
+def _pooled(tensor: str, rank: int, output: str, prefix: str) -> list:
+    """Nodes that turn ``tensor`` into float32 (N, D): global average pooling of (N, C, H, W), the
+    mean over the tokens of (N, T, D)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    nodes, x = [], tensor
+    if rank == 4:
+        nodes += [helper.make_node("GlobalAveragePool", [x], [f"{prefix}_gap"], name=f"{prefix}_gap"),
+                  helper.make_node("Flatten", [f"{prefix}_gap"], [f"{prefix}_flat"], name=f"{prefix}_flat", axis=1)]
+        x = f"{prefix}_flat"
+    elif rank == 3:
+        axes = numpy_helper.from_array(np.array([1], np.int64), f"{prefix}_axes")
+        nodes += [helper.make_node("Constant", [], [f"{prefix}_axes"], name=f"{prefix}_axes", value=axes),
+                  helper.make_node("ReduceMean", [x, f"{prefix}_axes"], [f"{prefix}_mean"], name=f"{prefix}_mean",
+                                   keepdims=0)]
+        x = f"{prefix}_mean"
+    return [*nodes, helper.make_node("Cast", [x], [output], name=f"{prefix}_cast", to=onnx.TensorProto.FLOAT)]
 
 
 def head_input(model, head_name: str, onnx_path: str | Path = "model.onnx") -> str:

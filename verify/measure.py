@@ -64,6 +64,11 @@ class ModelOutputs:
     train_features: np.ndarray
     provider: str
     copy_max_abs: float  # |verification copy - shipped file| logits on the first test batch
+    # the layer-wise audit (verify/audit_layers.py): its tensors and their pooled features on
+    # test_idx and train_idx, one array per layer
+    layers: tuple[str, ...] = ()
+    test_layer_features: tuple[np.ndarray, ...] = ()
+    train_layer_features: tuple[np.ndarray, ...] = ()
 
 
 @dataclass
@@ -77,6 +82,9 @@ class Measurement:
     copy_max_abs: float
     train_idx: np.ndarray | None = None  # the training subset (PROBE_MAX_TRAIN, seeded)
     train_features: np.ndarray | None = None  # (m, D) its head-input features
+    layers: tuple[str, ...] = ()  # the layer-wise audit's tensors (ModelOutputs)
+    test_layer_features: tuple[np.ndarray, ...] = ()
+    train_layer_features: tuple[np.ndarray, ...] = ()
 
 
 def run_model(
@@ -93,6 +101,7 @@ def run_model(
     shard: tuple[int, int] = (0, 1),
     device_id: int = 0,
     shipped_logits: bool = False,
+    layers: list[str] | None = (),
 ) -> ModelOutputs:
     """One pass over ``test`` and one over a seeded subset of ``train`` through ``onnx_path``.
 
@@ -104,19 +113,30 @@ def run_model(
     ``shard=(rank, world)``: only every world-th batch, starting at batch ``rank``
     (the batches are those of the whole pass); ``merge_outputs`` joins the shards.
     ``device_id``: the GPU onnxruntime's CUDA provider uses (this process's local rank).
+    ``layers``: the tensors of the layer-wise audit, pooled per image (verify/audit_layers.py):
+    ``()`` none, ``None`` the automatic choice; a tensor the graph lacks raises AuditLayerError.
     """
-    feat_path = with_feature_output(onnx_path, head_name, scratch / f"{Path(onnx_path).stem}.features.onnx")
+    from nhle_pipeline.export.onnx_file import load_onnx
+    from nhle_pipeline.verify.audit_layers import resolve_layers
+    from nhle_pipeline.verify.features import head_input
+
+    audited: list[tuple[str, int]] = []
+    if layers is None or len(layers):
+        graph = load_onnx(onnx_path)
+        audited = resolve_layers(graph, head_input(graph, head_name, onnx_path), None if layers is None else list(layers))
+    n_layers = len(audited)
+    feat_path = with_feature_output(onnx_path, head_name, scratch / f"{Path(onnx_path).stem}.features.onnx", audited)
     fsess, provider = open_session(feat_path, device, device_id)
     in_name = fsess.get_inputs()[0].name
     ship = open_session(onnx_path, device, device_id)[0] if shipped_logits else None
 
-    def forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, feats = fsess.run(None, {in_name: x})[:2]
+    def forward(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        logits, feats, *extra = fsess.run(None, {in_name: x})[: 2 + n_layers]
         logits = logits if ship is None else ship.run(None, {in_name: x})[0]
         if logits.ndim != 2 or logits.shape[1] != num_classes:  # a model claimed for another class count
             got = logits.shape[1] if logits.ndim == 2 else f"an array of shape {tuple(logits.shape[1:])} of"
             raise OnnxFileError(f"{onnx_path}: outputs {got} logits per image, but model.num_classes is {num_classes}")
-        return logits, feats
+        return logits, feats, [e.reshape(len(e), -1).astype(np.float32) for e in extra]
 
     y = np.asarray(test.y)
     test_idx = subsample(len(y), EVIDENCE_MAX_TEST, seed)
@@ -125,11 +145,12 @@ def run_model(
     correct = np.zeros(num_classes, dtype=np.int64)
     total = np.bincount(y, minlength=num_classes)[:num_classes].astype(np.int64)
     kept_idx, kept_logits, kept_feats = [], [], []
+    kept_layers: list[list[np.ndarray]] = [[] for _ in audited]
     copy_max_abs = float("nan")
     mine = shard_rows(np.arange(len(y)), batch_size, *shard)
     start = 0
     for x in test.image_batches(mine, batch_size):
-        logits, feats = forward(x)
+        logits, feats, extra = forward(x)
         pos = mine[start : start + len(x)]
         yb, kb = y[pos], keep[pos]
         if start == 0:
@@ -141,16 +162,23 @@ def run_model(
             kept_idx.append(pos[kb])
             kept_logits.append(logits[kb].astype(np.float32))
             kept_feats.append(feats.reshape(len(feats), -1)[kb].astype(np.float32))
+            for kept, e in zip(kept_layers, extra, strict=True):
+                kept.append(e[kb])
         start += len(x)
     train_idx = shard_rows(subsample(len(train.y), PROBE_MAX_TRAIN, seed), batch_size, *shard)
     tr_logits, tr_feats = [], []
+    tr_layers: list[list[np.ndarray]] = [[] for _ in audited]
     for x in train.image_batches(train_idx, batch_size):
-        lg, ft = forward(x)
+        lg, ft, extra = forward(x)
         tr_logits.append(lg.astype(np.float32))
         tr_feats.append(ft.reshape(len(ft), -1).astype(np.float32))
+        for kept, e in zip(tr_layers, extra, strict=True):
+            kept.append(e)
     return ModelOutputs(
         correct, total, _cat(kept_idx, np.int64), _cat(kept_logits), _cat(kept_feats), train_idx,
         _cat(tr_logits), _cat(tr_feats), provider, copy_max_abs,
+        layers=tuple(t for t, _ in audited), test_layer_features=tuple(_cat(k) for k in kept_layers),
+        train_layer_features=tuple(_cat(k) for k in tr_layers),
     )
 
 
@@ -167,17 +195,22 @@ def merge_outputs(parts: list[ModelOutputs]) -> ModelOutputs:
     if len(parts) == 1:
         return parts[0]
 
-    def joined(idx_name: str, *names: str) -> list[np.ndarray]:
+    def joined(idx_name: str, *names: str, layers: str) -> list:
         idx = np.concatenate([getattr(p, idx_name) for p in parts])
         order = np.argsort(idx, kind="stable")
-        full = [idx[order]]
+        full: list = [idx[order]]
+        some = [p for p in parts if len(getattr(p, idx_name))]
         for n in names:
-            arrays = [getattr(p, n) for p in parts if len(getattr(p, idx_name))]
+            arrays = [getattr(p, n) for p in some]
             full.append(np.concatenate(arrays)[order] if arrays else parts[0].__dict__[n])
+        full.append(tuple(np.concatenate([getattr(p, layers)[i] for p in some])[order] if some
+                          else getattr(parts[0], layers)[i] for i in range(len(parts[0].layers))))
         return full
 
-    test_idx, test_logits, test_feats = joined("test_idx", "test_logits", "test_features")
-    train_idx, train_logits, train_feats = joined("train_idx", "train_logits", "train_features")
+    test_idx, test_logits, test_feats, test_layers = joined("test_idx", "test_logits", "test_features",
+                                                            layers="test_layer_features")
+    train_idx, train_logits, train_feats, train_layers = joined("train_idx", "train_logits", "train_features",
+                                                                layers="train_layer_features")
     checks = [p.copy_max_abs for p in parts if not np.isnan(p.copy_max_abs)]
     providers = sorted({p.provider for p in parts})
     if len(providers) > 1:  # one provider per verification: a shard on the CPU is not a CUDA result
@@ -188,6 +221,7 @@ def merge_outputs(parts: list[ModelOutputs]) -> ModelOutputs:
         test_idx=test_idx, test_logits=test_logits, test_features=test_feats,
         train_idx=train_idx, train_logits=train_logits, train_features=train_feats,
         provider=parts[0].provider, copy_max_abs=max(checks) if checks else float("nan"),
+        layers=parts[0].layers, test_layer_features=test_layers, train_layer_features=train_layers,
     )
 
 
@@ -215,7 +249,8 @@ def measurement(
     )
     acc = accuracy_from_counts(out.correct, out.total, forget, num_classes)
     return Measurement(acc, ev, out.test_idx, out.test_logits, out.test_features, out.provider, out.copy_max_abs,
-                       out.train_idx, out.train_features)
+                       out.train_idx, out.train_features, out.layers, out.test_layer_features,
+                       out.train_layer_features)
 
 
 def measure_onnx(
@@ -231,9 +266,10 @@ def measure_onnx(
     batch_size: int,
     scratch: Path,
     shipped_logits: bool = False,
+    layers: list[str] | None = (),
 ) -> Measurement:
     """Accuracy and evidence of ``onnx_path``: the full ``test`` split, a seeded subset of ``train``
-    (``shipped_logits``: see ``run_model``)."""
+    (``shipped_logits``, ``layers``: see ``run_model``)."""
     out = run_model(onnx_path, head_name, train, test, num_classes, seed=seed, device=device,
-                    batch_size=batch_size, scratch=scratch, shipped_logits=shipped_logits)
+                    batch_size=batch_size, scratch=scratch, shipped_logits=shipped_logits, layers=layers)
     return measurement(out, train.y, test.y, forget, num_classes, seed)

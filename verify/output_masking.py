@@ -72,7 +72,7 @@ def constant_outputs(model, output: str | None = None) -> np.ndarray:
     """(C,) bool: which elements of the (N, C) output (the first graph output unless named) are the
     same for every input, as far as the graph proves it."""
 
-    shapes = _static_shapes(_inferred_shapes(model))
+    shapes = _static_shapes(inferred_shapes(model))
     state: dict[str, object] = {}
     fragile: set[str] = set()  # tensors whose constancy rests on a zero-weight shortcut
     weights: dict[str, np.ndarray] = {}
@@ -110,7 +110,7 @@ def _carries_nan(node) -> bool:
     return True
 
 
-def _inferred_shapes(model):
+def inferred_shapes(model):
     """Shapes onnx infers from the graph alone: the author's value_info and declared output shapes
     are dropped first (onnxruntime only warns when they are wrong), the input's are kept (enforced).
     Weights stay out of the copy (a model over 2 GB cannot be serialised whole)."""

@@ -24,7 +24,8 @@ The level a release reaches (``forgetting_level``):
   where retraining puts them on the two diagnostics about the forgotten
   classes — LPR_F and Ratio_D (verify/evidence.py) each within a quarter of
   the original→reference gap of the reference (``GAP_CLOSED_MIN``: 75 % of
-  the gap closed), or within ``NOISE`` (relative, for Ratio_D) where the gap
+  the gap closed), or within ``NOISE`` (relative, for Ratio_D; for LPR_F, at
+  least one of the forgotten classes' test images, the probe's resolution) where the gap
   is smaller than that — and its CKA to the reference is higher than the
   original's (it moved toward retraining). CKA to the original is reported,
   not required: two trainings differ on the retained classes too, which no
@@ -133,24 +134,35 @@ def gap_closed(release: float, original: float, reference: float) -> float:
     return float((original - release) / gap)
 
 
-def _reached(release: float, original: float, reference: float) -> bool:
+def _reached(release: float, original: float, reference: float, resolution: float = 0.0) -> bool:
+    """``resolution``: the smallest step the diagnostic can take (one test image of LPR_F)."""
     if not all(np.isfinite([release, original, reference])):
         return False
-    if abs(release - reference) <= NOISE * max(1.0, abs(reference)):
+    # + 1e-9: one image's step, 1 - 44/45, is 1/45 only up to float rounding
+    if abs(release - reference) <= max(NOISE * max(1.0, abs(reference)), resolution) + 1e-9:
         return True
     # + 1e-9: fractions of test images (3/4 of a gap of 4 images) are exact only up to float rounding
     return abs(release - reference) <= (1 - GAP_CLOSED_MIN) * abs(original - reference) + 1e-9
 
 
+# One audited layer of the layer-wise audit: the original's, the unlearned model's, the reference's.
+LayerAudits = tuple[Audit, Audit, "Audit | None"]
+
+
 def forgetting_level(output_masked: bool | None, original: Audit, unlearned: Audit, reference: Audit | None,
-                     ratio_d: tuple[float, float, float | None]) -> str:
+                     ratio_d: tuple[float, float, float | None], layers: list[LayerAudits] = (),
+                     n_forget_test: int | None = None) -> str:
     """``representation``, ``output`` or ``none`` (see the module docstring); ``ratio_d``: the
-    original's, the unlearned model's and the reference's Ratio_D."""
+    original's, the unlearned model's and the reference's Ratio_D; ``layers``: the layer-wise
+    audit, whose LPR_F must be reached at every layer too; ``n_forget_test``: the forgotten
+    classes' test images LPR_F is a fraction of (one of them is its resolution)."""
     if not output_masked:
         return "none"
     if reference is None or ratio_d[2] is None:
         return "output"
-    lpr = _reached(unlearned.lpr_f, original.lpr_f, reference.lpr_f)
+    step = 1.0 / n_forget_test if n_forget_test else 0.0
+    lpr = _reached(unlearned.lpr_f, original.lpr_f, reference.lpr_f, step) and all(
+        r is not None and _reached(u.lpr_f, o.lpr_f, r.lpr_f, step) for o, u, r in layers)
     sep = _reached(ratio_d[1], ratio_d[0], ratio_d[2])
     toward = (unlearned.cka_reference is not None and original.cka_reference is not None
               and unlearned.cka_reference > original.cka_reference)
@@ -158,14 +170,21 @@ def forgetting_level(output_masked: bool | None, original: Audit, unlearned: Aud
 
 
 def representation_block(original: Audit, unlearned: Audit, reference: Audit | None,
-                         output_masked: bool | None, ratio_d: tuple[float, float, float | None]) -> dict:
-    """The manifest's ``metrics.representation``: each model's audit, the gaps closed, the level."""
+                         output_masked: bool | None, ratio_d: tuple[float, float, float | None],
+                         layers: list[LayerAudits] = (), n_forget_test: int | None = None) -> dict:
+    """The manifest's ``metrics.representation``: each model's audit at the head's input and at
+    each audited layer, the gaps closed, the level."""
     block = {
         "layer": unlearned.layer,
         "original": original.to_dict(), "unlearned": unlearned.to_dict(),
         "reference": reference.to_dict() if reference is not None else None,
         "gap_closed": None,
-        "level": forgetting_level(output_masked, original, unlearned, reference, ratio_d),
+        "layers": [{"layer": u.layer, "original": o.to_dict(), "unlearned": u.to_dict(),
+                    "reference": r.to_dict() if r is not None else None,
+                    "gap_closed": None if r is None else {"lpr_f": gap_closed(u.lpr_f, o.lpr_f, r.lpr_f)}}
+                   for o, u, r in layers],
+        "n_forget_test": n_forget_test,
+        "level": forgetting_level(output_masked, original, unlearned, reference, ratio_d, layers, n_forget_test),
     }
     if reference is not None:
         block["gap_closed"] = {

@@ -639,6 +639,22 @@ def _library(arch: str) -> str | None:
     return library_of(arch)
 
 
+def _measured(path: Path, manifest: Manifest, data, forget: list[int], n: int, cfg, layers: list[str], scratch: Path,
+              *, device: str, shipped_logits: bool = False):
+    """verify's pass over ``path`` (the shipped file, or the original's export), with the
+    layer-wise audit's features at ``layers``: tensors the graph must have."""
+    from nhle_pipeline.pipeline.data import eval_batch_size
+    from nhle_pipeline.verify.errors import AuditLayerError
+    from nhle_pipeline.verify.measure import measure_onnx
+
+    try:
+        return measure_onnx(path, manifest.head, data.train, data.test, forget, n, seed=cfg.seed, device=device,
+                            batch_size=eval_batch_size(cfg.data, data.input_shape), scratch=scratch,
+                            shipped_logits=shipped_logits, layers=layers)
+    except AuditLayerError as e:
+        raise TamperedReleaseError(f"{MANIFEST}: metrics.representation.layers: {e} (in {path.name})") from e
+
+
 def _export_fresh(cfg, data, manifest: Manifest, scratch: Path) -> Path:
     """A fresh export of the release's (registry) architecture, seeded random weights."""
     import torch
@@ -673,11 +689,9 @@ def verify_release(
     import tempfile
 
     from nhle_pipeline.pipeline.config import parse_config
-    from nhle_pipeline.pipeline.data import eval_batch_size
     from nhle_pipeline.pipeline.errors import InputError
     from nhle_pipeline.pipeline.loading import class_names_for, load_data
     from nhle_pipeline.verify.graph import rows_masked
-    from nhle_pipeline.verify.measure import measure_onnx
 
     policy = policy or Policy()
     rel = Path(release)
@@ -724,9 +738,11 @@ def verify_release(
         if manifest.class_names is not None and names is not None and names != manifest.class_names:
             raise DataError(f"the evaluation data's class names {names} differ from the release's "
                             f"{manifest.class_names}: class ids would not mean the same classes")
-        got = measure_onnx(rel / MODEL, manifest.head, data.train, data.test, forget, n,
-                           seed=cfg.seed, device="cpu" if derived and device == "auto" else device,
-                           batch_size=eval_batch_size(cfg.data, data.input_shape), scratch=scratch, shipped_logits=derived)
+        # the layer-wise audit is recomputed at the tensors the manifest names (fp32 releases)
+        rep_record = manifest.metrics.representation
+        layers = [r.layer for r in rep_record.layers] if rep_record is not None and not derived else []
+        got = _measured(rel / MODEL, manifest, data, forget, n, cfg, layers, scratch, shipped_logits=derived,
+                        device="cpu" if derived and device == "auto" else device)
         recalibrated = None
         if cfg.unlearn.cwm.mode == "calibrated" and not derived:
             recalibrated = _recalibrate(rel / MODEL, cfg, data, device)
@@ -742,8 +758,7 @@ def verify_release(
         original = graph_unchanged = None
         if source_weights is not None:
             original_onnx = _export_original(cfg, data, manifest, Path(source_weights), scratch)
-            original = measure_onnx(original_onnx, manifest.head, data.train, data.test, forget, n,
-                                    seed=cfg.seed, device=device, batch_size=eval_batch_size(cfg.data, data.input_shape), scratch=scratch)
+            original = _measured(original_onnx, manifest, data, forget, n, cfg, layers, scratch, device=device)
             graph_unchanged = check_against_fresh_export(rel, original_onnx, manifest, signed=fingerprint is not None,
                                                          notes=notes)
         elif ":" not in cfg.model.arch or _library(cfg.model.arch):  # registry or library: export it here

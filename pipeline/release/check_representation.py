@@ -33,39 +33,55 @@ def reaudit(recorded, recorded_evidence, got, original, data, forget: list[int],
     """``recorded``: the manifest's ``metrics.representation`` (None: a release made before the
     audit), ``recorded_evidence`` its ``metrics.evidence`` (the original's and the reference's
     Ratio_D where verify does not measure them); ``got``/``original``: verify's measurements of
-    the shipped file and, with --source-weights, of the original (else None)."""
+    the shipped file and, with --source-weights, of the original (else None), both at the
+    recorded layers."""
     if recorded is None:
         notes.append("the release records no representation audit (made before it existed): its forgetting "
                      "level is not known")
         return Reaudit(None)
     y_train, y_test = np.asarray(data.train.y), np.asarray(data.test.y)
+    pairs: list[tuple[float, float]] = []
 
-    def measured(m, original_test) -> Audit:
-        return audit(recorded.layer, (m.train_features, y_train[m.train_idx]), (m.test_features, y_test[m.test_idx]),
-                     forget, seed, original_test=original_test)
+    def feats(m, layer: int | None, split: str) -> np.ndarray:
+        if layer is None:
+            return m.test_features if split == "test" else m.train_features
+        return (m.test_layer_features if split == "test" else m.train_layer_features)[layer]
 
-    rec_u, rec_o = recorded.unlearned, recorded.original
-    reference = _audit_of(recorded.reference)
+    def at(layer: int | None, rec) -> tuple[Audit, Audit, Audit | None]:
+        """The three audits at the head input (None) or layer ``layer``; ``rec``: their record."""
+        def measured(m, original_test) -> Audit:
+            return audit(rec.unlearned.layer, (feats(m, layer, "train"), y_train[m.train_idx]),
+                         (feats(m, layer, "test"), y_test[m.test_idx]), forget, seed, original_test=original_test)
+
+        rec_u, rec_o, reference = rec.unlearned, rec.original, _audit_of(rec.reference)
+        if original is not None:
+            fresh = measured(original, feats(original, layer, "test"))  # CKA to the reference: the producer's
+            orig = Audit(fresh.layer, fresh.lpr_f, fresh.lpr_r, fresh.cka_original, rec_o.cka_reference)
+            unl = measured(got, feats(original, layer, "test"))
+            pairs.extend([(orig.lpr_f, rec_o.lpr_f), (orig.lpr_r, rec_o.lpr_r), (unl.cka_original, rec_u.cka_original)])
+        else:
+            orig = _audit_of(rec_o)
+            fresh = measured(got, None)
+            unl = Audit(fresh.layer, fresh.lpr_f, fresh.lpr_r, rec_u.cka_original, rec_u.cka_reference)
+        if reference is not None:
+            unl = Audit(unl.layer, unl.lpr_f, unl.lpr_r, unl.cka_original, rec_u.cka_reference)
+        pairs.extend([(unl.lpr_f, rec_u.lpr_f), (unl.lpr_r, rec_u.lpr_r)])
+        return orig, unl, reference
+
+    head = at(None, recorded)
+    layers = [at(i, rec) for i, rec in enumerate(recorded.layers)]
+    where = f" at the head's input and {len(layers)} layer(s)" if layers else ""
     if original is not None:
-        fresh = measured(original, original.test_features)  # CKA to the reference: the producer's
-        orig = Audit(fresh.layer, fresh.lpr_f, fresh.lpr_r, fresh.cka_original, rec_o.cka_reference)
-        unl = measured(got, original.test_features)
-        pairs = [(orig.lpr_f, rec_o.lpr_f), (orig.lpr_r, rec_o.lpr_r), (unl.cka_original, rec_u.cka_original)]
-        what = "LPR_F, LPR_R, CKA to the original (the original's LPR too)"
+        what = f"LPR_F, LPR_R, CKA to the original (the original's LPR too){where}"
     else:
-        orig = _audit_of(rec_o)
-        fresh = measured(got, None)
-        unl = Audit(fresh.layer, fresh.lpr_f, fresh.lpr_r, rec_u.cka_original, rec_u.cka_reference)
-        pairs = []
-        what = "LPR_F, LPR_R (CKA to the original is the manifest's: pass --source-weights to recompute it)"
+        what = f"LPR_F, LPR_R{where} (CKA to the original is the manifest's: pass --source-weights to recompute it)"
         notes.append("representation audit: CKA to the original taken from the manifest (pass --source-weights "
                      "to measure it here)")
-    if reference is not None:
-        unl = Audit(unl.layer, unl.lpr_f, unl.lpr_r, unl.cka_original, rec_u.cka_reference)
+    if recorded.reference is not None:
         notes.append("representation audit: the retrained reference's figures are the producer's (verify does "
                      "not retrain)")
-    pairs = [(unl.lpr_f, rec_u.lpr_f), (unl.lpr_r, rec_u.lpr_r), *pairs]
     ev = recorded_evidence
     ratio_d = (original.evidence.ratio_d if original is not None else ev.original.ratio_d, got.evidence.ratio_d,
                ev.reference.ratio_d if ev.reference is not None else None)
-    return Reaudit(representation_block(orig, unl, reference, output_masked, ratio_d), pairs, what)
+    n_forget = int(np.isin(y_test[got.test_idx], forget).sum())
+    return Reaudit(representation_block(*head, output_masked, ratio_d, layers, n_forget), pairs, what)

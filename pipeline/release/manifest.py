@@ -167,6 +167,16 @@ class AuditRecord(Record):
     cka_reference: float | None = None
 
 
+class LayerAuditRecord(Record):
+    """One layer of the layer-wise audit: each model's audit at that ONNX tensor."""
+
+    layer: str
+    original: AuditRecord
+    unlearned: AuditRecord
+    reference: AuditRecord | None = None
+    gap_closed: dict[str, float] | None = None
+
+
 class RepresentationRecord(Record):
     """The representation-level audit (verify.representation.representation_block)."""
 
@@ -175,6 +185,8 @@ class RepresentationRecord(Record):
     unlearned: AuditRecord
     reference: AuditRecord | None = None
     gap_closed: dict[str, float] | None = None
+    layers: list[LayerAuditRecord] = []  # the layer-wise audit ([]: none, or made before it existed)
+    n_forget_test: int | None = None  # the forgotten classes' test images LPR_F is a fraction of (None: not recorded)
     level: Literal["none", "output", "representation"]
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from nhle_pipeline.pipeline import yamlio
 from nhle_pipeline.pipeline.config import _format_validation_error
 from nhle_pipeline.pipeline.errors import ConfigError
 from nhle_pipeline.verify.gates import GatesConfig
@@ -66,7 +67,7 @@ def load_policy(path: str | Path | None, overrides: dict[str, Any] | None = None
         if not p.is_file():
             raise ConfigError(f"{p}: no such policy file")
         try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+            data = yamlio.load(p.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"{p}: cannot read as UTF-8 text ({e})") from e
         except (yaml.YAMLError, RecursionError, ValueError) as e:

@@ -154,6 +154,13 @@ def render_report(m: Manifest, created: str | None = None) -> str:
             closed = [_f((rep.gap_closed or {}).get(key))] if rep.gap_closed else []
             lines.append(f"| {label} | " + " | ".join(_f(getattr(a, key)) for _, a in audits) + " | "
                          + " | ".join(closed) + (" |" if closed else ""))
+        for layer in rep.layers:  # the layer-wise audit: the class in an earlier layer
+            at = [layer.original, layer.unlearned] + ([layer.reference] if rep.reference is not None else [])
+            for key, label in (("lpr_f", "LPR_F"), ("cka_original", "CKA to the original")):
+                closed = [_f((layer.gap_closed or {}).get(key))] if rep.gap_closed else []
+                lines.append(f"| {label} at {_md(layer.layer)} | " + " | ".join(_f(getattr(a, key) if a else None)
+                                                                          for a in at) + " | "
+                             + " | ".join(closed) + (" |" if closed else ""))
     if view.relearn:
         lines += [
             "",

@@ -189,6 +189,11 @@ def _short_of_representation(rep) -> str:
     closed = rep.gap_closed or {}
     parts = [f"{label} closed {closed.get(key, float('nan')):.0%}" for key, label in
              (("lpr_f", "LPR_F"), ("ratio_d", "Ratio_D"))]
+    for layer in rep.layers:  # the layer-wise audit: where the gap is nil, within one image is needed
+        gap = (layer.gap_closed or {}).get("lpr_f", float("nan"))
+        parts.append(f"LPR_F at {layer.layer} " + (f"closed {gap:.0%}" if math.isfinite(gap) else
+                                                   f"{layer.unlearned.lpr_f:.0%} where both are "
+                                                   f"{layer.reference.lpr_f if layer.reference else float('nan'):.0%}"))
     toward = rep.unlearned.cka_reference is not None and rep.original.cka_reference is not None and \
         rep.unlearned.cka_reference > rep.original.cka_reference
     return (f"short of the representation level: of the gap to the retrained reference {', '.join(parts)} "

@@ -110,3 +110,15 @@ def test_the_statement_says_what_is_short_of_the_representation_level():
     text = forgetting_statement(RepresentationRecord.model_validate(block))
     assert text.startswith("forgetting level: output") and "LPR_F closed 23%" in text and "Ratio_D closed 95%" in text
     assert "CKA to the reference rose" in text
+
+
+def test_every_audited_layer_must_reach_the_reference_too():
+    orig, ref, deep = _audit(0.99, 0.80), _audit(0.60, 1.0), _audit(0.65, 0.85)
+    rd = (4.0, 2.3, 2.0)
+    reached = (Audit("relu", 0.95, 0.9, 1.0, 0.7), Audit("relu", 0.62, 0.9, 0.8, 0.9), Audit("relu", 0.6, 0.9, 0.7, 1.0))
+    kept = (reached[0], Audit("relu", 0.93, 0.9, 0.99, 0.7), reached[2])  # the class still in the earlier layer
+    assert forgetting_level(True, orig, deep, ref, rd, [reached]) == "representation"
+    assert forgetting_level(True, orig, deep, ref, rd, [reached, kept]) == "output"
+    block = representation_block(orig, deep, ref, True, rd, [kept])
+    assert block["level"] == "output" and block["layers"][0]["layer"] == "relu"
+    assert block["layers"][0]["gap_closed"]["lpr_f"] == pytest.approx((0.95 - 0.93) / (0.95 - 0.6))

@@ -31,7 +31,7 @@ def measurement(acc_f, acc_r, ratio_d=2.0, probe=0.9, mia=0.1, logits=None) -> M
         "train_idx": np.arange(len(logits)),
         "train_features": np.zeros((len(logits), 5), np.float32),
     }
-    return Measurement(**{f.name: values[f.name] for f in dataclasses.fields(Measurement)})
+    return Measurement(**{f.name: values[f.name] for f in dataclasses.fields(Measurement) if f.name in values})
 
 
 def test_gap_is_absolute_per_key_and_mean_over_finite_ones():
