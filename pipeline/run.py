@@ -502,14 +502,14 @@ def _stages(run: _Run, timer: _Timer, target: Path, force: bool, signer) -> RunR
     )
     if not passed:  # no servable copy of a model that failed (a server scanning folders would load it)
         shutil.rmtree(run.staging / TRITON_DIR, ignore_errors=True)
-        write_release_files(run.staging, manifest, _features(run))
+        write_release_files(run.staging, manifest, _features(run), stage="report")
         write_not_released(run.staging, [g.name for g in gates if not g.passed])
         failed = [g.name for g in gates if not g.passed]
         raise GateFailure(f"gate(s) failed: {', '.join(failed)}; nothing released", str(run.staging))
 
     with timer.stage("release"):
-        # The files record every stage up to verify; the release step's own
-        # time is known only after the rename, so it is returned, not stored.
+        # manifest.json records the release stage up to its own writing (the reports, the
+        # digests); the summary and --json, the whole stage with the seal and the rename.
         write_release_files(run.staging, manifest, _features(run))
         path = publish(run.staging, target, force, sign_key=signer)
         timer.detail = f"{path}, signed" if signer else str(path)

@@ -3,6 +3,7 @@ manifest with the digest of every other file (sealed later, at publication)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -23,12 +24,14 @@ REPORT_HTML = "report.html"
 
 
 def write_release_files(
-    staging: Path, manifest: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]]
+    staging: Path, manifest: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]], stage: str = "release"
 ) -> None:
     """report.md, report.html, then manifest.json listing the digests of everything else.
 
     The reports list (and show the model's sha256 from) the digests of every file written
-    before them; the manifest then lists the reports too."""
+    before them; the manifest then lists the reports too, and the time this took as
+    ``timings_s[stage]`` (the reports, written before, cannot show it)."""
+    t0 = time.perf_counter()
     reports = (REPORT_MD, REPORT_HTML)
     manifest.files = {k: FileDigest.model_validate(v)
                       for k, v in file_digests(staging, exclude=(MANIFEST, *reports)).items()}
@@ -36,4 +39,5 @@ def write_release_files(
     write_report(staging / REPORT_MD, manifest, created)
     write_html_report(staging / REPORT_HTML, manifest, features, created)
     manifest.files = {k: FileDigest.model_validate(v) for k, v in file_digests(staging).items()}
+    manifest.timings_s = {**manifest.timings_s, stage: round(time.perf_counter() - t0, 3)}
     write_manifest(staging / MANIFEST, manifest)

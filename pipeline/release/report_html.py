@@ -6,10 +6,13 @@ Readable from a file system with no server, from a 420 px phone to a wide screen
 the verdict and the model's sha256, the gates, Acc_F / Acc_R / ΔAcc_R with sample
 counts and 95 % intervals, per-class accuracy (a chart with value labels and a
 change view, forgotten classes marked, class names when the manifest has them,
-and the same numbers as a table), the penultimate features in one PCA fitted on
-the original and applied to every panel (a legend per class), the feature and
+and the same numbers as a table, which is what a phone gets), the penultimate
+features in one PCA fitted on the original and applied to every panel (each
+forgotten class in its own colour, the retained ones grey; stacked on a phone),
+the feature and
 privacy evidence, the metric definitions, provenance, the files and their
-digests, and stage timings. A tiny inline script marks
+digests, and stage timings. Every chart's smallest text is ``TEXT_PT`` at ``DPI``
+(``data-text-px`` on its image), and no colour means two things. A tiny inline script marks
 ``<body data-images-loaded=N>`` once the images decode, so a headless browser
 test can tell they rendered.
 """
@@ -36,7 +39,6 @@ from nhle_pipeline.verify.formatting import format_gate_value
 
 TEMPLATE = "templates/report.html"
 PCA_MAX_POINTS = 2_000
-LEGEND_MAX_CLASSES = 20  # one legend entry per class up to this many; beyond, the forgotten ones only
 EVIDENCE_ROWS = (
     ("ratio_d", "Ratio_D = D_inter / D_intra (lower: less separable)"),
     ("d_inter", "D_inter"),
@@ -44,13 +46,21 @@ EVIDENCE_ROWS = (
     ("probe_auc", "probe ROC AUC (0.5: no leakage)"),
     ("mia_efficacy", "MIA-efficacy (higher: forget set looks unseen)"),
 )
+# One meaning per colour on the page: the three models' bars; the change bars (either sign);
+# the forgotten classes (red first, then colours no other mark uses); every retained class in
+# the PCA (one light grey: the question there is whether a forgotten class stands apart).
 ORIGINAL_COLOUR, UNLEARNED_COLOUR, REFERENCE_COLOUR = "#7f8c99", "#1f6fb2", "#2e8b57"
+CHANGE_COLOUR = "#34495e"
 FORGOTTEN_COLOUR = "#c0392b"
+FORGOTTEN_COLOURS = (FORGOTTEN_COLOUR, "#e67e22", "#8e44ad", "#d4ac0d", "#e84393", "#795548")
+RETAINED_POINTS = "#b8b8b8"
+DPI = 110  # pixels per inch of the PNGs: text of P points is P * DPI / 72 px at their natural size
+TEXT_PT = 9  # the smallest text in every chart (value labels, ticks, legends): 13.75 px at natural size
 
 
 def _png(fig) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -97,33 +107,34 @@ def _per_class_chart(view) -> str:
         v = np.nan_to_num(np.asarray(vals, float))
         bars = ax.bar(pos, v, width, label=label, color=colour)
         if small:
-            ax.bar_label(bars, labels=[f"{a:.2f}" for a in v], fontsize=6, padding=1, rotation=90)
-    ax.set_ylim(0, 1.22)
+            ax.bar_label(bars, labels=[f"{a:.2f}" for a in v], fontsize=TEXT_PT, padding=1, rotation=90)
+    ax.set_ylim(0, 1.32)
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_ylabel("test accuracy")
-    ax.legend(fontsize=8, ncol=len(series) + 1, loc="upper left", bbox_to_anchor=(0, 1.16), frameon=False)
+    ax.legend(fontsize=TEXT_PT, ncol=len(series) + 1, loc="upper left", bbox_to_anchor=(0, 1.18), frameon=False)
+    ax.tick_params(labelsize=TEXT_PT)
     ax.grid(axis="y", alpha=0.3)
     change = np.array([r.change for r in rows], float)
     retained = np.array([not r.forgotten for r in rows])
     span = np.nanmax(np.abs(change[retained])) if retained.any() else 0.0
-    span = max(float(np.nan_to_num(span)) * 1.35, 0.01)
-    colours = [FORGOTTEN_COLOUR if r.forgotten else ("#2e8b57" if c >= 0 else "#d35400")
-               for r, c in zip(rows, change, strict=True)]
+    span = max(float(np.nan_to_num(span)) * 1.9, 0.01)  # room for the value labels inside the panel
     shown = np.where(retained, np.clip(np.nan_to_num(change), -span, span), 0.0)
-    bars = dx.bar(x, shown, 0.6, color=colours)
+    bars = dx.bar(x, shown, 0.6, color=CHANGE_COLOUR)
     if small:
         dx.bar_label(bars, labels=["" if r.forgotten else f"{c:+.3f}" for r, c in zip(rows, change, strict=True)],
-                     fontsize=6, padding=1)
+                     fontsize=TEXT_PT, padding=1, rotation=90 if n > 12 else 0)
     for i, r in enumerate(rows):
         if r.forgotten:  # off this scale: its own drop, written out
             dx.annotate(f"forgotten\n{r.original:.2f}→{r.unlearned:.2f}", (i, -span * 0.95), ha="center",
-                        va="bottom", fontsize=6, color=FORGOTTEN_COLOUR)
+                        va="bottom", fontsize=TEXT_PT, color=FORGOTTEN_COLOUR)
     dx.axhline(0, color="#444", lw=0.8)
     dx.set_ylim(-span, span)
     dx.set_ylabel("change (unlearned − original)")
     dx.grid(axis="y", alpha=0.3)
     dx.set_xticks(x)
-    dx.set_xticklabels(labels, rotation=45 if long_labels else 0, ha="right" if long_labels else "center", fontsize=8)
+    dx.set_xticklabels(labels, rotation=45 if long_labels else 0, ha="right" if long_labels else "center",
+                       fontsize=TEXT_PT)
+    dx.tick_params(labelsize=TEXT_PT)
     for tick, r in zip(dx.get_xticklabels(), rows, strict=True):
         if r.forgotten:
             tick.set_color(FORGOTTEN_COLOUR)
@@ -135,14 +146,11 @@ def _per_class_chart(view) -> str:
     return out
 
 
-def _class_colours(n: int):
-    plt = _pyplot()
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20" if n <= 20 else "turbo")
-    return [cmap(i if n <= 20 else i / max(n - 1, 1)) for i in range(n)]
-
-
-def _pca_chart(features: dict[str, tuple[np.ndarray, np.ndarray]], view, forget: list[int], seed: int) -> str | None:
-    """Every panel projected with one PCA, fitted on the first panel (the original)."""
+def _pca_chart(features: dict[str, tuple[np.ndarray, np.ndarray]], view, forget: list[int], seed: int,
+               narrow: bool = False) -> str | None:
+    """Every panel projected with one PCA, fitted on the first panel (the original): the
+    forgotten classes each in its own colour, the retained ones in one grey; side by side, or
+    (``narrow``, for a phone) one above the other."""
     from sklearn.decomposition import PCA
 
     if not features:
@@ -166,36 +174,40 @@ def _pca_chart(features: dict[str, tuple[np.ndarray, np.ndarray]], view, forget:
     lo, hi = np.nanpercentile(allxy, 0.5, axis=0), np.nanpercentile(allxy, 99.5, axis=0)
     pad = (hi - lo) * 0.05
     n_classes = len(view.classes)
-    colours = _class_colours(n_classes)
-    fig, axes = plt.subplots(1, len(projected), figsize=(4.0 * len(projected), 4.0), squeeze=False)
+    order = sorted(forget)
+    n = len(projected)
+    fig, axes = plt.subplots(n if narrow else 1, 1 if narrow else n, figsize=(4.2, 3.9 * n) if narrow else (4.0 * n, 4.0),
+                             squeeze=False)
     handles = {}
-    for ax, (label, xy, y) in zip(axes[0], projected, strict=True):
-        for c in range(n_classes):
+    for ax, (label, xy, y) in zip(axes.ravel(), projected, strict=True):
+        retained = ~np.isin(y, order)
+        if retained.any():
+            h = ax.scatter(xy[retained, 0], xy[retained, 1], color=RETAINED_POINTS, s=5, alpha=0.5, lw=0,
+                           label="retained classes")
+            handles.setdefault(h.get_label(), h)
+        for k, c in enumerate(order):
             sel = y == c
-            if not sel.any():
+            if not sel.any() or c >= n_classes:
                 continue
-            name = view.classes[c].label
-            if c in forget:
-                h = ax.scatter(xy[sel, 0], xy[sel, 1], color=colours[c], marker="x", s=18, lw=1.1,
-                               label=f"{name} (forgotten)", zorder=3)
-            else:
-                h = ax.scatter(xy[sel, 0], xy[sel, 1], color=colours[c], s=5, alpha=0.45, lw=0, label=name)
-            if c in forget or n_classes <= LEGEND_MAX_CLASSES:
-                handles.setdefault(h.get_label(), h)
-        ax.set_title(label)
+            h = ax.scatter(xy[sel, 0], xy[sel, 1], color=FORGOTTEN_COLOURS[k % len(FORGOTTEN_COLOURS)], marker="x",
+                           s=18, lw=1.1, label=f"{view.classes[c].label} (forgotten)", zorder=3)
+            handles.setdefault(h.get_label(), h)
+        ax.set_title(label, fontsize=TEXT_PT + 1)
         ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
         ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
-        ax.set_xlabel("PC 1")
-        ax.set_ylabel("PC 2")
-        ax.tick_params(labelsize=7)
+        ax.set_xlabel("PC 1", fontsize=TEXT_PT)
+        ax.set_ylabel("PC 2", fontsize=TEXT_PT)
+        ax.tick_params(labelsize=TEXT_PT)
     ratio = pca.explained_variance_ratio_
-    fig.suptitle(f"one PCA fitted on the original's features (PC 1 {ratio[0]:.0%}, PC 2 {ratio[1]:.0%} of its variance)",
-                 fontsize=9)
-    legend = fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 6), fontsize=7,
-                        markerscale=2, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    title = f"one PCA fitted on the original's features (PC 1 {ratio[0]:.0%}, PC 2 {ratio[1]:.0%} of its variance)"
+    fig.suptitle(title.replace(" (", "\n(") if narrow else title, fontsize=TEXT_PT + 1)
+    per_row = 2 if narrow else 6
+    legend = fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), per_row),
+                        fontsize=TEXT_PT, markerscale=2, frameon=False, bbox_to_anchor=(0.5, -0.02))
     for h in legend.legend_handles:
         h.set_alpha(1)
-    fig.tight_layout(rect=(0, 0.06 + 0.035 * ((len(handles) - 1) // 6), 1, 1))
+    rows = (len(handles) - 1) // per_row + 1
+    fig.tight_layout(rect=(0, (0.05 * rows) / (n if narrow else 1), 1, 1))
     out = _png(fig)
     plt.close(fig)
     return out
@@ -231,14 +243,17 @@ def render_html(m: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]],
     with _literal_text():
         per_class = _per_class_chart(view)
         pca = _pca_chart(features, view, m.forget_classes, m.seed)
+        pca_narrow = _pca_chart(features, view, m.forget_classes, m.seed, narrow=True) if pca else None
+    # a phone gets the per-class table below the chart instead of it, and the PCA panels stacked
     images = [{"id": "per-class-chart", "title": "Per-class test accuracy, and its change (unlearned − original)",
-               "src": per_class}]
+               "src": per_class, "narrow": None}]
     if pca:
         rep = m.metrics.representation
         seen = ("" if rep is None else f"; a forgotten class that stays a separate cluster is still in the features: "
                 f"level {rep.level}, fresh-probe recovery {rep.unlearned.lpr_f:.0%}")
         images.append({"id": "pca-chart", "title": "Penultimate features of the test split, PCA "
-                       f"(× = forgotten classes; one projection for every panel{seen})", "src": pca})
+                       f"(× = forgotten classes, grey = the retained ones; one projection for every panel{seen})",
+                       "src": pca, "narrow": pca_narrow})
     forgotten_names = [r.label for r in view.classes if r.forgotten]
     return _environment().render(
         m=m, view=view, released=m.status == "released", evidence_cols=cols, evidence=evidence, has_gap=bool(gap),
@@ -247,7 +262,7 @@ def render_html(m: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]],
         unlearning=f"NHLE {nh.steps} steps (stopped: {nh.stopped}); {nhle_settings_line(nh)}; CWM {m.cwm_mode}",
         images=images, definitions=definitions_for(m), forgotten_names=forgotten_names,
         versions=", ".join(f"{k} {v}" for k, v in m.runtime.versions.items()),
-        total_s=sum(m.timings_s.values()),
+        total_s=sum(m.timings_s.values()), text_px=TEXT_PT * DPI / 72,
     )
 
 

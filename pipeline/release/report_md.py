@@ -187,6 +187,8 @@ def render_report(m: Manifest, created: str | None = None) -> str:
         "| --- | --- |",
     ]
     lines += [f"| {k} | {v:.2f} |" for k, v in m.timings_s.items()]
+    lines += ["", "Writing these reports and the digests is the release stage, timed in `manifest.json` "
+              "(`timings_s.release`; `report` for a run that failed its gates)."]
     lines += ["", "## Files", "", "| file | sha256 | bytes |", "| --- | --- | --- |"]
     lines += [f"| {k} | `{v.sha256}` | {v.bytes:,} |" for k, v in m.files.items()]
     lines += ["", "The reports' and the manifest's own digests are in `manifest.json` (a file cannot list itself)."]

@@ -14,7 +14,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from nhle_pipeline.pipeline.release.manifest import FileDigest
+from nhle_pipeline.pipeline.release.manifest import FileDigest, GapRecord
 from nhle_pipeline.pipeline.release.report_html import render_html
 from tests.manifests import sample_manifest
 
@@ -37,7 +37,18 @@ window.addEventListener("load", function () {
     return r.left < -0.5 || r.right > page + 0.5 || t.scrollWidth > t.clientWidth + 1;
   }).map(function (t) { return t.id + ":" + Math.round(t.getBoundingClientRect().width); });
   var imgs = Array.prototype.slice.call(document.images);
+  // the smallest chart text as displayed: its size in the PNG, scaled as the page shows the image
+  var shown = imgs.filter(function (i) { return i.getBoundingClientRect().width > 0; });
+  var text = shown.map(function (i) {
+    return parseFloat(i.getAttribute("data-text-px")) * i.getBoundingClientRect().width / i.naturalWidth;
+  });
   var out = {viewport: window.innerWidth, page: page, scroll: document.documentElement.scrollWidth,
+             shown: shown.map(function (i) { return i.closest("figure").id; }),
+             min_text_px: text.length ? Math.min.apply(null, text) : null,
+             // the narrowest label column: a label squeezed to a letter per line is unreadable
+             min_label_px: Math.min.apply(null, Array.prototype.slice.call(
+               document.querySelectorAll("#evidence tbody td:first-child, #per-class tbody td:first-child"))
+               .map(function (td) { return td.getBoundingClientRect().width; })),
              overflowing: wide, images: imgs.length,
              decoded: imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length,
              tables: document.querySelectorAll("table").length,
@@ -125,16 +136,30 @@ def _measure(browser, tmp_path, html: str, width: int) -> tuple[dict, str]:
 
 
 @pytest.mark.parametrize("width", [420, 1280])
-def test_renders_in_headless_chromium_without_overflow(tmp_path, width):
+@pytest.mark.parametrize("released", [True, False])
+def test_renders_in_headless_chromium_without_overflow(tmp_path, width, released):
+    """At a phone's width and a desktop's, released and failed: no table wider than the page, every
+    image decoded, chart text at least 11 px as shown (the per-class chart gives way to its table
+    on a phone; the PCA panels stack)."""
     browser = _browser()
     many = sample_manifest(num_classes=3, class_names=CLASS_NAMES, name="a-rather-long-release-name-" * 3)
     many.files = manifest().files
+    ev = many.metrics.evidence  # with a retrained reference: the widest evidence table
+    ev.reference = ev.unlearned.model_copy()
+    ev.gap_to_reference = GapRecord(acc_f=0.0, acc_r=0.01, ratio_d=0.0, probe_auc=0.0, mia_efficacy=0.0, mean=0.0)
+    if not released:
+        many.status = "gate_failed"
+        many.gates[0].passed = False
     got, dom = _measure(browser, tmp_path, render_html(many, features()), width)
     assert got["viewport"] == width, got
     assert got["tables"] == 7 and got["overflowing"] == [], got
     assert got["scroll"] <= got["page"], got  # nothing makes the page scroll sideways
     assert got["images"] == 2 and got["decoded"] == 2, "both inline images must decode"
     assert got["gates_rows"] == 3 and got["loaded_attr"] == "2"  # the page's own image counter agrees
+    assert got["shown"] == (["pca-chart"] if width < 640 else ["per-class-chart", "pca-chart"]), got
+    assert got["min_text_px"] >= 11, got
+    assert got["min_label_px"] >= 90, got
+    assert ("NOT RELEASED" in dom) != released
 
 
 def test_the_measurement_sees_an_overflowing_table(tmp_path):
