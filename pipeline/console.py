@@ -79,8 +79,10 @@ def print_run_summary(m: Manifest, release: Path | None) -> None:
         mark = "[green]✓[/]" if gate.passed else "[red]✗[/]"
         g.add_row(mark, gate.name, format_gate_value(gate.value), f"{gate.op} {format_gate_value(gate.threshold)}")
     console.print(g)
-    timings = ", ".join(f"{k} {v:.2f}s" for k, v in m.timings_s.items())
-    console.print(f"stages: {timings}  (total {sum(m.timings_s.values()):.2f}s)")
+    from nhle_pipeline.pipeline.release.report_view import timing_text, total_seconds
+
+    timings = ", ".join(f"{k} {timing_text(k, v)}s" for k, v in m.timings_s.items())
+    console.print(f"stages: {timings}  (total {total_seconds(m.timings_s):.2f}s)")
     console.print(f"torch device {m.runtime.torch_device}, onnxruntime {m.runtime.onnxruntime_provider}")
     if release is not None:
         console.print(f"[bold green]released[/] {release}")

@@ -29,6 +29,7 @@ which case the last finite weights are kept.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,8 @@ class NHLEResult:
     forget_acc_start: float  # fraction of forget samples predicted as their class
     forget_acc_end: float
     settings: dict[str, Any] = field(default_factory=dict)  # the resolved NHLEConfig that ran
+    setup_seconds: float = 0.0  # before the first step: the original's logits, the optimiser
+    seconds_per_step: float = 0.0  # the loop's wall time per step (a forward, the backward, the update)
 
 
 def nhle_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -175,6 +178,7 @@ def nhle_finetune(
     micro-batch, not with the samples (224-px models; the retained mode reads
     ``retained_per_class`` samples of every retained class).
     """
+    t_start = time.perf_counter()
     s = cfg.resolved()
     if not cfg.enabled:
         return NHLEResult(0, "disabled", float("nan"), float("nan"), settings=s)
@@ -223,6 +227,7 @@ def nhle_finetune(
 
     params = list(model.parameters())
     opt = optimizer or make_optimizer(params, s)
+    t_loop = time.perf_counter()
     clip = s["grad_clip"] if s["optimizer"] == "sgd" else None
     start_acc = float("nan")
     state = model.state_dict()  # live references to every parameter and buffer
@@ -264,7 +269,9 @@ def nhle_finetune(
         step += 1
         if on_step is not None:
             on_step(step, s["max_steps"], float(loss.detach()), acc)
+    loop_s = time.perf_counter() - t_loop
     model.eval()
     with torch.no_grad():
         end_acc = float((model(x).argmax(dim=1) == y).float().mean())
-    return NHLEResult(step, stopped, start_acc, end_acc, settings=s)
+    return NHLEResult(step, stopped, start_acc, end_acc, settings=s, setup_seconds=round(t_loop - t_start, 4),
+                      seconds_per_step=round(loop_s / max(step, 1), 5))

@@ -482,6 +482,8 @@ def _stages(run: _Run, timer: _Timer, target: Path, force: bool, signer) -> RunR
             projection, timer.detail = _project(run, model)
     with timer.stage("nhle"):
         nh, timer.detail = _nhle(run, model)
+    # the stage's cost split (not stages: left out of totals, see report_view.total_seconds)
+    timer.timings["nhle.setup"], timer.timings["nhle.per_step"] = nh.setup_seconds, nh.seconds_per_step
     with timer.stage("cwm"):
         timer.detail = _cwm(run, model)
     with timer.stage("export"):

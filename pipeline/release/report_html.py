@@ -34,6 +34,8 @@ from nhle_pipeline.pipeline.release.report_view import (
     fmt,
     fmt_interval,
     forgetting_statement,
+    timing_text,
+    total_seconds,
 )
 from nhle_pipeline.verify.formatting import format_gate_value
 
@@ -262,7 +264,8 @@ def render_html(m: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]],
         unlearning=f"NHLE {nh.steps} steps (stopped: {nh.stopped}); {nhle_settings_line(nh)}; CWM {m.cwm_mode}",
         images=images, definitions=definitions_for(m), forgotten_names=forgotten_names,
         versions=", ".join(f"{k} {v}" for k, v in m.runtime.versions.items()),
-        total_s=sum(m.timings_s.values()), text_px=TEXT_PT * DPI / 72,
+        total_s=total_seconds(m.timings_s), text_px=TEXT_PT * DPI / 72,
+        timings=[(k, timing_text(k, v)) for k, v in m.timings_s.items()],
     )
 
 

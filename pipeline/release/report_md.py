@@ -13,6 +13,7 @@ from nhle_pipeline.pipeline.release.report_view import (
     failed_gates_line,
     fmt_interval,
     forgetting_statement,
+    timing_text,
 )
 from nhle_pipeline.verify.formatting import format_gate_value, format_value
 
@@ -186,7 +187,7 @@ def render_report(m: Manifest, created: str | None = None) -> str:
         "| stage | seconds |",
         "| --- | --- |",
     ]
-    lines += [f"| {k} | {v:.2f} |" for k, v in m.timings_s.items()]
+    lines += [f"| {k} | {timing_text(k, v)} |" for k, v in m.timings_s.items()]
     lines += ["", "Writing these reports and the digests is the release stage, timed in `manifest.json` "
               "(`timings_s.release`; `report` for a run that failed its gates)."]
     lines += ["", "## Files", "", "| file | sha256 | bytes |", "| --- | --- | --- |"]

@@ -158,6 +158,16 @@ def fmt_interval(iv: Interval, spec: str = ".3f", signed: bool = False) -> str:
     return f"[{format(iv.low, s)}, {format(iv.high, s)}]"
 
 
+def total_seconds(timings: dict[str, float]) -> float:
+    """The stages' total: a dotted key (``nhle.per_step``) is a detail of its stage, not a stage."""
+    return sum(v for k, v in timings.items() if "." not in k)
+
+
+def timing_text(name: str, seconds: float) -> str:
+    """A stage's seconds to 2 decimals, a detail's (``nhle.per_step``) to 3 significant digits."""
+    return f"{seconds:.3g}" if "." in name else f"{seconds:.2f}"
+
+
 def forgetting_statement(rep) -> str:
     """What the release forgot, in one plain sentence (the level of verify/representation.py);
     the run summary, both reports and verify say it in these words."""
