@@ -177,14 +177,10 @@ class LayerAuditRecord(Record):
     gap_closed: dict[str, float] | None = None
 
 
-class RepresentationRecord(Record):
-    """The representation-level audit (verify.representation.representation_block)."""
+class RepresentationRecord(LayerAuditRecord):
+    """The representation-level audit (verify.representation.representation_block): each model's
+    audit at the head's input (the fields it shares with one layer's), the layer-wise audit, the level."""
 
-    layer: str
-    original: AuditRecord
-    unlearned: AuditRecord
-    reference: AuditRecord | None = None
-    gap_closed: dict[str, float] | None = None
     layers: list[LayerAuditRecord] = []  # the layer-wise audit ([]: none, or made before it existed)
     n_forget_test: int | None = None  # the forgotten classes' test images LPR_F is a fraction of (None: not recorded)
     level: Literal["none", "output", "representation"]
