@@ -78,6 +78,7 @@ def manifest(**overrides):
 def test_html_is_self_contained_with_gates_and_images():
     page = render_html(manifest(), features(), created="2026-01-02 03:04:05 UTC")
     assert page.count('src="data:image/png;base64,') == 2
+    assert page.count('srcset="data:image/png;base64,') == 1  # the PCA stacked for a phone
     assert "http://" not in page and "https://" not in page
     assert 'id="gates"' in page and "acc_r_drop" in page and "✓" in page
     assert "Ratio_D" in page and 'id="evidence"' in page
