@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from nhle_pipeline.pipeline.errors import BAD_INPUT, KNOWN_FAILURES, GateFailure, Terminated
+from nhle_pipeline.pipeline.release.files import MODEL
 
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -504,11 +505,11 @@ def inspect(model: Path, public_key: Path | None, as_json: bool) -> None:
     from nhle_pipeline.pipeline.output import current_document
 
     if model.is_dir() and not model.is_symlink():
-        if not (model / "model.onnx").is_file():
+        if not (model / MODEL).is_file():
             from nhle_pipeline.pipeline.errors import InputError
 
             raise InputError(f"MODEL: '{model}' is a folder with no model.onnx (give an .onnx file or a release folder)")
-        model = model / "model.onnx"
+        model = model / MODEL
 
     info = describe(model, public_key)
     doc = current_document()

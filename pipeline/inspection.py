@@ -15,8 +15,8 @@ from typing import Any
 
 from nhle_pipeline.export.onnx_file import default_opset, external_data_locations, load_onnx
 from nhle_pipeline.pipeline.jsonio import loads as strict_json
-from nhle_pipeline.pipeline.release.manifest import MANIFEST
-from nhle_pipeline.pipeline.release.signing import SIGNATURE, verify_signature
+from nhle_pipeline.pipeline.release.files import MANIFEST, SIGNATURE
+from nhle_pipeline.pipeline.release.signing import verify_signature
 
 # onnx element type name -> numpy-style dtype name (what onnxruntime users write)
 _DTYPES = {

@@ -30,6 +30,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+from nhle_pipeline.pipeline.release.files import MODEL
+
 SCHEMA_VERSION = 1
 GONE = (errno.EPIPE, errno.EBADF)  # the reader went away; the descriptor was closed
 
@@ -211,7 +213,7 @@ def run_fields(manifest, release: Path | None, report_dir: str | None) -> dict[s
     """``pipeline run --json``: the verdict, where it went, every metric and gate, from the manifest."""
     met = manifest.metrics
     ev = met.evidence.model_dump()
-    model = manifest.files.get("model.onnx")
+    model = manifest.files.get(MODEL)
     return {
         "name": manifest.name,
         "status": manifest.status,

@@ -27,9 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nhle_pipeline.pipeline.errors import GateFailure, InputError
+from nhle_pipeline.pipeline.release.files import MODEL
 
 DEFAULT_CALIBRATION_SAMPLES = 512  # training images the INT8-static calibrator sees (seeded subset)
-MODEL = "model.onnx"
 
 
 @dataclass
@@ -107,8 +107,8 @@ def _derive_and_release(parent, pm, parent_model_sha, cfg, data, mode, target, c
     from nhle_pipeline.export.onnx_file import check_onnx
     from nhle_pipeline.export.precision import INT8_STATIC, derive
     from nhle_pipeline.pipeline.data import eval_batch_size
+    from nhle_pipeline.pipeline.release.files import SCRATCH
     from nhle_pipeline.pipeline.release.manifest import (
-        SCRATCH,
         DerivedRecord,
         GateRecord,
         Metrics,

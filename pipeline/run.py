@@ -53,13 +53,8 @@ from nhle_pipeline.pipeline.models import find_head
 from nhle_pipeline.pipeline.nhle import NHLEResult, micro_batch_for, nhle_finetune
 from nhle_pipeline.pipeline.projection import ProjectionResult, project_forgotten_directions
 from nhle_pipeline.pipeline.reference import retrain_reference
-from nhle_pipeline.pipeline.release.manifest import (
-    SCRATCH,
-    WEIGHTS,
-    Manifest,
-    build_manifest,
-    onnx_provenance,
-)
+from nhle_pipeline.pipeline.release.files import MODEL, SCRATCH, TRITON_DIR, WEIGHTS
+from nhle_pipeline.pipeline.release.manifest import Manifest, build_manifest, onnx_provenance
 from nhle_pipeline.pipeline.release.package import write_release_files
 from nhle_pipeline.pipeline.release.signing import load_signing_key
 from nhle_pipeline.pipeline.release.staging import (
@@ -69,7 +64,7 @@ from nhle_pipeline.pipeline.release.staging import (
     publish,
     write_not_released,
 )
-from nhle_pipeline.pipeline.release.triton import KINDS, TRITON_DIR, write_triton_repository
+from nhle_pipeline.pipeline.release.triton import KINDS, write_triton_repository
 from nhle_pipeline.pipeline.testhooks import die_if_rank, pause_at
 from nhle_pipeline.pipeline.tracking import open_tracker
 from nhle_pipeline.verify.batch_independence import batch_disagreement, batch_sample
@@ -315,7 +310,7 @@ def _calibrate(run: _Run, model: nn.Module) -> Calibration:
 
 def _export(run: _Run, model: nn.Module) -> tuple[Path, list[str], str]:
     """model.onnx with its provenance, checked, and its Triton repository."""
-    model_onnx = run.staging / "model.onnx"
+    model_onnx = run.staging / MODEL
     external = export_onnx(model, run.inp.data.input_shape, model_onnx, opset=run.cfg.export.opset, ir_version=run.cfg.export.ir_version)
     stamp_metadata(model_onnx, onnx_provenance(run.cfg, run.inp.weights_sha256, run.inp.class_names))
     check_onnx(model_onnx)

@@ -40,13 +40,8 @@ from typing import Any
 from nhle_pipeline.pipeline.config import TrackingConfig
 from nhle_pipeline.pipeline.distributed import Group
 from nhle_pipeline.pipeline.errors import ConfigError
-from nhle_pipeline.pipeline.release.manifest import (
-    MANIFEST,
-    MANIFEST_SEAL,
-    SCRATCH,
-    Manifest,
-    load_manifest,
-)
+from nhle_pipeline.pipeline.release.files import MANIFEST, SCRATCH
+from nhle_pipeline.pipeline.release.manifest import MANIFEST_SEAL, Manifest, load_manifest
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ import yaml
 
 from nhle_pipeline.pipeline.checkpoint import sha256_file
 from nhle_pipeline.pipeline.config import parse_config
-from nhle_pipeline.pipeline.release.manifest import MANIFEST
+from nhle_pipeline.pipeline.release.files import MANIFEST
 from tests.conftest import digits_config, write_config
 
 pytestmark = pytest.mark.slow

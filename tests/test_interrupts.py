@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from nhle_pipeline.pipeline.release.manifest import MANIFEST, file_digests
+from nhle_pipeline.pipeline.release.files import MANIFEST
+from nhle_pipeline.pipeline.release.manifest import file_digests
 from tests.conftest import digits_config, write_config
 
 pytestmark = pytest.mark.slow

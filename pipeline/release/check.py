@@ -40,23 +40,20 @@ from typing import Any
 
 from nhle_pipeline.pipeline.errors import DataError, ModelError, ReleaseError, TamperedReleaseError
 from nhle_pipeline.pipeline.jsonio import loads as _strict_json
+from nhle_pipeline.pipeline.release.files import MANIFEST, MODEL, REPORTS, SIGNATURE, WEIGHTS
 from nhle_pipeline.pipeline.release.manifest import (
-    MANIFEST,
     MANIFEST_SEAL,
-    WEIGHTS,
     Manifest,
     manifest_seal,
     parse_manifest,
 )
 from nhle_pipeline.pipeline.release.policy import Policy
-from nhle_pipeline.pipeline.release.signing import SIGNATURE, verify_signature
+from nhle_pipeline.pipeline.release.signing import verify_signature
 from nhle_pipeline.verify.gates import GateResult, evaluate_gates, gate_result
 
 # Recomputed metrics may differ from the recorded ones only by float noise
 # (probe and attack fits are seeded); one test sample's worth is far above this.
 REPRODUCE_ATOL = 1e-4
-MODEL = "model.onnx"
-REPORTS = ("report.md", "report.html")
 
 
 @dataclass
@@ -204,12 +201,12 @@ def _external_locations(model_path: Path) -> list[str]:
 
 def check_layout(release: Path, manifest: Manifest) -> None:
     """Only a release's own files, and a Triton repository that serves exactly ``model.onnx``."""
+    from nhle_pipeline.pipeline.release.files import TRITON_DIR
     from nhle_pipeline.pipeline.release.triton import (
         CONFIG_FILE,
         LABELS_FILE,
         MODEL_FILE,
         MODEL_VERSION,
-        TRITON_DIR,
         graph_signature,
         labels_text,
         triton_config_problem,

@@ -22,9 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from nhle_pipeline.pipeline.errors import InputError, ReleaseError, TamperedReleaseError
-from nhle_pipeline.pipeline.release.manifest import MANIFEST, Manifest
-
-MODEL = "model.onnx"
+from nhle_pipeline.pipeline.release.files import MANIFEST, MODEL
+from nhle_pipeline.pipeline.release.manifest import Manifest
 
 
 def check_parent(parent: Path) -> Manifest:

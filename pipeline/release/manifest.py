@@ -18,13 +18,9 @@ import nhle_pipeline.pipeline
 from nhle_pipeline.pipeline.checkpoint import sha256_file
 from nhle_pipeline.pipeline.config import Config
 from nhle_pipeline.pipeline.errors import TamperedReleaseError
+from nhle_pipeline.pipeline.release.files import MANIFEST, SCRATCH
 
 METHOD = "nhle-cwm"
-MANIFEST = "manifest.json"
-# The unlearned PyTorch weights (safetensors) beside model.onnx: users go on training their
-# unlearned model from them; verify checks they give model.onnx's logits.
-WEIGHTS = "model.safetensors"
-SCRATCH = ".work"  # inside staging; removed before release (e.g. the original's ONNX)
 # sha256 of the manifest's canonical JSON without this key, added at publication:
 # `pipeline verify` refuses a manifest edited after release (metrics, thresholds, digests).
 MANIFEST_SEAL = "manifest_sha256"

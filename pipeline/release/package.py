@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nhle_pipeline.pipeline.release.files import MANIFEST, REPORT_HTML, REPORT_MD
 from nhle_pipeline.pipeline.release.manifest import (
-    MANIFEST,
     FileDigest,
     Manifest,
     file_digests,
@@ -18,9 +18,6 @@ from nhle_pipeline.pipeline.release.manifest import (
 from nhle_pipeline.pipeline.release.report_html import write_html_report
 from nhle_pipeline.pipeline.release.report_md import write_report
 from nhle_pipeline.pipeline.release.report_view import created_at
-
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
 
 
 def write_release_files(

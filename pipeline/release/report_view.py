@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from nhle_pipeline.pipeline.release.files import MODEL
 from nhle_pipeline.pipeline.release.manifest import Manifest
 from nhle_pipeline.verify.intervals import accuracy_interval, difference_interval
 
@@ -136,7 +137,7 @@ def build_view(m: Manifest, created: str | None = None) -> ReportView:
         ClassRow(c, names[c] if names else None, a, b, ref[c] if ref else None, c in m.forget_classes)
         for c, (a, b) in enumerate(zip(o.per_class, u.per_class, strict=True))
     ]
-    model = m.files.get("model.onnx")
+    model = m.files.get(MODEL)
     files = [(k, v.sha256, v.bytes) for k, v in m.files.items()]
     block = met.evidence.relearn
     return ReportView(created or created_at(), model.sha256 if model else None, model.bytes if model else None,

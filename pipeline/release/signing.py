@@ -22,8 +22,8 @@ from pathlib import Path
 
 from nhle_pipeline.pipeline.errors import ConfigError, InputError, TamperedReleaseError
 from nhle_pipeline.pipeline.jsonio import loads as strict_json
+from nhle_pipeline.pipeline.release.files import SIGNATURE
 
-SIGNATURE = "release.sig"
 PASSWORD_ENV = "PIPELINE_SIGN_KEY_PASSWORD"  # for an encrypted private key
 CURVES = ("secp256r1", "secp384r1", "secp521r1")  # what model_signing accepts
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from nhle_pipeline.pipeline.errors import ReleaseError
 from nhle_pipeline.pipeline.paths import folder_problem
-from nhle_pipeline.pipeline.release.manifest import MANIFEST, SCRATCH, seal_manifest_file
+from nhle_pipeline.pipeline.release.files import MANIFEST, NOT_RELEASED, SCRATCH
+from nhle_pipeline.pipeline.release.manifest import seal_manifest_file
 from nhle_pipeline.pipeline.release.signing import SigningKey, sign_release
 
 STAGING = ".staging"
@@ -216,7 +217,6 @@ def _renameat2(src: Path, dst: Path, flags: int) -> bool:
     raise OSError(err, os.strerror(err), str(dst))
 
 
-NOT_RELEASED = "NOT_RELEASED"  # the marker of a failed run's staging folder
 
 
 def write_not_released(staging: Path, failed: list[str]) -> None:

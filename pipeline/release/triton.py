@@ -26,8 +26,8 @@ from nhle_pipeline.export.errors import OnnxFileError
 from nhle_pipeline.export.onnx_file import external_data_locations, load_onnx
 from nhle_pipeline.pipeline.config import RELEASE_NAME_PATTERN
 from nhle_pipeline.pipeline.errors import InputError, ReleaseError
+from nhle_pipeline.pipeline.release.files import TRITON_DIR
 
-TRITON_DIR = "triton"
 CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.onnx"  # the ORT backend's default_model_filename
 MODEL_VERSION = "1"

@@ -8,10 +8,9 @@ import math
 import pytest
 
 from nhle_pipeline.pipeline.errors import TamperedReleaseError
+from nhle_pipeline.pipeline.release.files import MANIFEST, SCRATCH
 from nhle_pipeline.pipeline.release.manifest import (
-    MANIFEST,
     MANIFEST_SEAL,
-    SCRATCH,
     file_digests,
     manifest_seal,
     parse_manifest,

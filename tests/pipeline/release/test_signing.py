@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from nhle_pipeline.pipeline.errors import ConfigError, InputError, TamperedReleaseError
+from nhle_pipeline.pipeline.release.files import SIGNATURE
 from nhle_pipeline.pipeline.release.signing import (
     PASSWORD_ENV,
-    SIGNATURE,
     load_signing_key,
     sign_release,
     verify_signature,
