@@ -3,7 +3,7 @@
     parent check ─► calibration data ─► derive (onnxruntime's tools) ─► measure ─► gates ─► release
 
 The parent is untrusted input like any release: its folder hygiene, seal,
-files, layout, provenance and config are checked (pipeline/release/check.py)
+files, layout, provenance and config are checked (pipeline/release/check_structure.py)
 before anything is written. The derivative is made by onnxruntime's own tools
 (export/precision.py); INT8-static calibrates on a seeded subset of the
 training split the parent's config names. It is then measured by onnxruntime
@@ -75,7 +75,7 @@ def quantize_release(
     at ``out``; raise ``GateFailure`` (staging kept, nothing released) otherwise."""
     from nhle_pipeline.pipeline.checkpoint import sha256_file
     from nhle_pipeline.pipeline.config import parse_config
-    from nhle_pipeline.pipeline.release.check import _verify_config
+    from nhle_pipeline.pipeline.release.check import verify_config
     from nhle_pipeline.pipeline.release.derived import check_parent
     from nhle_pipeline.pipeline.release.signing import load_signing_key
     from nhle_pipeline.verify.precision import AGREEMENT_MIN
@@ -87,7 +87,7 @@ def quantize_release(
     target = check_arguments(parent, mode, out, calibration_samples, agreement_min, force)
     signer = load_signing_key(sign_key, "--sign-key") if sign_key else None
     pm = check_parent(parent)
-    raw, _ = _verify_config(pm.config, data_root)  # never downloads, unpickles or imports code
+    raw, _ = verify_config(pm.config, data_root)  # never downloads, unpickles or imports code
     cfg = parse_config(raw, f"{parent / 'manifest.json'} config")
     parent_model_sha = sha256_file(parent / MODEL)
     with tempfile.TemporaryDirectory(prefix="pipeline-quantize-") as tmp:

@@ -2,7 +2,7 @@
 judges them.
 
 A derived release is a release: the same hygiene, signature, seal, checksums,
-layout, provenance and config checks apply (check.py), and its accuracy and
+layout, provenance and config checks apply (check_structure.py), and its accuracy and
 evidence are recomputed on its own ``model.onnx`` by onnxruntime (on the CPU
 unless ``--device cuda`` is asked for: INT8 kernels differ between providers).
 What differs is the judgment (verify/precision.py): reduced precisions are held
@@ -29,7 +29,7 @@ from nhle_pipeline.pipeline.release.manifest import Manifest
 def check_parent(parent: Path) -> Manifest:
     """An fp32 release, checked as `pipeline verify` checks one before recomputing (hygiene, seal,
     checksums, layout, provenance, config); returns its manifest. A derived release is refused."""
-    from nhle_pipeline.pipeline.release.check import (
+    from nhle_pipeline.pipeline.release.check_structure import (
         check_config,
         check_files,
         check_layout,
@@ -80,14 +80,14 @@ def check_derived(release: Path, manifest: Manifest, cfg, data, got, *, parent, 
     """The policy's gates on a derived release's recomputed numbers (``got``: verify.measure of its
     model.onnx, logits from the shipped file), and whether they reproduce its manifest."""
     from nhle_pipeline.pipeline.data import eval_batch_size
-    from nhle_pipeline.pipeline.release.check import (
+    from nhle_pipeline.pipeline.release.check import ReleaseCheck
+    from nhle_pipeline.pipeline.release.check_numbers import (
         REPRODUCE_ATOL,
-        ReleaseCheck,
-        _accuracy_pairs,
-        _drift,
-        _evidence_pairs,
-        _export_original,
+        accuracy_pairs,
+        evidence_pairs,
+        export_original,
         recomputed_metrics,
+        reproduction_drift,
     )
     from nhle_pipeline.verify.gates import gate_result
     from nhle_pipeline.verify.measure import measure_onnx
@@ -103,7 +103,7 @@ def check_derived(release: Path, manifest: Manifest, cfg, data, got, *, parent, 
     recorded = manifest.metrics
     original = None
     if source_weights is not None:
-        original_onnx = _export_original(cfg, data, manifest, Path(source_weights), scratch)
+        original_onnx = export_original(cfg, data, manifest, Path(source_weights), scratch)
         original = measure_onnx(original_onnx, manifest.head, data.train, data.test, forget, cfg.model.num_classes,
                                 seed=cfg.seed, device=device, batch_size=batch, scratch=scratch)
     metrics, original_from = recomputed_metrics(got, original, recorded, None, notes, "fp32 original")
@@ -128,13 +128,13 @@ def check_derived(release: Path, manifest: Manifest, cfg, data, got, *, parent, 
     if not cwm_applied and policy.require_cwm:
         gates.append(gate_result("cwm_in_graph", None, "==", True,
                                  "the release's config says cwm.mode none; the policy requires CWM"))
-    pairs += _accuracy_pairs(got.accuracy, recorded.unlearned) + _evidence_pairs(got.evidence.to_dict(), recorded.evidence.unlearned)
+    pairs += accuracy_pairs(got.accuracy, recorded.unlearned) + evidence_pairs(got.evidence.to_dict(), recorded.evidence.unlearned)
     what = "recomputed per-class accuracy, Acc_F, Acc_R, Ratio_D, probe AUC, MIA-efficacy vs the manifest's"
     if parent_manifest is not None:
         what += " (and the agreement with the parent)"
     if spread is not None and d.forgotten_logit_spread is not None:
         pairs.append((spread, d.forgotten_logit_spread))
-    gates.append(gate_result("reproduces_manifest", _drift(pairs), "<=", REPRODUCE_ATOL, what))
+    gates.append(gate_result("reproduces_manifest", reproduction_drift(pairs), "<=", REPRODUCE_ATOL, what))
     manifest_gates = dict((manifest.config.get("verify") or {}).get("gates") or {})
     return ReleaseCheck(gates, metrics, got.provider, policy, policy_source, manifest_gates,
                         signature=signature, signed=signed, original_from=original_from, notes=notes)

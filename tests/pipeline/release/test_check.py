@@ -7,7 +7,7 @@ import json
 import pytest
 
 from nhle_pipeline.pipeline.errors import ReleaseError, TamperedReleaseError
-from nhle_pipeline.pipeline.release.check import check_files, read_manifest
+from nhle_pipeline.pipeline.release.check_structure import check_files, read_manifest
 from nhle_pipeline.pipeline.release.files import MANIFEST
 from nhle_pipeline.pipeline.release.manifest import MANIFEST_SEAL, file_digests, manifest_seal
 from tests.manifests import sample_manifest

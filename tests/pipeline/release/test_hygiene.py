@@ -1,4 +1,4 @@
-"""Release folder hygiene (pipeline/release/check.py): plain files and folders only, nothing
+"""Release folder hygiene (pipeline/release/check_structure.py): plain files and folders only, nothing
 unlisted, nothing read outside the release."""
 
 from __future__ import annotations
@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 
 from nhle_pipeline.pipeline.errors import TamperedReleaseError
-from nhle_pipeline.pipeline.release.check import _external_locations, check_files, scan_release
+from nhle_pipeline.pipeline.release.check_structure import (
+    check_files,
+    external_locations,
+    scan_release,
+)
 from nhle_pipeline.pipeline.release.manifest import FileDigest, file_digests
 from tests.manifests import sample_manifest
 
@@ -80,8 +84,8 @@ def _model_with_external_data(path: Path, location: str) -> Path:
 @pytest.mark.parametrize("location", ["../secret.bin", "/etc/passwd", "sub/../../x", "C:\\x.bin", "a/b.bin"])
 def test_external_data_must_sit_beside_the_model(tmp_path, location):
     with pytest.raises(TamperedReleaseError, match="is not a file beside the model"):
-        _external_locations(_model_with_external_data(tmp_path / "model.onnx", location))
+        external_locations(_model_with_external_data(tmp_path / "model.onnx", location))
 
 
 def test_external_data_beside_the_model_is_named(tmp_path):
-    assert _external_locations(_model_with_external_data(tmp_path / "model.onnx", "model.onnx.data")) == ["model.onnx.data"]
+    assert external_locations(_model_with_external_data(tmp_path / "model.onnx", "model.onnx.data")) == ["model.onnx.data"]

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from nhle_pipeline.pipeline.errors import ConfigError
-from nhle_pipeline.pipeline.release.check import _drift
+from nhle_pipeline.pipeline.release.check_numbers import reproduction_drift
 from nhle_pipeline.pipeline.release.policy import Policy, load_policy
 from nhle_pipeline.verify.gates import GatesConfig
 
@@ -67,4 +67,4 @@ def test_an_empty_policy_file_is_the_defaults(tmp_path):
     ([(1.0, 1.0), (0.0, 0.5), (math.nan, 0.0)], math.inf),
 ])
 def test_drift_lets_no_one_sided_nan_through(pairs, expected):
-    assert _drift(pairs) == expected
+    assert reproduction_drift(pairs) == expected
