@@ -139,6 +139,7 @@ class _Run:
     measured: dict[str, Measurement] = field(default_factory=dict)
     original_ops: list[str] = field(default_factory=list)  # the original export's op types
     calibration: Calibration | None = None  # how the calibrated CWM bias was chosen
+    bias: float | None = None  # the forgotten rows' bias, decided once by the CWM stage (None: CWM off)
     cache_note: str = "off"  # "hit" | "miss" | "off"
 
     @property
@@ -287,7 +288,7 @@ def _cwm(run: _Run, model: nn.Module) -> str:
     cwm = run.cfg.unlearn.cwm
     if cwm.mode == "calibrated":
         run.calibration = _calibrate(run, model)
-    bias = masked_bias(cwm.mode, cwm.suppress_bias, run.calibration)
+    bias = run.bias = masked_bias(cwm.mode, cwm.suppress_bias, run.calibration)
     for name in _heads(run):
         _, head = find_head(model, run.cfg.model.num_classes, name)
         apply_cwm(head, run.forget, cwm.mode, cwm.suppress_bias if bias is None else bias)
@@ -340,8 +341,7 @@ def _verify(run: _Run, model: nn.Module, nh: NHLEResult, model_onnx: Path,
             projection: ProjectionResult | None) -> tuple[dict, list[GateResult], str]:
     """Measure the shipped file, assemble every metric, apply the gates."""
     after = run.measured["unlearned"] = run.measure(model_onnx)
-    cwm = run.cfg.unlearn.cwm
-    bias = masked_bias(cwm.mode, cwm.suppress_bias, run.calibration)
+    cwm, bias = run.cfg.unlearn.cwm, run.bias
     cpu = torch.device("cpu")
     model = model.to(cpu)
     parity_logits = np.concatenate([  # streamed: 1,024 images at 224 px are 600 MB as one array
