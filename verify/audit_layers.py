@@ -29,47 +29,47 @@ def _strided(node) -> bool:
     return any(a.name == "strides" and any(s > 1 for s in a.ints) for a in node.attribute)
 
 
-def _computed(model) -> tuple[list, set[str]]:
-    """The graph's nodes and the tensors some weighted layer (a node with a weight initializer)
-    computed, directly or through later nodes."""
+def _weighted(node, inits: set[str]) -> bool:
+    """A layer with a weight initializer (a Gemm/MatMul/Conv of the model, not of two activations)."""
+    return node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in inits
+
+
+def _computed(model) -> tuple[list, set[str], set[str]]:
+    """The graph's nodes, its initializers' names, and the tensors some weighted layer computed,
+    directly or through later nodes."""
     inits = {t.name for t in model.graph.initializer}
     computed: set[str] = set()
     for node in model.graph.node:
-        weighted = node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in inits
-        if weighted or any(i in computed for i in node.input):
+        if _weighted(node, inits) or any(i in computed for i in node.input):
             computed.update(o for o in node.output if o)
-    return list(model.graph.node), computed
+    return list(model.graph.node), inits, computed
+
+
+def _inputs(nodes, keep, head_features: str, computed: set[str]) -> list[str]:
+    """The first inputs of the nodes ``keep`` selects that a weighted layer computed, in graph
+    order, once each, the head's input left out."""
+    out: list[str] = []
+    for n in nodes:
+        if keep(n) and n.input and n.input[0] in computed and n.input[0] != head_features and n.input[0] not in out:
+            out.append(n.input[0])
+    return out
 
 
 def candidate_layers(model, head_features: str) -> list[str]:
     """Every tensor the audit could read (a layer's input that a weighted layer computed), in
     graph order, the head's input excluded: what a wrong ``verify.audit.layers`` is told."""
-    nodes, computed = _computed(model)
-    inits = {t.name for t in model.graph.initializer}
-    out: list[str] = []
-    for n in nodes:
-        if n.op_type in WEIGHTED_OPS + DOWNSAMPLING_OPS and n.input and n.input[0] in computed:
-            t = n.input[0]
-            if t != head_features and t not in out and (n.op_type not in WEIGHTED_OPS or n.input[1] in inits):
-                out.append(t)
-    return out
+    nodes, inits, computed = _computed(model)
+    return _inputs(nodes, lambda n: _weighted(n, inits) or n.op_type in ("MaxPool", "AveragePool"),
+                   head_features, computed)
 
 
 def auto_layers(model, head_features: str) -> list[str]:
     """The tensors the layer-wise audit reads by default (see the module docstring)."""
-    nodes, computed = _computed(model)
+    nodes, inits, computed = _computed(model)
     if any(n.op_type == "Conv" for n in nodes):
-        bounds = [n.input[0] for n in nodes
-                  if n.op_type in DOWNSAMPLING_OPS and _strided(n) and n.input[0] in computed
-                  and n.input[0] != head_features]
-        return bounds[-1:]
-    inits = {t.name for t in model.graph.initializer}
-    hidden: list[str] = []
-    for n in nodes:
-        if (n.op_type in ("Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in inits
-                and n.input[0] in computed and n.input[0] != head_features and n.input[0] not in hidden):
-            hidden.append(n.input[0])
-    return hidden[-MLP_LAYERS:]
+        return _inputs(nodes, lambda n: n.op_type in DOWNSAMPLING_OPS and _strided(n), head_features, computed)[-1:]
+    return _inputs(nodes, lambda n: n.op_type in ("Gemm", "MatMul") and _weighted(n, inits), head_features,
+                   computed)[-MLP_LAYERS:]
 
 
 def tensor_ranks(model, names: list[str]) -> dict[str, int | None]:
@@ -94,13 +94,12 @@ def resolve_layers(model, head_features: str, requested: list[str] | None) -> li
     ranks = tensor_ranks(model, names)
     if requested is None:
         return [(n, r) for n, r in ranks.items() if r in (2, 3, 4)]
-    known = set(candidate_layers(model, head_features))
+    known = candidate_layers(model, head_features)
     for n in names:
         if n == head_features:
             raise AuditLayerError(f"'{n}' is the head's input, which is always audited")
         if n not in known:
-            shown = candidate_layers(model, head_features)
-            raise AuditLayerError(f"'{n}' is not a layer of the graph; its layers: {', '.join(shown) or 'none'}")
+            raise AuditLayerError(f"'{n}' is not a layer of the graph; its layers: {', '.join(known) or 'none'}")
         if ranks[n] not in (2, 3, 4):
             raise AuditLayerError(f"'{n}' has rank {ranks[n]} (shape inference), not a (N, D), (N, T, D) or "
                                   "(N, C, H, W) tensor that can be pooled to one vector per image")

@@ -22,14 +22,14 @@ LAYER_OUTPUT = "audit_layer_{}"  # the copy's extra output for the i-th audited 
 
 
 def with_feature_output(onnx_path: str | Path, head_name: str, out_path: str | Path,
-                        layers: list[tuple[str, int]] = ()) -> Path:
+                        layers: list[tuple[str, int]] = (), model=None) -> Path:
     """Write a copy of ``onnx_path`` that also outputs the head's input as ``penultimate_features``
     and each of ``layers`` ((tensor, rank): verify/audit_layers.py) as ``audit_layer_<i>``, pooled
-    to one vector per image."""
+    to one vector per image. ``model``: ``onnx_path`` already loaded (it is edited into the copy)."""
     import onnx
     from onnx import helper
 
-    model = load_onnx(onnx_path)
+    model = load_onnx(onnx_path) if model is None else model
     feat = head_input(model, head_name, onnx_path)
     if _reads_feature_maps(model, head_name):  # a 1x1 Conv head: its (N, C, H, W) input, pooled to (N, C)
         pooled = f"{feat}_verify_pooled"

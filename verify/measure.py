@@ -120,12 +120,13 @@ def run_model(
     from nhle_pipeline.verify.audit_layers import resolve_layers
     from nhle_pipeline.verify.features import head_input
 
+    graph = load_onnx(onnx_path)  # once: the layers are found in it, then it becomes the copy
     audited: list[tuple[str, int]] = []
     if layers is None or len(layers):
-        graph = load_onnx(onnx_path)
         audited = resolve_layers(graph, head_input(graph, head_name, onnx_path), None if layers is None else list(layers))
     n_layers = len(audited)
-    feat_path = with_feature_output(onnx_path, head_name, scratch / f"{Path(onnx_path).stem}.features.onnx", audited)
+    feat_path = with_feature_output(onnx_path, head_name, scratch / f"{Path(onnx_path).stem}.features.onnx", audited,
+                                    model=graph)
     fsess, provider = open_session(feat_path, device, device_id)
     in_name = fsess.get_inputs()[0].name
     ship = open_session(onnx_path, device, device_id)[0] if shipped_logits else None

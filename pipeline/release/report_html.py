@@ -148,11 +148,10 @@ def _per_class_chart(view) -> str:
     return out
 
 
-def _pca_chart(features: dict[str, tuple[np.ndarray, np.ndarray]], view, forget: list[int], seed: int,
-               narrow: bool = False) -> str | None:
-    """Every panel projected with one PCA, fitted on the first panel (the original): the
-    forgotten classes each in its own colour, the retained ones in one grey; side by side, or
-    (``narrow``, for a phone) one above the other."""
+def _pca_projection(features: dict[str, tuple[np.ndarray, np.ndarray]], seed: int):
+    """Every panel projected with one PCA, fitted on the first panel (the original): (the panels
+    as (label, (n, 2) points, labels), the explained variance ratio), or None where no common
+    projection exists."""
     from sklearn.decomposition import PCA
 
     if not features:
@@ -162,7 +161,6 @@ def _pca_chart(features: dict[str, tuple[np.ndarray, np.ndarray]], view, forget:
         return None  # a reference with another feature width: no common projection
     if not all(np.isfinite(f).all() for f, _ in features.values()):
         return None  # NaN or infinite features (the evidence says NaN): nothing to project
-    plt = _pyplot()
     rng = np.random.default_rng(seed)
     panels = list(features.items())
     feats0, y0 = panels[0][1]
@@ -172,6 +170,14 @@ def _pca_chart(features: dict[str, tuple[np.ndarray, np.ndarray]], view, forget:
     for label, (feats, y) in panels:
         idx = np.sort(rng.choice(len(y), min(len(y), PCA_MAX_POINTS), replace=False))
         projected.append((label, pca.transform(feats[idx].astype(np.float64)), y[idx]))
+    return projected, pca.explained_variance_ratio_
+
+
+def _pca_chart(projection, view, forget: list[int], narrow: bool = False) -> str:
+    """The projected panels (``_pca_projection``): the forgotten classes each in its own colour,
+    the retained ones in one grey; side by side, or (``narrow``, for a phone) one above the other."""
+    plt = _pyplot()
+    projected, ratio = projection
     allxy = np.concatenate([xy for _, xy, _ in projected])
     lo, hi = np.nanpercentile(allxy, 0.5, axis=0), np.nanpercentile(allxy, 99.5, axis=0)
     pad = (hi - lo) * 0.05
@@ -200,7 +206,6 @@ def _pca_chart(features: dict[str, tuple[np.ndarray, np.ndarray]], view, forget:
         ax.set_xlabel("PC 1", fontsize=TEXT_PT)
         ax.set_ylabel("PC 2", fontsize=TEXT_PT)
         ax.tick_params(labelsize=TEXT_PT)
-    ratio = pca.explained_variance_ratio_
     title = f"one PCA fitted on the original's features (PC 1 {ratio[0]:.0%}, PC 2 {ratio[1]:.0%} of its variance)"
     fig.suptitle(title.replace(" (", "\n(") if narrow else title, fontsize=TEXT_PT + 1)
     per_row = 2 if narrow else 6
@@ -244,8 +249,9 @@ def render_html(m: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]],
     nh = m.metrics.nhle
     with _literal_text():
         per_class = _per_class_chart(view)
-        pca = _pca_chart(features, view, m.forget_classes, m.seed)
-        pca_narrow = _pca_chart(features, view, m.forget_classes, m.seed, narrow=True) if pca else None
+        projection = _pca_projection(features, m.seed)  # one projection, two layouts
+        pca = _pca_chart(projection, view, m.forget_classes) if projection else None
+        pca_narrow = _pca_chart(projection, view, m.forget_classes, narrow=True) if projection else None
     # a phone gets the per-class table below the chart instead of it, and the PCA panels stacked
     images = [{"id": "per-class-chart", "title": "Per-class test accuracy, and its change (unlearned − original)",
                "src": per_class, "narrow": None}]
