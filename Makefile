@@ -36,11 +36,11 @@ $(SYNCED): $(DEVLOCK) pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(SYNCED)
 
-# 4. a stale lock fails here: pyproject's requirements, the dev and tracking extras
+# 4. a stale lock fails here: pyproject's requirements, the dev, tracking, timm and hf extras
 #    included, must be met by what is installed, with no index to fall back on.
 $(STAMP): $(SYNCED)
 	$(BIN)/python -m pip --isolated install --dry-run --no-index --no-build-isolation --quiet \
-	  -e '.[dev,tracking]' >$(VENV)/lock-check.log 2>&1 \
+	  -e '.[dev,tracking,timm,hf]' >$(VENV)/lock-check.log 2>&1 \
 	  || { cat $(VENV)/lock-check.log; echo "error: $(DEVLOCK) does not meet pyproject.toml's requirements: run 'make lock'" >&2; exit 1; }
 	touch $(STAMP)
 
@@ -83,9 +83,9 @@ docs-build: $(STAMP)
 ## pyproject.toml and requirements/*.in. Needs PyPI (minutes: torch's hashes). It needs
 ## only the synced venv (pip-compile), not the lock check that a stale lock fails.
 lock: $(SYNCED)
-	$(PIP_COMPILE) $(LOCKFLAGS) --extra tracking --output-file $(LOCK) \
+	$(PIP_COMPILE) $(LOCKFLAGS) --extra tracking --extra timm --extra hf --output-file $(LOCK) \
 	  pyproject.toml requirements/pins.in
-	$(PIP_COMPILE) $(LOCKFLAGS) --extra dev --extra tracking --output-file $(DEVLOCK) \
+	$(PIP_COMPILE) $(LOCKFLAGS) --extra dev --extra tracking --extra timm --extra hf --output-file $(DEVLOCK) \
 	  pyproject.toml requirements/pins.in requirements/dev.in
 
 clean:

@@ -82,10 +82,19 @@ def initializer(model, name: str) -> np.ndarray | None:
 
 
 def head_rows(model, head_name: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """The classifier head's weight (C, D) and bias (C,) as stored in the graph."""
+    """The classifier head's weight (C, D) and bias (C,) as stored in the graph.
+
+    The bias is the one the head's Gemm (or Conv) adds: the exporter's optimiser keeps one copy of
+    identical initializers, so two heads with equal biases (DeiT-distilled's, trained side by side
+    from the same zeros) share the first head's ``….bias``."""
     w = initializer(model, f"{head_name}.weight")
     if w is None:
         raise OnnxFileError(f"model.onnx: no initializer '{head_name}.weight' for the head")
+    weight = f"{head_name}.weight"
+    for node in model.graph.node:
+        if node.op_type in ("Gemm", "Conv") and len(node.input) > 1 and node.input[1] == weight:
+            bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+            return w, None if bias is None else initializer(model, bias)
     return w, initializer(model, f"{head_name}.bias")
 
 

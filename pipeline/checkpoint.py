@@ -31,6 +31,13 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def weights_file(path: str | Path) -> Path:
+    """The file whose bytes are the weights: ``path``, or a Hugging Face folder's model.safetensors."""
+    from nhle_pipeline.pipeline.hf_folder import folder_weights, is_folder
+
+    return folder_weights(path) if is_folder(path) else Path(path)
+
+
 def _read_state_dict(path: Path, trust_pickle: bool) -> Mapping[str, torch.Tensor]:
     where = f"model.weights: '{path}'"
     if path.suffix == SAFETENSORS_SUFFIX:
@@ -41,6 +48,9 @@ def _read_state_dict(path: Path, trust_pickle: bool) -> Mapping[str, torch.Tenso
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise ModelError(f"{where} is not a valid safetensors file ({e})") from e
+    program = program_kind(path)
+    if program is not None:
+        return _program_state_dict(path, program, trust_pickle)
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
@@ -65,10 +75,56 @@ def _read_state_dict(path: Path, trust_pickle: bool) -> Mapping[str, torch.Tenso
     return obj
 
 
+# A compiled program is not a model here: its layers are compiled (no nn.Linear for CWM to mask, no
+# hooks for the evidence), the ONNX exporter takes nn.Modules, and an ExportedProgram has no
+# training mode for NHLE. Its weights, under the module's own key names, are what it can give.
+TORCHSCRIPT = "a TorchScript program (torch.jit.save)"
+EXPORTED_PROGRAM = "a torch.export program (torch.export.save, .pt2)"
+NOT_A_MODEL = ("it cannot be the model itself (compiled layers: nothing for CWM to mask or NHLE to train, and "
+               "the ONNX exporter takes an nn.Module): give model.arch the architecture it was made from")
+
+
+def program_kind(path: Path) -> str | None:
+    """Whether ``path`` is a TorchScript or torch.export archive (both zip files), by its member names."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return None
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()[:10_000]
+    except (OSError, zipfile.BadZipFile):
+        return None
+    parts = [n.split("/", 1)[-1] for n in names]
+    if any(p in ("archive_format", "models/model.json") or p.startswith("models/") for p in parts):
+        return EXPORTED_PROGRAM
+    if any(p.startswith("code/__torch__/") for p in parts) and "constants.pkl" in parts:
+        return TORCHSCRIPT
+    return None
+
+
+def _program_state_dict(path: Path, kind: str, trust_pickle: bool) -> Mapping[str, torch.Tensor]:
+    where = f"model.weights: '{path}' is {kind}, not a state dict"
+    if not trust_pickle:
+        raise ModelError(f"{where}; its loader unpickles (can run code): set model.trust_pickle: true to take its "
+                         f"weights into model.arch, or re-save them as safetensors; {NOT_A_MODEL}")
+    try:
+        if kind == TORCHSCRIPT:
+            return torch.jit.load(str(path), map_location="cpu").state_dict()
+        return dict(torch.export.load(str(path)).state_dict)
+    except Exception as e:  # noqa: BLE001 - the loaders raise many types on a broken archive
+        raise ModelError(f"{where}, and cannot be loaded ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+
+
 def load_weights(model: nn.Module, path: str | Path, *, trust_pickle: bool = False) -> str | None:
     """Load ``path`` into ``model``; keys and shapes must match exactly, once a training wrapper's
     prefix (``WRAPPER_PREFIXES``) common to every key is removed. Returns that prefix (None: none)."""
     p = Path(path)
+    if p.is_dir():  # a Hugging Face save_pretrained folder (model.arch: huggingface)
+        from nhle_pipeline.pipeline.hf_folder import load_folder_weights
+
+        load_folder_weights(model, p)
+        return None
     if not p.is_file():
         raise ModelError(f"model.weights: no such file '{p}'")
     if p.stat().st_size == 0:

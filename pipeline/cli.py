@@ -353,8 +353,9 @@ def _threshold(flag: str, help_text: str):
 @_threshold("--mia-efficacy-min", "Override the policy's gates.mia_efficacy_min.")
 @click.option("--public-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The producer's PEM public key: release.sig must verify with it.")
-@click.option("--source-weights", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The original model's weights (sha256 must match the manifest): measure the original here.")
+@click.option("--source-weights", type=click.Path(path_type=Path), default=None,
+              help="The original model's weights, a file or a Hugging Face folder (sha256 must match the "
+                   "manifest): measure the original here.")
 @click.option("--data-root", default=None, help="Where the evaluation data lives on this machine (overrides data.root).")
 @click.option("--parent", "parent", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A derived release's fp32 parent: check it and that it is the one the manifest names.")

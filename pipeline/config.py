@@ -96,13 +96,18 @@ class ModelConfig(_Section):
         "VGG/ResNet/MobileNet get a CIFAR-style stem); `torchvision:NAME` (any torchvision classification "
         "model, `torchvision.models.get_model(NAME, weights=None, num_classes=…, **kwargs)`, 3-channel "
         "images, the library's stem as it is) or `timm:NAME` (`timm.create_model(NAME, pretrained=False, "
-        "num_classes=…, in_chans=…, **kwargs)`, the `timm` extra) — the libraries' own builders, no code "
-        "opt-in; or `package.module:factory` (called with `num_classes=` and `model.kwargs`; needs "
+        "num_classes=…, in_chans=…, **kwargs)`, the `timm` extra); `huggingface` (a transformers image "
+        "classifier from the `save_pretrained` folder in `model.weights`: its config.json, copied into "
+        "`model.kwargs.config`, and model.safetensors; auto_map (remote code) refused; the `hf` extra) — the "
+        "libraries' own builders, no code opt-in; a forward that returns a ModelOutput, a dict or a tuple is "
+        "adapted to its logits (recorded as `source_model.logits_from`); or `package.module:factory` (called with `num_classes=` and `model.kwargs`; needs "
         "`model.trust_code: true`)")
     weights: str | None = Field(
         default=None, examples=["runs/digits-mlp.safetensors"], json_schema_extra=shown("—"),
-        description="`.safetensors`, or a `torch.save` state dict loaded with `weights_only=True`; a "
-        "training wrapper's key prefix (`module.`, `model.`, `_orig_mod.`) is removed")
+        description="`.safetensors`, or a `torch.save` state dict loaded with `weights_only=True`, or a "
+        "Hugging Face `save_pretrained` folder (`model.arch: huggingface`); a training wrapper's key prefix "
+        "(`module.`, `model.`, `_orig_mod.`) is removed (recorded as `source_model.key_prefix`). A TorchScript "
+        "file or a torch.export `.pt2` is not a model here: hand over its module's state dict")
     num_classes: int = Field(ge=2, examples=[10], description="must match the checkpoint")
     head: str | list[str] | None = Field(
         default=None, json_schema_extra=shown("auto"),

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nhle_pipeline.pipeline.checkpoint import load_weights, sha256_file
+from nhle_pipeline.pipeline.checkpoint import load_weights, sha256_file, weights_file
 from nhle_pipeline.pipeline.config import Config
 from nhle_pipeline.pipeline.cwm import check_heads_take_a_bias
 from nhle_pipeline.pipeline.data import (
@@ -27,6 +27,7 @@ from nhle_pipeline.pipeline.data import (
 )
 from nhle_pipeline.pipeline.device import resolve_device
 from nhle_pipeline.pipeline.errors import DataError, ModelError
+from nhle_pipeline.pipeline.hf_folder import HF_ARCH, read_folder_config
 from nhle_pipeline.pipeline.models import build_model, find_heads
 
 
@@ -88,6 +89,19 @@ def check_measurable(data: Dataset, forget: list[int]) -> None:
         raise DataError(f"data.root: the test split has {retained} retained-class sample(s); at least 2 are needed")
 
 
+def with_folder_config(cfg: Config) -> Config:
+    """For ``model.arch: huggingface``, the config with the folder's config.json as
+    ``model.kwargs.config``: the release's own config then rebuilds the architecture."""
+    if cfg.model.arch != HF_ARCH:
+        return cfg
+    folder_config = read_folder_config(cfg.model.weights)
+    if cfg.model.kwargs not in ({}, {"config": folder_config}):
+        raise ModelError(f"model.kwargs: model.arch {HF_ARCH} takes its architecture from '{cfg.model.weights}/"
+                         f"config.json'; leave model.kwargs out")
+    dumped = cfg.model_dump(mode="json")
+    return cfg.model_validate({**dumped, "model": {**dumped["model"], "kwargs": {"config": folder_config}}})
+
+
 def cache_dir_for(cfg: Config) -> Path:
     """Where this run caches (``cache.dir``, else ``$PIPELINE_CACHE_DIR`` or ~/.cache/nhle-pipeline)."""
     return Path(cfg.cache.dir) if cfg.cache.dir else default_cache_dir()
@@ -116,6 +130,7 @@ def load_inputs(cfg: Config, device_override: str | None = None) -> Loaded:
     data = load_data(cfg)
     cfg, class_names = resolve_request(cfg, data)
     check_measurable(data, cfg.forget_ids)
+    cfg = with_folder_config(cfg)
     model, heads = build_configured_model_heads(cfg, data)
     check_heads_take_a_bias(model, heads, cfg.unlearn.cwm.mode)
     head_name = heads[0]
@@ -130,5 +145,5 @@ def load_inputs(cfg: Config, device_override: str | None = None) -> Loaded:
     projection_idx = select_retained_indices(
         data.train.y, cfg.forget_ids, cfg.model.num_classes, proj.retained_per_class if proj.enabled else 0, cfg.seed
     )
-    return Loaded(cfg, class_names, device, data, model.eval(), head_name, forget_idx, sha256_file(cfg.model.weights),
+    return Loaded(cfg, class_names, device, data, model.eval(), head_name, forget_idx, sha256_file(weights_file(cfg.model.weights)),
                   retained_idx, projection_idx, heads, prefix)

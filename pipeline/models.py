@@ -16,7 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from nhle_pipeline.pipeline.checkpoint import EXPORTED_PROGRAM, NOT_A_MODEL, TORCHSCRIPT
 from nhle_pipeline.pipeline.errors import ModelError
+from nhle_pipeline.pipeline.hf_folder import HF_ARCH, build_from_config
+from nhle_pipeline.pipeline.logits_adapter import adapt_to_logits
 
 Builder = Callable[..., nn.Module]
 _REGISTRY: dict[str, Builder] = {}
@@ -292,6 +295,11 @@ def build_model(
                              "give the weights in model.weights")
         fn = _library_builder(arch, c)
         call = lambda: fn(num_classes=num_classes, **kwargs)  # noqa: E731
+    elif arch == HF_ARCH:
+        if set(kwargs) != {"config"}:
+            raise ModelError(f"model.kwargs: model.arch {HF_ARCH} takes its architecture from the folder's config.json "
+                             f"(model.weights); got kwargs {sorted(kwargs)}")
+        call = lambda: build_from_config(kwargs["config"], num_classes)  # noqa: E731
     elif ":" in arch:
         if not trust_code:
             raise ModelError(
@@ -306,26 +314,37 @@ def build_model(
         call = lambda: _REGISTRY[arch](num_classes=num_classes, in_channels=c, image_size=h, **kwargs)  # noqa: E731
     else:
         raise ModelError(f"model.arch: unknown architecture '{arch}'{_close(arch, list_models())}; expected one of "
-                         f"{list_models()}, 'torchvision:NAME', 'timm:NAME' or 'module:factory'")
+                         f"{list_models()}, 'torchvision:NAME', 'timm:NAME', '{HF_ARCH}' or 'module:factory'")
     try:
         model = call()
     except (TypeError, ValueError, RuntimeError) as e:  # bad kwargs: unknown names, negative widths, ...
-        raise ModelError(f"model.kwargs: {arch} cannot be built with {kwargs} ({str(e).splitlines()[0]})") from e
+        given = "its config.json" if arch == HF_ARCH else kwargs
+        raise ModelError(f"model.kwargs: {arch} cannot be built with {given} ({str(e).splitlines()[0]})") from e
     except ModelError:
         raise
     except Exception as e:  # noqa: BLE001 - a library's builder may raise anything: it is the input's fault
-        if not library_of(arch):
+        if not library_of(arch) and arch != HF_ARCH:
             raise
-        raise ModelError(f"model.arch: {arch} failed to build with {kwargs} "
+        given = "its config.json" if arch == HF_ARCH else kwargs
+        raise ModelError(f"model.arch: {arch} failed to build with {given} "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
     if not isinstance(model, nn.Module):
         raise ModelError(f"model.arch: '{arch}' returned {type(model).__name__}, expected a torch.nn.Module")
-    model.eval()
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ModelError(f"model.arch: '{arch}' returned {TORCHSCRIPT}; {NOT_A_MODEL} (and its weights, the "
+                         "program's file, in model.weights with model.trust_pickle: true)")
+    try:
+        model.eval()
+    except NotImplementedError as e:  # torch.export's ExportedProgram.module(): no train/eval switch
+        raise ModelError(f"model.arch: '{arch}' returned a module without a train/eval mode ({e}), as "
+                         f"{EXPORTED_PROGRAM}'s module() is; {NOT_A_MODEL}") from e
     with torch.no_grad():
         try:
             out = model(torch.zeros(2, c, h, w))
-        except RuntimeError as e:
+        except (RuntimeError, ValueError) as e:  # ValueError: transformers' checks of the image size
             raise ModelError(f"model.arch: '{arch}' cannot take inputs of shape {(c, h, w)} ({str(e).splitlines()[0]})") from e
+        if adapt_to_logits(model, out) is not None:  # a ModelOutput, dict or tuple: its logits
+            out = model(torch.zeros(2, c, h, w))
     if out.ndim != 2 or out.shape[1] != num_classes:
         raise ModelError(
             f"model.num_classes: {num_classes}, but '{arch}' outputs shape {tuple(out.shape[1:])}"

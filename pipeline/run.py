@@ -49,6 +49,7 @@ from nhle_pipeline.pipeline.distributed import Group
 from nhle_pipeline.pipeline.errors import ConfigError, GateFailure
 from nhle_pipeline.pipeline.inference import torch_logits
 from nhle_pipeline.pipeline.loading import Loaded, cache_dir_for, load_inputs
+from nhle_pipeline.pipeline.logits_adapter import logits_from
 from nhle_pipeline.pipeline.models import find_head
 from nhle_pipeline.pipeline.nhle import NHLEResult, micro_batch_for, nhle_finetune
 from nhle_pipeline.pipeline.projection import ProjectionResult, project_forgotten_directions
@@ -448,6 +449,8 @@ def run_pipeline(
         timer.detail = f"{inp.data.name}: {len(inp.data.train)} train / {len(inp.data.test)} test, device {inp.device}"
         if inp.weights_prefix:
             timer.detail += f"; the checkpoint's keys had the prefix '{inp.weights_prefix}' (removed)"
+        if logits_from(inp.model):
+            timer.detail += f"; the model's logits are its {logits_from(inp.model)}"
     run = _Run(cfg, name, inp, create_staging(release_dir, name), listener,  # the run's first write
                use_cache=use_cache and cfg.cache.enabled, group=group or Group())
 
@@ -495,7 +498,8 @@ def _stages(run: _Run, timer: _Timer, target: Path, force: bool, signer) -> RunR
         heads=_heads(run),
         metrics=metrics, gates=[g.to_dict() for g in gates], torch_device=str(inp.device),
         provider=run.measured["unlearned"].provider, external_data=external, timings=timer.timings,
-        baseline_cache=run.cache_note, class_names=inp.class_names,
+        baseline_cache=run.cache_note, class_names=inp.class_names, key_prefix=inp.weights_prefix,
+        logits_from=logits_from(inp.model),
     )
     if not passed:  # no servable copy of a model that failed (a server scanning folders would load it)
         shutil.rmtree(run.staging / TRITON_DIR, ignore_errors=True)

@@ -284,6 +284,10 @@ def export_fresh(cfg, data, manifest: Manifest, scratch: Path) -> Path:
     model, head = build_configured_model(cfg, data)
     if head != manifest.head:
         raise TamperedReleaseError(f"{MANIFEST}: head '{manifest.head}' is not the config's model head '{head}'")
+    with torch.no_grad():  # a parameter initialised to one value (transformers' zero biases) is one that the
+        for p in model.parameters():  # exporter's optimiser may drop: trained weights are never so
+            if p.numel() > 1 and bool((p == p.flatten()[0]).all()):
+                p.add_(torch.randn_like(p) * 0.02)
     path = scratch / "fresh.onnx"
     export_onnx(model.eval(), data.input_shape, path, opset=cfg.export.opset)
     return path

@@ -325,9 +325,11 @@ def check_source_weights(manifest: Manifest, cfg, weights: Path) -> None:
     """The deployer's copy of the original weights is the one the release was made from."""
     if manifest.source_model.sha256 is None:
         raise TamperedReleaseError(f"{MANIFEST}: records no source_model.sha256 to check --source-weights against")
-    if not weights.is_file():
+    if not weights.exists():
         raise ModelError(f"--source-weights: no such file '{weights}'")
-    got = _sha256(weights)
+    from nhle_pipeline.pipeline.checkpoint import weights_file
+
+    got = _sha256(weights_file(weights))
     if got != manifest.source_model.sha256:
         raise ModelError(
             f"--source-weights: '{weights}' has sha256 {got[:12]}…, the release was made from "

@@ -73,9 +73,14 @@ class FileDigest(Record):
 
 
 class SourceModel(Record):
-    path: str
+    path: str  # model.weights: a file, or a Hugging Face save_pretrained folder
     arch: str
-    sha256: str | None
+    sha256: str | None  # of the weights file (a folder's model.safetensors)
+    # a training wrapper's key prefix removed from the checkpoint's keys (None: none; earlier manifests)
+    key_prefix: str | None = None
+    # how the logits were taken from the model's output (pipeline/logits_adapter.py): "output.logits"
+    # (a ModelOutput), "output['logits']", "output[0]"; None: the forward returns logits
+    logits_from: str | None = None
 
 
 class AccuracyRecord(Record):
@@ -318,6 +323,8 @@ def build_manifest(
     timings: dict[str, float],
     baseline_cache: str = "off",
     class_names: list[str] | None = None,
+    key_prefix: str | None = None,
+    logits_from: str | None = None,
 ) -> Manifest:
     return Manifest(
         name=name,
@@ -329,7 +336,8 @@ def build_manifest(
         seed=cfg.seed,
         config=cfg.model_dump(mode="json"),
         config_sha256=cfg.sha256(),
-        source_model=SourceModel(path=str(cfg.model.weights), arch=cfg.model.arch, sha256=weights_sha256),
+        source_model=SourceModel(path=str(cfg.model.weights), arch=cfg.model.arch, sha256=weights_sha256,
+                                 key_prefix=key_prefix, logits_from=logits_from),
         head=head_name,
         heads=heads if heads and heads != [head_name] else None,
         metrics=Metrics.model_validate(metrics),

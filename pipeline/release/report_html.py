@@ -34,6 +34,7 @@ from nhle_pipeline.pipeline.release.report_view import (
     fmt,
     fmt_interval,
     forgetting_statement,
+    model_text,
     timing_text,
     total_seconds,
 )
@@ -270,7 +271,7 @@ def render_html(m: Manifest, features: dict[str, tuple[np.ndarray, np.ndarray]],
         unlearning=f"NHLE {nh.steps} steps (stopped: {nh.stopped}); {nhle_settings_line(nh)}; CWM {m.cwm_mode}",
         images=images, definitions=definitions_for(m), forgotten_names=forgotten_names,
         versions=", ".join(f"{k} {v}" for k, v in m.runtime.versions.items()),
-        total_s=total_seconds(m.timings_s), text_px=TEXT_PT * DPI / 72,
+        model_text=model_text(m), total_s=total_seconds(m.timings_s), text_px=TEXT_PT * DPI / 72,
         timings=[(k, timing_text(k, v)) for k, v in m.timings_s.items()],
     )
 

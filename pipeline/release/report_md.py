@@ -13,6 +13,7 @@ from nhle_pipeline.pipeline.release.report_view import (
     failed_gates_line,
     fmt_interval,
     forgetting_statement,
+    model_text,
     timing_text,
 )
 from nhle_pipeline.verify.formatting import format_gate_value, format_value
@@ -84,6 +85,7 @@ def render_report(m: Manifest, created: str | None = None) -> str:
         "",
         f"- method: {m.method}, forgotten classes: {m.forget_classes}",
         f"- source model: `{m.source_model.path}` ({m.source_model.arch}), sha256 `{m.source_model.sha256}`",
+        f"- model: {model_text(m)}",
         f"- model.onnx sha256 `{view.model_sha256 or 'not recorded'}`"
         + (f" ({view.model_bytes:,} bytes)" if view.model_bytes is not None else ""),
         f"- config sha256 `{m.config_sha256}`, seed {m.seed}",

@@ -145,6 +145,18 @@ def build_view(m: Manifest, created: str | None = None) -> ReportView:
                       block.steps_relative if block else None)
 
 
+def model_text(m: Manifest) -> str:
+    """The model as the run read it: its head(s), where its logits came from, a key prefix removed."""
+    heads = m.heads or [m.head]
+    parts = [f"head{'s' if len(heads) > 1 else ''} {', '.join(heads)} (masked by CWM)"]
+    src = m.source_model
+    if src.logits_from:
+        parts.append(f"logits from its {src.logits_from}")
+    if src.key_prefix:
+        parts.append(f"checkpoint key prefix '{src.key_prefix}' removed")
+    return "; ".join(parts)
+
+
 def fmt(v: Any, spec: str = ".4f") -> str:
     """A number for people: NaN and None as 'n/a'."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
