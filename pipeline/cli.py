@@ -463,10 +463,8 @@ def _print_derived(console, m) -> None:
                   f"original {met.original.acc_r:.4f}), ΔAcc_R {met.delta_acc_r:+.4f}, agreement with the parent "
                   f"{d.agreement:.4f} on {d.agreement_samples} test images, max |Δlogit| {d.max_abs_logit_diff:.4g}",
                   markup=False)
-    from nhle_pipeline.verify.gates import GateResult
-
     for g in m.gates:
-        console.print(GateResult(**g.model_dump()).line(), markup=False)
+        console.print(g.line(), markup=False)
 
 
 @cli.command()

@@ -19,21 +19,19 @@ Which bias:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import torch
 from torch import nn
 
 from nhle_pipeline.pipeline.errors import ModelError
+from nhle_pipeline.verify.results import Result
 
 CALIBRATION_SAMPLES = 1024  # training images whose retained logits set the calibrated bias
 MARGIN_FRACTION = 0.1  # the margin: this fraction of the retained logits' spread ...
 MIN_MARGIN = 1.0  # ... and at least this much
 
 
-@dataclass(frozen=True)
-class Calibration:
+class Calibration(Result):
     """How the calibrated bias was chosen (recorded in the manifest)."""
 
     bias: float
@@ -41,9 +39,6 @@ class Calibration:
     highest_retained_logit: float
     margin: float
     samples: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def calibrated_bias(retained_logits: np.ndarray) -> Calibration:
@@ -54,7 +49,8 @@ def calibrated_bias(retained_logits: np.ndarray) -> Calibration:
         raise ModelError("unlearn.cwm.mode: 'calibrated' found no finite retained logit; use 'suppress'")
     low, high = float(finite.min()), float(finite.max())
     margin = max(MIN_MARGIN, MARGIN_FRACTION * (high - low))
-    return Calibration(float(np.float32(low - margin)), low, high, margin, int(retained_logits.shape[0]))
+    return Calibration(bias=float(np.float32(low - margin)), lowest_retained_logit=low, highest_retained_logit=high,
+                       margin=margin, samples=int(retained_logits.shape[0]))
 
 
 def masked_bias(mode: str, suppress_bias: float, calibration) -> float | None:

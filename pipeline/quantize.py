@@ -110,7 +110,6 @@ def _derive_and_release(parent, pm, parent_model_sha, cfg, data, mode, target, c
     from nhle_pipeline.pipeline.release.files import SCRATCH
     from nhle_pipeline.pipeline.release.manifest import (
         DerivedRecord,
-        GateRecord,
         Metrics,
         ParentRecord,
         Runtime,
@@ -191,7 +190,7 @@ def _derive_and_release(parent, pm, parent_model_sha, cfg, data, mode, target, c
         )
         manifest = pm.model_copy(update={
             "name": target.name, "status": "released" if passed else "gate_failed", "passed": passed,
-            "metrics": Metrics.model_validate(metrics), "gates": [GateRecord.model_validate(g.to_dict()) for g in gates],
+            "metrics": Metrics.model_validate(metrics), "gates": list(gates),
             "runtime": Runtime(torch_device="none (a derived release: no PyTorch model)",
                                onnxruntime_provider=got.provider, versions=library_versions(),
                                platform=platform.platform()),

@@ -24,9 +24,9 @@ knows. Definitions (fixed; used by the gates, the report and the benchmarks):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
+
+from nhle_pipeline.verify.results import Result
 
 # Caps keep the sklearn fits to seconds on 2 cores; subsets are seeded.
 PROBE_MAX_TRAIN = 10_000
@@ -34,16 +34,14 @@ MIA_MAX_PER_SIDE = 2_000
 PROBE_MAX_ITER = 2_000
 
 
-@dataclass(frozen=True)
-class Evidence:
+class Evidence(Result):
+    """The feature-space and membership evidence of one model (this module's docstring)."""
+
     d_inter: float
     d_intra: float
     ratio_d: float
     probe_auc: float
     mia_efficacy: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def separability(features: np.ndarray, y: np.ndarray, forget: list[int]) -> tuple[float, float, float]:

@@ -8,12 +8,15 @@ CWM ran, the parity and graph gates only where a PyTorch model was at hand."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from nhle_pipeline.verify.formatting import format_gate_value
 from nhle_pipeline.verify.measure import COPY_ATOL
+from nhle_pipeline.verify.results import Result
 
 
 class GatesConfig(BaseModel):
@@ -58,17 +61,15 @@ class GatesConfig(BaseModel):
         "needs `verify.reference: retrain` in the run, and a signature in `pipeline verify`")
 
 
-@dataclass(frozen=True)
-class GateResult:
+class GateResult(Result):
+    """One gate's verdict, as the run, verify and the manifest record it."""
+
     name: str
     value: float | bool | None
     threshold: float | bool | None
     op: str  # "<=", ">=", "=="
     passed: bool
     description: str
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def line(self) -> str:
         mark = "✓" if self.passed else "✗"
@@ -86,68 +87,148 @@ def gate_result(name: str, value, op: str, threshold, description: str) -> GateR
         ok = value >= threshold
     else:
         ok = value == threshold
-    return GateResult(name, value, threshold, op, bool(ok), description)
+    return GateResult(name=name, value=value, threshold=threshold, op=op, passed=bool(ok), description=description)
+
+
+# Where a gate is judged: a run (the PyTorch model at hand), verify's re-check of an fp32
+# release (the ONNX file and the manifest), and the check of a derived release (pipeline
+# quantize, and verify of one).
+RUN, RECHECK, DERIVED = "run", "recheck", "derived"
+_EVERYWHERE = frozenset({RUN, RECHECK, DERIVED})
+_FP32 = frozenset({RUN, RECHECK})
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """One gate: where it is judged, the value it reads from the metrics (and, for verify's own
+    gates, the checker's ``facts``), how it compares, and whether it applies."""
+
+    name: str
+    where: frozenset[str]
+    op: str
+    value: Callable[[Mapping[str, Any]], Any]
+    threshold: Callable[[GatesConfig, Mapping[str, Any]], Any]
+    description: Callable[[Mapping[str, Any]], str]
+    # (thresholds, metrics + facts, CWM applied) -> is the gate judged here
+    applies: Callable[[GatesConfig, Mapping[str, Any], bool], bool] = lambda g, m, cwm: True
+
+
+def _evidence(m: Mapping[str, Any], model: str) -> dict:
+    return (m.get("evidence") or {}).get(model) or {}
+
+
+def _ratio_d_relative(m: Mapping[str, Any]) -> float | None:
+    unl, orig = _evidence(m, "unlearned").get("ratio_d"), _evidence(m, "original").get("ratio_d")
+    return unl / orig if unl is not None and orig else None
+
+
+def _said(text: str) -> Callable[[Mapping[str, Any]], str]:
+    return lambda m: text
+
+
+def _nhle_stopped(m: Mapping[str, Any]) -> str | None:
+    return (m.get("nhle") or {}).get("stopped")
+
+
+def _level(m: Mapping[str, Any]) -> str | None:
+    return (m.get("representation") or {}).get("level")
+
+
+# Every gate, in the order the run, verify and the reports list them. A gate judged in several
+# places is one rule; where the same name reads a different fact in another place (cwm_in_graph:
+# the run's rows, verify's recomputed rows, a derivative's output spread) each is its own rule.
+GATES: tuple[GateRule, ...] = (
+    GateRule("acc_f", _EVERYWHERE, "<=", lambda m: m.get("acc_f"), lambda g, m: g.acc_f_max,
+             _said("forgotten classes' test accuracy, unlearned ONNX model")),
+    GateRule("acc_r_drop", _EVERYWHERE, ">=", lambda m: m.get("delta_acc_r"), lambda g, m: -g.acc_r_drop_max,
+             _said("ΔAcc_R vs the original ONNX model (verify.gates.acc_r_drop_max)")),
+    GateRule("evidence_copy", _FP32, "<=", lambda m: m.get("evidence_copy_max_abs"), lambda g, m: COPY_ATOL,
+             _said("logits of the evidence's verification copy vs the shipped file, first test batch")),
+    GateRule("ratio_d_relative", _EVERYWHERE, "<=", _ratio_d_relative, lambda g, m: g.ratio_d_max_relative,
+             _said("Ratio_D of the unlearned model / the original's (verify.gates.ratio_d_max_relative)"),
+             applies=lambda g, m, cwm: g.ratio_d_max_relative is not None),
+    GateRule("probe_auc", _EVERYWHERE, "<=", lambda m: _evidence(m, "unlearned").get("probe_auc"),
+             lambda g, m: g.probe_auc_max,
+             _said("forgotten-vs-retained feature probe ROC AUC (verify.gates.probe_auc_max)"),
+             applies=lambda g, m, cwm: g.probe_auc_max is not None),
+    GateRule("mia_efficacy", _EVERYWHERE, ">=", lambda m: _evidence(m, "unlearned").get("mia_efficacy"),
+             lambda g, m: g.mia_efficacy_min,
+             _said("forget samples judged non-members (verify.gates.mia_efficacy_min)"),
+             applies=lambda g, m, cwm: g.mia_efficacy_min is not None),
+    # producer-side facts, like nhle_completed: the release check cannot redo them
+    GateRule("relearn_steps_relative", frozenset({RUN}), ">=",
+             lambda m: ((m.get("evidence") or {}).get("relearn") or {}).get("steps_relative"),
+             lambda g, m: g.relearn_steps_min_relative,
+             _said("steps to relearn the forgotten classes / the original's (verify.gates.relearn_steps_min_relative)"),
+             applies=lambda g, m, cwm: g.relearn_steps_min_relative is not None),
+    GateRule("nhle_completed", frozenset({RUN}), "==",
+             lambda m: None if _nhle_stopped(m) is None else _nhle_stopped(m) == "forgotten", lambda g, m: True,
+             lambda m: f"NHLE ran and met its stop rule; stopped: {_nhle_stopped(m)} (verify.gates.nhle_completed)",
+             applies=lambda g, m, cwm: g.nhle_completed),
+    GateRule("representation_level", _EVERYWHERE, "==",
+             lambda m: None if _level(m) is None else _level(m) == "representation", lambda g, m: True,
+             lambda m: f"the features forgot too, not only the outputs; level: {_level(m)} "
+                       "(verify.gates.require_representation)",
+             applies=lambda g, m, cwm: g.require_representation),
+    GateRule("output_masked", _FP32, "==", lambda m: m.get("output_masked"), lambda g, m: True,
+             _said("every forgotten logit a constant of the graph (proved from its nodes) and one value over the "
+                   "test split"),
+             applies=lambda g, m, cwm: cwm),
+    GateRule("agreement", frozenset({DERIVED}), ">=", lambda m: m.get("agreement"),
+             lambda g, m: m["agreement_min"],
+             _said("top-1 agreement with the fp32 parent release, test split (onnxruntime)")),
+    # a derivative's masking is judged on its output: its weights are no longer float32 rows, and
+    # quantized nodes are outside the graph proof
+    GateRule("cwm_in_graph", frozenset({DERIVED}), "<=", lambda m: m.get("forgotten_logit_spread"),
+             lambda g, m: 0.0,
+             _said("forgotten classes' logits one constant over the test split (masked rows, as the derivative "
+                   "computes them)"),
+             applies=lambda g, m, cwm: cwm),
+    GateRule("parity", frozenset({RUN}), "<=", lambda m: m.get("parity_max_abs"), lambda g, m: g.parity_atol,
+             _said("max |ONNX - PyTorch| logits, finite entries")),
+    GateRule("batch_independent", frozenset({RUN}), "<=", lambda m: m.get("batch_max_abs"),
+             lambda g, m: g.parity_atol,
+             _said("max |logits at batch 1 and 3 - the measuring pass's|, forgotten-class and other test images")),
+    GateRule("graph_unchanged", frozenset({RUN}), "==", lambda m: m.get("graph_unchanged"), lambda g, m: True,
+             _said("same ONNX nodes as an export of the original model")),
+    GateRule("cwm_in_graph", frozenset({RUN}), "==", lambda m: m.get("cwm_in_graph"), lambda g, m: True,
+             _said("forgotten rows masked in the head's Gemm initializers"),
+             applies=lambda g, m, cwm: cwm),
+    # verify's own: the rows recomputed against the bias the config and manifest give
+    GateRule("cwm_in_graph", frozenset({RECHECK}), "==", lambda m: m.get("cwm_in_graph"), lambda g, m: True,
+             lambda m: f"forgotten rows 0 and bias {m['bias_whence']} in the head's Gemm initializers (recomputed)",
+             applies=lambda g, m, cwm: cwm and "bias_whence" in m),
+    GateRule("cwm_in_graph", frozenset({RECHECK, DERIVED}), "==", lambda m: None, lambda g, m: True,
+             _said("the release's config says cwm.mode none; the policy requires CWM"),
+             applies=lambda g, m, cwm: not cwm and bool(m.get("require_cwm"))),
+    GateRule("cwm_calibration", frozenset({RECHECK}), "<=", lambda m: m.get("cwm_calibration_gap"),
+             lambda g, m: m["calibration_atol"],
+             lambda m: f"|recorded - recomputed| calibrated bias (recomputed: {m['recalibrated'].bias:.6g} from the "
+                       f"shipped model's retained logits on the {m['recalibrated'].samples} seeded calibration images)",
+             applies=lambda g, m, cwm: m.get("recalibrated") is not None),
+    GateRule("graph_unchanged", frozenset({RECHECK}), "==", lambda m: m.get("fresh_export_unchanged"),
+             lambda g, m: True, _said("node for node the graph a fresh export of the architecture makes"),
+             applies=lambda g, m, cwm: m.get("fresh_export_unchanged") is not None),
+    GateRule("reproduces_manifest", frozenset({RECHECK, DERIVED}), "<=", lambda m: m.get("reproduction_drift"),
+             lambda g, m: m["reproduce_atol"], lambda m: m["reproduced"],
+             applies=lambda g, m, cwm: "reproduction_drift" in m),
+)
+
+
+def judge(where: str, metrics: Mapping[str, Any], gates: GatesConfig, *, cwm_applied: bool = True,
+          facts: Mapping[str, Any] | None = None) -> list[GateResult]:
+    """The verdict of every gate of ``GATES`` judged at ``where`` (RUN, RECHECK, DERIVED) that
+    applies, in the table's order. ``metrics``: the run's or verify's metrics (acc_f, delta_acc_r,
+    parity_max_abs, evidence, ...); ``facts``: what verify found besides them (``bias_whence``,
+    ``recalibrated``, ``reproduction_drift``, ``agreement_min``, ...), read as if metrics."""
+    m = {**metrics, **(facts or {})}
+    return [gate_result(r.name, r.value(m), r.op, r.threshold(gates, m), r.description(m))
+            for r in GATES if where in r.where and r.applies(gates, m, cwm_applied)]
 
 
 def evaluate_gates(
     metrics: dict, gates: GatesConfig, *, with_parity: bool = True, cwm_applied: bool = True
 ) -> list[GateResult]:
-    """Gate results for ``metrics`` (keys: acc_f, delta_acc_r, parity_max_abs, batch_max_abs,
-    graph_unchanged, cwm_in_graph, output_masked, and evidence.{original,unlearned} for the
-    optional evidence gates).
-
-    ``with_parity``: the PyTorch model was at hand (a run, not a re-check of a release);
-    ``cwm_applied``: CWM ran (``unlearn.cwm.mode`` is not ``none``), so its rows must be in the graph."""
-    results = [
-        gate_result("acc_f", metrics.get("acc_f"), "<=", gates.acc_f_max,
-               "forgotten classes' test accuracy, unlearned ONNX model"),
-        gate_result("acc_r_drop", metrics.get("delta_acc_r"), ">=", -gates.acc_r_drop_max,
-               "ΔAcc_R vs the original ONNX model (verify.gates.acc_r_drop_max)"),
-    ]
-    results.append(gate_result("evidence_copy", metrics.get("evidence_copy_max_abs"), "<=", COPY_ATOL,
-                          "logits of the evidence's verification copy vs the shipped file, first test batch"))
-    ev = metrics.get("evidence", {})
-    unl, orig = ev.get("unlearned", {}), ev.get("original", {})
-    if gates.ratio_d_max_relative is not None:
-        rel = None
-        if unl.get("ratio_d") is not None and orig.get("ratio_d"):
-            rel = unl["ratio_d"] / orig["ratio_d"]
-        results.append(gate_result("ratio_d_relative", rel, "<=", gates.ratio_d_max_relative,
-                              "Ratio_D of the unlearned model / the original's (verify.gates.ratio_d_max_relative)"))
-    if gates.probe_auc_max is not None:
-        results.append(gate_result("probe_auc", unl.get("probe_auc"), "<=", gates.probe_auc_max,
-                              "forgotten-vs-retained feature probe ROC AUC (verify.gates.probe_auc_max)"))
-    if gates.mia_efficacy_min is not None:
-        results.append(gate_result("mia_efficacy", unl.get("mia_efficacy"), ">=", gates.mia_efficacy_min,
-                              "forget samples judged non-members (verify.gates.mia_efficacy_min)"))
-    if with_parity and gates.relearn_steps_min_relative is not None:  # producer side, like nhle_completed
-        results.append(gate_result("relearn_steps_relative", (ev.get("relearn") or {}).get("steps_relative"), ">=",
-                                   gates.relearn_steps_min_relative,
-                                   "steps to relearn the forgotten classes / the original's "
-                                   "(verify.gates.relearn_steps_min_relative)"))
-    if with_parity and gates.nhle_completed:  # a producer-side fact: the release check cannot redo it
-        stopped = (metrics.get("nhle") or {}).get("stopped")
-        results.append(gate_result("nhle_completed", None if stopped is None else stopped == "forgotten", "==", True,
-                              f"NHLE ran and met its stop rule; stopped: {stopped} (verify.gates.nhle_completed)"))
-    if gates.require_representation:
-        level = (metrics.get("representation") or {}).get("level")
-        results.append(gate_result("representation_level", None if level is None else level == "representation",
-                                   "==", True, f"the features forgot too, not only the outputs; level: {level} "
-                                   "(verify.gates.require_representation)"))
-    if cwm_applied:
-        results.append(gate_result("output_masked", metrics.get("output_masked"), "==", True,
-                                   "every forgotten logit a constant of the graph (proved from its nodes) "
-                                   "and one value over the test split"))
-    if with_parity:
-        results += [
-            gate_result("parity", metrics.get("parity_max_abs"), "<=", gates.parity_atol,
-                   "max |ONNX - PyTorch| logits, finite entries"),
-            gate_result("batch_independent", metrics.get("batch_max_abs"), "<=", gates.parity_atol,
-                   "max |logits at batch 1 and 3 - the measuring pass's|, forgotten-class and other test images"),
-            gate_result("graph_unchanged", metrics.get("graph_unchanged"), "==", True,
-                   "same ONNX nodes as an export of the original model"),
-        ]
-        if cwm_applied:
-            results.append(gate_result("cwm_in_graph", metrics.get("cwm_in_graph"), "==", True,
-                                  "forgotten rows masked in the head's Gemm initializers"))
-    return results
+    """The gates a run judges (``with_parity``: the PyTorch model was at hand), or those of
+    verify's re-check that need nothing but the metrics (``with_parity=False``)."""
+    return judge(RUN if with_parity else RECHECK, metrics, gates, cwm_applied=cwm_applied)

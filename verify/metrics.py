@@ -9,21 +9,19 @@ Top-1 is the argmax over all classes, the forgotten ones included.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 
+from nhle_pipeline.verify.results import Result
 
-@dataclass(frozen=True)
-class Accuracy:
+
+class Accuracy(Result):
+    """Top-1 accuracy on the forgotten and the retained classes' test images, and per class."""
+
     acc_f: float
     acc_r: float
     per_class: list[float]  # accuracy of each class's test samples (nan if none)
     n_forget: int
     n_retain: int
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def accuracy(logits: np.ndarray, y: np.ndarray, forget_classes: list[int], num_classes: int) -> Accuracy:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nhle_pipeline.verify.gates import GateResult, GatesConfig, evaluate_gates, gate_result
+from nhle_pipeline.verify.gates import DERIVED, GateResult, GatesConfig, judge
 from nhle_pipeline.verify.measure import ImageSource
 from nhle_pipeline.verify.ort import open_session
 
@@ -53,21 +53,11 @@ def agreement(derived: str | Path, parent: str | Path, test: ImageSource, *, bat
 
 
 def derived_gates(metrics: dict, gates: GatesConfig, *, agreement_min: float = AGREEMENT_MIN,
-                  cwm_applied: bool = True) -> list[GateResult]:
-    """The release gates that apply to a derivative (acc_f, acc_r_drop, the optional evidence gates),
-    plus ``agreement`` with the fp32 parent and, under CWM, masked rows seen in the output.
-
-    ``metrics``: as for ``evaluate_gates``, plus ``agreement`` and ``forgotten_logit_spread``. The
+                  cwm_applied: bool = True, facts: dict | None = None) -> list[GateResult]:
+    """The gates of a derivative (``verify.gates.GATES`` judged at DERIVED): acc_f, acc_r_drop, the
+    optional evidence gates, ``agreement`` with the fp32 parent and, under CWM, masked rows seen in
+    the output. ``metrics``: as for ``evaluate_gates``, plus ``agreement`` and
+    ``forgotten_logit_spread``; ``facts``: verify's (``reproduction_drift``, ``require_cwm``). The
     parity, graph and evidence-copy gates are the fp32 parent's: a derivative's graph is other
     nodes by design, and its features come from a copy whose logits differ by a quantization step."""
-    # cwm_applied=False: the derivative's masking is judged on its output below (its weights are
-    # no longer float32 rows, and quantized nodes are outside the graph proof)
-    results = [g for g in evaluate_gates(metrics, gates, with_parity=False, cwm_applied=False)
-               if g.name != "evidence_copy"]
-    results.append(gate_result("agreement", metrics.get("agreement"), ">=", agreement_min,
-                               "top-1 agreement with the fp32 parent release, test split (onnxruntime)"))
-    if cwm_applied:
-        results.append(gate_result("cwm_in_graph", metrics.get("forgotten_logit_spread"), "<=", 0.0,
-                                   "forgotten classes' logits one constant over the test split "
-                                   "(masked rows, as the derivative computes them)"))
-    return results
+    return judge(DERIVED, metrics, gates, cwm_applied=cwm_applied, facts={"agreement_min": agreement_min, **(facts or {})})

@@ -37,9 +37,9 @@ The level a release reaches (``forgetting_level``):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
+
+from nhle_pipeline.verify.results import Result
 
 LPR_PER_CLASS = 200  # training images per class the probe is fit on (seeded, balanced)
 LPR_MAX_ITER = 1_000
@@ -47,8 +47,7 @@ GAP_CLOSED_MIN = 0.75  # the representation level: this fraction of the original
 NOISE = 0.01  # below this distance to the reference a diagnostic counts as reached (probe and CKA noise)
 
 
-@dataclass(frozen=True)
-class Audit:
+class Audit(Result):
     """One model's representation diagnostics at one layer."""
 
     layer: str  # the ONNX tensor audited (the head's input)
@@ -56,9 +55,6 @@ class Audit:
     lpr_r: float  # ... on the retained classes' test images
     cka_original: float  # linear CKA to the original's features on the same test images (1 for itself)
     cka_reference: float | None = None  # to the retrained reference's, when there is one
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:

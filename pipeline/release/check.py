@@ -68,7 +68,7 @@ from nhle_pipeline.pipeline.release.check_structure import (
 from nhle_pipeline.pipeline.release.files import MANIFEST, MODEL, SIGNATURE, WEIGHTS
 from nhle_pipeline.pipeline.release.policy import Policy
 from nhle_pipeline.pipeline.release.signing import verify_signature
-from nhle_pipeline.verify.gates import GateResult, evaluate_gates, gate_result
+from nhle_pipeline.verify.gates import RECHECK, GateResult, judge
 
 
 @dataclass
@@ -230,10 +230,9 @@ def verify_release(
         if rep.block["level"] != recorded.representation.level:
             raise TamperedReleaseError(f"{rel / MANIFEST}: records forgetting level '{recorded.representation.level}', "
                                        f"its numbers give '{rep.block['level']}'")
-    gates = evaluate_gates(metrics, policy.gates, with_parity=False, cwm_applied=mode != "none")
-
+    facts: dict = {"require_cwm": policy.require_cwm, "fresh_export_unchanged": graph_unchanged}  # the gates' inputs
     if mode != "none":
-        bias, whence = recorded_masked_bias(cfg, manifest)
+        bias, facts["bias_whence"] = recorded_masked_bias(cfg, manifest)
         masked = None
         if bias is not None:
             try:
@@ -241,21 +240,10 @@ def verify_release(
             except (IndexError, ValueError) as e:
                 raise TamperedReleaseError(f"{rel / MODEL}: the head '{manifest.head}' does not fit the manifest ({e})") from e
         metrics["cwm_in_graph"] = masked
-        gates.append(gate_result("cwm_in_graph", masked, "==", True,
-                           f"forgotten rows 0 and bias {whence} in the head's Gemm initializers (recomputed)"))
-    elif policy.require_cwm:
-        gates.append(gate_result("cwm_in_graph", None, "==", True, "the release's config says cwm.mode none; the policy requires CWM"))
     if recalibrated is not None:
         record = manifest.metrics.cwm.calibration if manifest.metrics.cwm is not None else None
-        gap = math.inf if record is None else abs(recalibrated.bias - record.bias)
-        metrics["cwm_calibration_gap"] = gap
-        gates.append(gate_result("cwm_calibration", gap, "<=", CALIBRATION_ATOL * max(1.0, abs(recalibrated.bias)),
-                                 f"|recorded - recomputed| calibrated bias (recomputed: {recalibrated.bias:.6g} from the "
-                                 f"shipped model's retained logits on the {recalibrated.samples} seeded calibration images)"))
-    if graph_unchanged is not None:
-        gates.append(gate_result("graph_unchanged", graph_unchanged, "==", True,
-                           "node for node the graph a fresh export of the architecture makes"))
-    check_recorded_gates(rel, manifest, gates)
+        metrics["cwm_calibration_gap"] = math.inf if record is None else abs(recalibrated.bias - record.bias)
+        facts.update(recalibrated=recalibrated, calibration_atol=CALIBRATION_ATOL * max(1.0, abs(recalibrated.bias)))
 
     pairs = accuracy_pairs(after, recorded.unlearned) + evidence_pairs(got.evidence.to_dict(), recorded.evidence.unlearned)
     what = "recomputed per-class accuracy, Acc_F, Acc_R, Ratio_D, probe AUC, MIA-efficacy vs the manifest's"
@@ -266,8 +254,9 @@ def verify_release(
     if rep.pairs:
         pairs += rep.pairs
         what += f"; representation audit: {rep.what}"
-    drift = reproduction_drift(pairs)
-    gates.append(gate_result("reproduces_manifest", drift, "<=", REPRODUCE_ATOL, what))
+    facts.update(reproduction_drift=reproduction_drift(pairs), reproduce_atol=REPRODUCE_ATOL, reproduced=what)
+    gates = judge(RECHECK, metrics, policy.gates, cwm_applied=mode != "none", facts=facts)
+    check_recorded_gates(rel, manifest, gates)
     manifest_gates = dict((manifest.config.get("verify") or {}).get("gates") or {})
     return ReleaseCheck(gates, metrics, got.provider, policy, policy_source, manifest_gates,
                         signature=fingerprint, signed=SIGNATURE in tree.files, original_from=original_from, notes=notes)

@@ -24,10 +24,6 @@ class Reaudit:
     what: str = ""  # what was recomputed, for the gate's description
 
 
-def _audit_of(record) -> Audit | None:
-    return None if record is None else Audit(**record.model_dump())
-
-
 def reaudit(recorded, recorded_evidence, got, original, data, forget: list[int], seed: int,
             output_masked: bool | None, notes: list[str]) -> Reaudit:
     """``recorded``: the manifest's ``metrics.representation`` (None: a release made before the
@@ -53,18 +49,18 @@ def reaudit(recorded, recorded_evidence, got, original, data, forget: list[int],
             return audit(rec.unlearned.layer, (feats(m, layer, "train"), y_train[m.train_idx]),
                          (feats(m, layer, "test"), y_test[m.test_idx]), forget, seed, original_test=original_test)
 
-        rec_u, rec_o, reference = rec.unlearned, rec.original, _audit_of(rec.reference)
+        rec_u, rec_o, reference = rec.unlearned, rec.original, rec.reference
         if original is not None:
             fresh = measured(original, feats(original, layer, "test"))  # CKA to the reference: the producer's
-            orig = Audit(fresh.layer, fresh.lpr_f, fresh.lpr_r, fresh.cka_original, rec_o.cka_reference)
+            orig = fresh.model_copy(update={"cka_reference": rec_o.cka_reference})
             unl = measured(got, feats(original, layer, "test"))
             pairs.extend([(orig.lpr_f, rec_o.lpr_f), (orig.lpr_r, rec_o.lpr_r), (unl.cka_original, rec_u.cka_original)])
         else:
-            orig = _audit_of(rec_o)
+            orig = rec_o
             fresh = measured(got, None)
-            unl = Audit(fresh.layer, fresh.lpr_f, fresh.lpr_r, rec_u.cka_original, rec_u.cka_reference)
+            unl = fresh.model_copy(update={"cka_original": rec_u.cka_original, "cka_reference": rec_u.cka_reference})
         if reference is not None:
-            unl = Audit(unl.layer, unl.lpr_f, unl.lpr_r, unl.cka_original, rec_u.cka_reference)
+            unl = unl.model_copy(update={"cka_reference": rec_u.cka_reference})
         pairs.extend([(unl.lpr_f, rec_u.lpr_f), (unl.lpr_r, rec_u.lpr_r)])
         return orig, unl, reference
 

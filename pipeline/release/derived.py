@@ -89,7 +89,6 @@ def check_derived(release: Path, manifest: Manifest, cfg, data, got, *, parent, 
         recomputed_metrics,
         reproduction_drift,
     )
-    from nhle_pipeline.verify.gates import gate_result
     from nhle_pipeline.verify.measure import measure_onnx
     from nhle_pipeline.verify.precision import AGREEMENT_MIN, agreement, derived_gates
     from nhle_pipeline.verify.verification import forgotten_logit_spread
@@ -124,17 +123,15 @@ def check_derived(release: Path, manifest: Manifest, cfg, data, got, *, parent, 
                    cwm_in_graph=None if spread is None else bool(spread == 0.0))
     if d.agreement_min != AGREEMENT_MIN:
         notes.append(f"the release was gated at agreement >= {d.agreement_min}; verify applies {AGREEMENT_MIN}")
-    gates = derived_gates(metrics, policy.gates, agreement_min=AGREEMENT_MIN, cwm_applied=cwm_applied)
-    if not cwm_applied and policy.require_cwm:
-        gates.append(gate_result("cwm_in_graph", None, "==", True,
-                                 "the release's config says cwm.mode none; the policy requires CWM"))
     pairs += accuracy_pairs(got.accuracy, recorded.unlearned) + evidence_pairs(got.evidence.to_dict(), recorded.evidence.unlearned)
     what = "recomputed per-class accuracy, Acc_F, Acc_R, Ratio_D, probe AUC, MIA-efficacy vs the manifest's"
     if parent_manifest is not None:
         what += " (and the agreement with the parent)"
     if spread is not None and d.forgotten_logit_spread is not None:
         pairs.append((spread, d.forgotten_logit_spread))
-    gates.append(gate_result("reproduces_manifest", reproduction_drift(pairs), "<=", REPRODUCE_ATOL, what))
+    gates = derived_gates(metrics, policy.gates, agreement_min=AGREEMENT_MIN, cwm_applied=cwm_applied,
+                          facts={"require_cwm": policy.require_cwm, "reproduction_drift": reproduction_drift(pairs),
+                                 "reproduce_atol": REPRODUCE_ATOL, "reproduced": what})
     manifest_gates = dict((manifest.config.get("verify") or {}).get("gates") or {})
     return ReleaseCheck(gates, metrics, got.provider, policy, policy_source, manifest_gates,
                         signature=signature, signed=signed, original_from=original_from, notes=notes)

@@ -17,8 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import nhle_pipeline.pipeline
 from nhle_pipeline.pipeline.checkpoint import sha256_file
 from nhle_pipeline.pipeline.config import Config
+from nhle_pipeline.pipeline.cwm import Calibration
 from nhle_pipeline.pipeline.errors import TamperedReleaseError
 from nhle_pipeline.pipeline.release.files import MANIFEST, SCRATCH
+from nhle_pipeline.verify.evidence import Evidence
+from nhle_pipeline.verify.gates import GateResult
+from nhle_pipeline.verify.metrics import Accuracy
+from nhle_pipeline.verify.representation import Audit
 
 METHOD = "nhle-cwm"
 # sha256 of the manifest's canonical JSON without this key, added at publication:
@@ -83,24 +88,8 @@ class SourceModel(Record):
     logits_from: str | None = None
 
 
-class AccuracyRecord(Record):
-    """verify.metrics.Accuracy as recorded."""
-
-    acc_f: float
-    acc_r: float
-    per_class: list[float]
-    n_forget: int
-    n_retain: int
 
 
-class EvidenceRecord(Record):
-    """verify.evidence.Evidence as recorded."""
-
-    d_inter: float
-    d_intra: float
-    ratio_d: float
-    probe_auc: float
-    mia_efficacy: float
 
 
 class GapRecord(Record):
@@ -125,9 +114,9 @@ class RelearnRecord(Record):
 
 
 class EvidenceBlock(Record):
-    original: EvidenceRecord
-    unlearned: EvidenceRecord
-    reference: EvidenceRecord | None = None
+    original: Evidence
+    unlearned: Evidence
+    reference: Evidence | None = None
     gap_to_reference: GapRecord | None = None
     relearn: RelearnRecord | None = None  # None: verify.evidence.relearn off (and manifests before it)
 
@@ -142,39 +131,23 @@ class NHLERecord(Record):
     settings: dict[str, Any] | None = None  # the resolved NHLE settings (absent in 0.1 manifests)
 
 
-class CalibrationRecord(Record):
-    """pipeline.cwm.Calibration as recorded."""
-
-    bias: float
-    lowest_retained_logit: float
-    highest_retained_logit: float
-    margin: float
-    samples: int
 
 
 class CWMRecord(Record):
     mode: str
     bias: float | None  # the forgotten rows' bias in model.onnx (None: CWM off)
-    calibration: CalibrationRecord | None = None
+    calibration: Calibration | None = None
 
 
-class AuditRecord(Record):
-    """verify.representation.Audit as recorded."""
-
-    layer: str
-    lpr_f: float
-    lpr_r: float
-    cka_original: float
-    cka_reference: float | None = None
 
 
 class LayerAuditRecord(Record):
     """One layer of the layer-wise audit: each model's audit at that ONNX tensor."""
 
     layer: str
-    original: AuditRecord
-    unlearned: AuditRecord
-    reference: AuditRecord | None = None
+    original: Audit
+    unlearned: Audit
+    reference: Audit | None = None
     gap_closed: dict[str, float] | None = None
 
 
@@ -190,9 +163,9 @@ class RepresentationRecord(LayerAuditRecord):
 class Metrics(Record):
     """Every number the gates and the reports use (verify.verification.verification_metrics)."""
 
-    original: AccuracyRecord
-    unlearned: AccuracyRecord
-    reference: AccuracyRecord | None = None
+    original: Accuracy
+    unlearned: Accuracy
+    reference: Accuracy | None = None
     acc_f: float
     delta_acc_r: float
     parity_max_abs: float
@@ -213,15 +186,6 @@ class Metrics(Record):
     cwm: CWMRecord | None = None  # None: 0.2 manifests
 
 
-class GateRecord(Record):
-    """verify.gates.GateResult as recorded."""
-
-    name: str
-    value: bool | float | None
-    threshold: bool | float | None
-    op: str
-    passed: bool
-    description: str
 
 
 class Runtime(Record):
@@ -281,7 +245,7 @@ class Manifest(Record):
     # every head CWM masked, `head` first (None: the one `head`; manifests before several heads)
     heads: list[str] | None = None
     metrics: Metrics
-    gates: list[GateRecord]
+    gates: list[GateResult]
     passed: bool
     runtime: Runtime
     external_data: list[str] = Field(default_factory=list)
@@ -341,7 +305,7 @@ def build_manifest(
         head=head_name,
         heads=heads if heads and heads != [head_name] else None,
         metrics=Metrics.model_validate(metrics),
-        gates=[GateRecord.model_validate(g) for g in gates],
+        gates=[GateResult.model_validate(g) for g in gates],
         passed=passed,
         runtime=Runtime(torch_device=torch_device, onnxruntime_provider=provider,
                         versions=library_versions(), platform=platform.platform()),

@@ -100,3 +100,39 @@ def test_masking_alone_is_not_unlearning(stopped):
     assert not gate.passed and gate.threshold is True
     assert "nhle_completed" not in by_name(metrics, GatesConfig(nhle_completed=False))
     assert by_name(OK)["nhle_completed"].passed
+
+
+@pytest.mark.parametrize("cwm, require_cwm", [(True, False), (False, True), (False, False)])
+def test_the_gate_table_judges_each_gate_once_wherever_it_is_judged(cwm, require_cwm):
+    """One table (verify/gates.py GATES) for the run, verify's re-check and a derivative: with every
+    optional gate on and every fact verify gives, no name is judged twice in one place, and the
+    places differ as documented (parity only in a run, agreement only for a derivative)."""
+    from nhle_pipeline.pipeline.cwm import Calibration
+    from nhle_pipeline.verify.gates import DERIVED, RECHECK, RUN, judge
+
+    every = GatesConfig(ratio_d_max_relative=1.0, probe_auc_max=1.0, mia_efficacy_min=0.0,
+                        relearn_steps_min_relative=1.0, require_representation=True)
+    facts = {"bias_whence": "0 (mode zero)", "require_cwm": require_cwm, "agreement_min": 0.99,
+             "recalibrated": Calibration(bias=-3.0, lowest_retained_logit=-2.0, highest_retained_logit=8.0, margin=1.0,
+                                         samples=4), "calibration_atol": 3e-3, "fresh_export_unchanged": True,
+             "reproduction_drift": 0.0, "reproduce_atol": 1e-4, "reproduced": "recomputed"}
+    names = {where: [g.name for g in judge(where, OK, every, cwm_applied=cwm, facts=facts)]
+             for where in (RUN, RECHECK, DERIVED)}
+    for where, judged in names.items():
+        assert len(judged) == len(set(judged)), (where, judged)
+    assert {"parity", "batch_independent", "nhle_completed", "relearn_steps_relative"} <= set(names[RUN])
+    assert not {"agreement", "reproduces_manifest", "cwm_calibration"} & set(names[RUN])
+    assert not {"parity", "batch_independent", "evidence_copy"} & set(names[DERIVED])
+    assert {"reproduces_manifest", "cwm_calibration"} <= set(names[RECHECK]) and "agreement" in names[DERIVED]
+    assert ("cwm_in_graph" in names[RECHECK]) == (cwm or require_cwm)
+    assert ("output_masked" in names[RECHECK]) == cwm and "output_masked" not in names[DERIVED]
+
+
+def test_every_gate_of_the_table_is_documented():
+    from pathlib import Path
+
+    from nhle_pipeline.verify.gates import GATES
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "reference" / "gates.md").read_text()
+    rows = {line.split("|")[1].strip().split()[0].strip("`") for line in page.splitlines() if line.startswith("| `")}
+    assert {r.name for r in GATES} <= rows, sorted({r.name for r in GATES} - rows)

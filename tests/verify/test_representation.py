@@ -63,7 +63,7 @@ def test_a_fresh_probe_recovers_a_separate_class_and_not_one_without_signal():
 
 
 def _audit(lpr_f: float, cka_reference: float | None) -> Audit:
-    return Audit("h", lpr_f, 0.9, 0.95, cka_reference)
+    return Audit(layer="h", lpr_f=lpr_f, lpr_r=0.9, cka_original=0.95, cka_reference=cka_reference)
 
 
 def test_the_level_needs_a_masked_output_and_a_reference_for_the_features():
@@ -86,7 +86,7 @@ def test_the_level_needs_a_masked_output_and_a_reference_for_the_features():
 def test_gap_closed_and_the_block():
     assert gap_closed(0.99, 0.99, 0.6) == 0.0 and gap_closed(0.6, 0.99, 0.6) == 1.0
     assert gap_closed(0.7, 0.7, 0.7) != gap_closed(0.7, 0.7, 0.7)  # no gap: NaN
-    block = representation_block(_audit(0.99, 0.8), Audit("h", 0.795, 0.9, 0.9, 0.85), Audit("h", 0.6, 0.9, 0.8, 1.0),
+    block = representation_block(_audit(0.99, 0.8), Audit(layer="h", lpr_f=0.795, lpr_r=0.9, cka_original=0.9, cka_reference=0.85), Audit(layer="h", lpr_f=0.6, lpr_r=0.9, cka_original=0.8, cka_reference=1.0),
                                  True, (4.0, 3.0, 2.0))
     closed = block["gap_closed"]
     assert closed["lpr_f"] == pytest.approx(0.5) and closed["cka_original"] == pytest.approx(0.5)
@@ -115,8 +115,8 @@ def test_the_statement_says_what_is_short_of_the_representation_level():
 def test_every_audited_layer_must_reach_the_reference_too():
     orig, ref, deep = _audit(0.99, 0.80), _audit(0.60, 1.0), _audit(0.65, 0.85)
     rd = (4.0, 2.3, 2.0)
-    reached = (Audit("relu", 0.95, 0.9, 1.0, 0.7), Audit("relu", 0.62, 0.9, 0.8, 0.9), Audit("relu", 0.6, 0.9, 0.7, 1.0))
-    kept = (reached[0], Audit("relu", 0.93, 0.9, 0.99, 0.7), reached[2])  # the class still in the earlier layer
+    reached = (Audit(layer="relu", lpr_f=0.95, lpr_r=0.9, cka_original=1.0, cka_reference=0.7), Audit(layer="relu", lpr_f=0.62, lpr_r=0.9, cka_original=0.8, cka_reference=0.9), Audit(layer="relu", lpr_f=0.6, lpr_r=0.9, cka_original=0.7, cka_reference=1.0))
+    kept = (reached[0], Audit(layer="relu", lpr_f=0.93, lpr_r=0.9, cka_original=0.99, cka_reference=0.7), reached[2])  # the class still in the earlier layer
     assert forgetting_level(True, orig, deep, ref, rd, [reached]) == "representation"
     assert forgetting_level(True, orig, deep, ref, rd, [reached, kept]) == "output"
     block = representation_block(orig, deep, ref, True, rd, [kept])

@@ -21,7 +21,7 @@ NAN = float("nan")
 def measurement(acc_f, acc_r, ratio_d=2.0, probe=0.9, mia=0.1, logits=None) -> Measurement:
     logits = np.zeros((4, 3), np.float32) if logits is None else logits
     values = {
-        "accuracy": Accuracy(acc_f, acc_r, [acc_f, acc_r, acc_r], 2, 2),
+        "accuracy": Accuracy(acc_f=acc_f, acc_r=acc_r, per_class=[acc_f, acc_r, acc_r], n_forget=2, n_retain=2),
         "evidence": Evidence(d_inter=2.0 * ratio_d, d_intra=2.0, ratio_d=ratio_d, probe_auc=probe, mia_efficacy=mia),
         "test_idx": np.arange(len(logits)),
         "test_logits": logits,

@@ -22,7 +22,7 @@ from tests.manifests import sample_manifest
 
 def test_json_round_trip_keeps_nan_and_types(tmp_path):
     m = sample_manifest()
-    m.metrics.evidence.unlearned.probe_auc = float("nan")
+    m.metrics.evidence.unlearned = m.metrics.evidence.unlearned.model_copy(update={"probe_auc": float("nan")})
     write_manifest(tmp_path / MANIFEST, m)
     text = (tmp_path / MANIFEST).read_text()
     assert "NaN" in text and MANIFEST_SEAL not in text  # no seal until publication

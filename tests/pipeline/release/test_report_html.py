@@ -150,7 +150,7 @@ def test_renders_in_headless_chromium_without_overflow(tmp_path, width, released
     ev.gap_to_reference = GapRecord(acc_f=0.0, acc_r=0.01, ratio_d=0.0, probe_auc=0.0, mia_efficacy=0.0, mean=0.0)
     if not released:
         many.status = "gate_failed"
-        many.gates[0].passed = False
+        many.gates[0] = many.gates[0].model_copy(update={"passed": False})
     got, dom = _measure(browser, tmp_path, render_html(many, features()), width)
     assert got["viewport"] == width, got
     assert got["tables"] == 7 and got["overflowing"] == [], got

@@ -32,8 +32,8 @@ def test_class_names_label_the_per_class_rows():
 
 def test_failed_gate_and_missing_values_read_as_such():
     m = sample_manifest(status="gate_failed", passed=False)
-    m.gates[0].passed = False
-    m.metrics.evidence.unlearned.probe_auc = float("nan")
+    m.gates[0] = m.gates[0].model_copy(update={"passed": False})
+    m.metrics.evidence.unlearned = m.metrics.evidence.unlearned.model_copy(update={"probe_auc": float("nan")})
     text = render_report(m)
     assert "NOT RELEASED: gate(s) failed: acc_f**" in text and "✗ FAIL" in text  # the headline names it
     assert "| probe_auc | 1.0000 | n/a |" in text
@@ -50,7 +50,7 @@ def test_nhle_settings_line_says_which_data_ran():
 
 def test_only_what_ran_is_defined_and_failed_gates_stand_out():
     m = sample_manifest(status="gate_failed", passed=False)
-    m.gates[1].passed = False
+    m.gates[1] = m.gates[1].model_copy(update={"passed": False})
     text = render_report(m)
     assert "**relearning**" not in text  # it did not run in this manifest
     assert "| **acc_r_drop** | -0.01 | >= -0.035 | **✗ FAIL** |" in text
