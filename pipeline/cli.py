@@ -10,7 +10,6 @@ The only module that talks to the terminal and picks exit codes:
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import sys
@@ -19,15 +18,20 @@ from pathlib import Path
 
 import click
 
-from nhle_pipeline.pipeline.errors import BAD_INPUT, KNOWN_FAILURES, GateFailure, Terminated
+from nhle_pipeline.pipeline.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CRASH,
+    EXIT_GATE_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NO_SPACE,
+    EXIT_TERMINATED,
+    KNOWN_FAILURES,
+    GateFailure,
+    Terminated,
+    disk_full,
+    exit_code_of,
+)
 from nhle_pipeline.pipeline.release.files import MODEL
-
-EXIT_GATE_FAILED = 1
-EXIT_BAD_INPUT = 2
-EXIT_INTERRUPTED = 130
-EXIT_TERMINATED = 143  # SIGTERM (docker stop, Kubernetes, a cancelled CI job): 128 + 15
-EXIT_CRASH = 3  # an unexpected failure: never 1, so a CI gate can tell a bug from a failed gate
-EXIT_NO_SPACE = 4  # the disk (or quota) filled up while writing: the environment, not the input or a bug
 
 CONFIG_ARG = click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 DEVICE_OPTION = click.option(
@@ -84,36 +88,21 @@ def handle_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except BAD_INPUT as e:
-            _exit_if_disk_full(e)  # a full disk met while reading (npz extraction) is not bad input
-            _err(str(e))
-            sys.exit(EXIT_BAD_INPUT)
-        except GateFailure as e:
-            _err(str(e))
-            if e.report_dir:
-                click.echo(f"report kept in {e.report_dir}", err=True)
-            sys.exit(EXIT_GATE_FAILED)
-        except Terminated:
-            _err(_stopped(fn, True))
-            sys.exit(EXIT_TERMINATED)
-        except KeyboardInterrupt:
-            _err(_stopped(fn, False))
-            sys.exit(EXIT_INTERRUPTED)
-        except Exception as e:
-            _exit_if_disk_full(e)
-            if isinstance(e, KNOWN_FAILURES):  # an internal failure we know how to describe
+        except (Exception, KeyboardInterrupt) as e:  # the exit code from the one table (pipeline/errors.py)
+            code = exit_code_of(e)
+            if code == EXIT_NO_SPACE:  # a full disk met while reading (npz extraction) is not bad input either
+                _exit_no_space(e)
+            if code in (EXIT_TERMINATED, EXIT_INTERRUPTED):  # (a library may re-raise Ctrl-C as its own error:
+                _err(_stopped(fn, code == EXIT_TERMINATED))  # onnxruntime's import turns it into ImportError)
+            elif code != EXIT_CRASH or isinstance(e, KNOWN_FAILURES):  # bad input, a failed gate, a known failure
                 _err(str(e))
-                sys.exit(EXIT_CRASH)
-            cause = _cause(e, lambda x: isinstance(x, KeyboardInterrupt))
-            if cause is not None:  # Ctrl-C re-raised as a library's own error
-                terminated = isinstance(cause, Terminated)  # (onnxruntime's import turns it into ImportError)
-                _err(_stopped(fn, terminated))
-                sys.exit(EXIT_TERMINATED if terminated else EXIT_INTERRUPTED)
-            # A real crash (a bug): keep the traceback for the report, and an
-            # exit code CI can tell apart from "a gate failed" (1).
-            traceback.print_exc()
-            _err(f"internal error ({type(e).__name__}); nothing was released - please report it with the traceback above")
-            sys.exit(EXIT_CRASH)
+                if code == EXIT_GATE_FAILED and e.report_dir:
+                    click.echo(f"report kept in {e.report_dir}", err=True)
+            else:  # a real crash (a bug): the traceback for the report, and an exit code CI can tell
+                traceback.print_exc()  # apart from "a gate failed" (1)
+                _err(f"internal error ({type(e).__name__}); nothing was released - please report it with the "
+                     "traceback above")
+            sys.exit(code)
 
     @functools.wraps(fn)
     def documented(*args, **kwargs):
@@ -131,10 +120,6 @@ def handle_errors(fn):
             return result
 
     return documented
-
-
-def _is_disk_full(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def _file_being_written(e: BaseException) -> str | None:
@@ -155,25 +140,14 @@ def _file_being_written(e: BaseException) -> str | None:
     return None
 
 
-def _exit_if_disk_full(e: BaseException) -> None:
-    full = _cause(e, _is_disk_full)
-    if full is not None:
-        filename = getattr(full, "filename", None) or _file_being_written(full)
-        where = f" writing '{filename}'" if filename else ""
-        _err(f"no space left on the device{where} ({getattr(full, 'strerror', '')}); nothing was released, "
-             "nothing half-made was kept: free some space and run again")
-        sys.exit(EXIT_NO_SPACE)
-
-
-def _cause(e: BaseException | None, match) -> BaseException | None:
-    """The first exception in ``e``'s chain (itself, its cause, its context) that ``match`` accepts."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if match(e):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
+def _exit_no_space(e: BaseException) -> None:
+    """The disk-full line, naming the file being written, and exit 4."""
+    full = disk_full(e)
+    filename = getattr(full, "filename", None) or _file_being_written(full)
+    where = f" writing '{filename}'" if filename else ""
+    _err(f"no space left on the device{where} ({getattr(full, 'strerror', '')}); nothing was released, "
+         "nothing half-made was kept: free some space and run again")
+    sys.exit(EXIT_NO_SPACE)
 
 
 class _UsageLine(click.ClickException):

@@ -138,41 +138,57 @@ def leave_group(group: Group) -> None:
 
 
 def verdict_of(exc: BaseException | None) -> tuple[int, str]:
-    """The exit code and message rank 0 ends with, to be shared with every rank."""
-    from nhle_pipeline.pipeline.errors import BAD_INPUT, GateFailure, Terminated, disk_full
+    """The exit code and message rank 0 ends with, to be shared with every rank: the code from the
+    CLI's own table (pipeline/errors.py ``exit_code_of``), so every rank exits as rank 0 does."""
+    from nhle_pipeline.pipeline.errors import (
+        EXIT_CRASH,
+        EXIT_INTERRUPTED,
+        EXIT_NO_SPACE,
+        EXIT_TERMINATED,
+        KNOWN_FAILURES,
+        disk_full,
+        exit_code_of,
+    )
 
+    code = exit_code_of(exc)
     if exc is None:
-        return 0, ""
-    if isinstance(exc, GateFailure):
-        return 1, str(exc)
-    full = disk_full(exc)  # before bad input: the CLI checks a full disk first too
-    if full is not None:
-        return 4, full.filename or ""
-    if isinstance(exc, BAD_INPUT):
-        return 2, str(exc)
-    if isinstance(exc, Terminated):
-        return 143, "terminated"
-    if isinstance(exc, KeyboardInterrupt):
-        return 130, "interrupted"
-    return 3, f"rank 0 failed ({type(exc).__name__}: {_first_line(exc)})"
+        return code, ""
+    if code == EXIT_NO_SPACE:
+        return code, disk_full(exc).filename or ""
+    if code == EXIT_TERMINATED:
+        return code, "terminated"
+    if code == EXIT_INTERRUPTED:
+        return code, "interrupted"
+    if code == EXIT_CRASH and not isinstance(exc, KNOWN_FAILURES):
+        return code, f"rank 0 failed ({type(exc).__name__}: {_first_line(exc)})"
+    return code, str(exc)
 
 
 def raise_verdict(code: int, message: str) -> None:
     """On a rank other than 0: end as rank 0 did (the CLI maps the error to the same exit code)."""
     import errno
 
-    from nhle_pipeline.pipeline.errors import GateFailure, Terminated
+    from nhle_pipeline.pipeline.errors import (
+        EXIT_BAD_INPUT,
+        EXIT_GATE_FAILED,
+        EXIT_INTERRUPTED,
+        EXIT_NO_SPACE,
+        EXIT_OK,
+        EXIT_TERMINATED,
+        GateFailure,
+        Terminated,
+    )
 
-    if code == 0:
+    if code == EXIT_OK:
         return
-    if code == 1:
+    if code == EXIT_GATE_FAILED:
         raise GateFailure(message)
-    if code == 2:
+    if code == EXIT_BAD_INPUT:
         raise InputError(message)
-    if code == 4:  # the CLI's disk-full line and exit code, as on rank 0
+    if code == EXIT_NO_SPACE:  # the CLI's disk-full line and exit code, as on rank 0
         raise OSError(errno.ENOSPC, "No space left on device (on rank 0)", message or None)
-    if code == 143:
+    if code == EXIT_TERMINATED:
         raise Terminated
-    if code == 130:
+    if code == EXIT_INTERRUPTED:
         raise KeyboardInterrupt
     raise DistributedError(message)

@@ -70,7 +70,55 @@ def disk_full(e: BaseException | None) -> OSError | None:
 
 BAD_INPUT = (InputError, OnnxFileError, ProviderUnavailable)
 KNOWN_FAILURES = (PipelineError, ExportError, OnnxError, VerifyError)
+
+# The exit codes (docs/reference/exit-codes.md): one table for every command and every torchrun rank.
+EXIT_OK = 0
+EXIT_GATE_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_CRASH = 3  # an unexpected failure: never 1, so a CI gate can tell a bug from a failed gate
+EXIT_NO_SPACE = 4  # the disk (or quota) filled up while writing: the environment, not the input or a bug
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT
+EXIT_TERMINATED = 143  # SIGTERM (docker stop, Kubernetes, a cancelled CI job): 128 + 15
+
+
+def chained(e: BaseException | None, match) -> BaseException | None:
+    """The first exception in ``e``'s chain (itself, its cause, its context) that ``match`` accepts."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if match(e):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def exit_code_of(e: BaseException | None) -> int:
+    """The exit code a command (every rank of it) ends with after ``e`` (None: success): SIGTERM,
+    Ctrl-C, a failed gate; then a full disk anywhere in the chain (met while reading or writing,
+    it is the environment's, not the input's), bad input, a failure we can describe, SIGTERM or
+    Ctrl-C that a library re-raised as its own error; else a crash."""
+    if e is None:
+        return EXIT_OK
+    if isinstance(e, Terminated):
+        return EXIT_TERMINATED
+    if isinstance(e, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(e, GateFailure):
+        return EXIT_GATE_FAILED
+    if disk_full(e) is not None:
+        return EXIT_NO_SPACE
+    if isinstance(e, BAD_INPUT):
+        return EXIT_BAD_INPUT
+    if isinstance(e, KNOWN_FAILURES):
+        return EXIT_CRASH
+    stop = chained(e, lambda x: isinstance(x, KeyboardInterrupt))
+    if stop is not None:
+        return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
+    return EXIT_CRASH
+
+
 __all__ = [
-    "BAD_INPUT", "Terminated", "disk_full", "KNOWN_FAILURES", "ConfigError", "DataError", "ExportError", "GateFailure", "InputError",
+    "BAD_INPUT", "EXIT_BAD_INPUT", "EXIT_CRASH", "EXIT_GATE_FAILED", "EXIT_INTERRUPTED", "EXIT_NO_SPACE", "EXIT_OK",
+    "EXIT_TERMINATED", "chained", "exit_code_of", "Terminated", "disk_full", "KNOWN_FAILURES", "ConfigError", "DataError", "ExportError", "GateFailure", "InputError",
     "ModelError", "OnnxFileError", "PipelineError", "ProviderUnavailable", "ReleaseError", "TamperedReleaseError",
 ]
