@@ -14,41 +14,8 @@ from typing import Any
 
 from nhle_pipeline.pipeline.release.files import MODEL
 from nhle_pipeline.pipeline.release.manifest import Manifest
+from nhle_pipeline.verify.definitions import DEFINITIONS, REPRESENTATION_TERMS
 from nhle_pipeline.verify.intervals import accuracy_interval, difference_interval
-
-# (name, definition) in the order the page lists them; the numbers they describe
-# come from verify/ (metrics, evidence, gates) and are recomputed by `pipeline verify`.
-DEFINITIONS: tuple[tuple[str, str], ...] = (
-    ("Acc_F", "top-1 accuracy of the model on the test images of the forgotten classes "
-              "(lower is better; the acc_f gate asks for at most its threshold)."),
-    ("Acc_R", "top-1 accuracy on the test images of every retained class."),
-    ("ΔAcc_R", "Acc_R of the unlearned model minus Acc_R of the original, both run by onnxruntime on "
-               "the same test images (negative: retained accuracy lost)."),
-    ("95 % interval", "Wilson score interval of an accuracy over its n test images; for ΔAcc_R, "
-                      "Newcombe's interval from the two Wilson intervals (it treats the two runs as "
-                      "independent, so on the same images it is conservative)."),
-    ("per-class accuracy", "the fraction of a class's test images predicted as that class."),
-    ("D_intra", "mean distance of the forgotten classes' test features to their own class centroid "
-                "(features: the input of the classifier head, i.e. the penultimate layer)."),
-    ("D_inter", "mean distance from each forgotten class's feature centroid to each retained "
-                "class's centroid."),
-    ("Ratio_D", "D_inter / D_intra: how separable the forgotten classes still are in feature "
-                "space (smaller: less separable)."),
-    ("probe AUC", "ROC AUC of a logistic regression trained on training-split features to tell "
-                  "forgotten from retained classes, scored on the test split: what anyone holding "
-                  "the ONNX file could recover (0.5: nothing)."),
-    ("MIA-efficacy", "the fraction of the forgotten classes' training images that a membership-"
-                     "inference attack (RBF SVM on the true-label probability, trained on retained "
-                     "members vs. non-members) judges non-members (higher: they look unseen)."),
-    ("parity", "largest |ONNX − PyTorch| over the logits of the first ≤ 1,024 test images: the "
-               "shipped file computes what the fine-tuned model computes."),
-    ("PCA", "a 2-D projection fitted on the original model's test features and applied unchanged to "
-            "every panel, so positions can be compared between panels."),
-    ("relearning", "verify.evidence.relearn: the model with its forgotten head rows re-initialised is fine-tuned "
-                   "on k held-out samples of each forgotten class plus as many retained ones (fixed SGD budget); "
-                   "steps until Acc_F reaches 0.5 and the area under its Acc_F curve (relearn AUC), beside the "
-                   "original under the same draws. A class only hidden comes back as fast as in the original."),
-)
 
 
 @dataclass
@@ -225,21 +192,10 @@ def _short_of_representation(rep) -> str:
 
 
 def definitions_for(m) -> list[tuple[str, str]]:
-    """The definitions of what this report shows (relearning only where it ran), plus the
-    representation audit's where it ran."""
+    """The definitions of what this report shows (verify/definitions.py): relearning only where it
+    ran, the representation audit's where it ran."""
     relearned = m.metrics.evidence.relearn is not None
-    out = [(n, t) for n, t in DEFINITIONS if n != "relearning" or relearned]
-    if m.metrics.representation is not None:
-        out += [
-            ("LPR_F / LPR_R", "linear-probe recovery: a fresh multinomial logistic regression on standardised "
-                              "features of a seeded class-balanced training subset of all classes, scored on the "
-                              "forgotten / retained classes' test images: what a new head on the shipped features "
-                              "recovers."),
-            ("CKA", "linear centred kernel alignment of two models' features on the same test images "
-                    "(1: the same representation up to rotation and scale)."),
-            ("forgetting level", "output: the file never outputs the forgotten classes (output_masked); "
-                                 "representation: the features too, judged against a retrained reference "
-                                 "(docs: Evidence, levels of forgetting)."),
-        ]
-    return out
+    audited = m.metrics.representation is not None
+    return [(n, t) for n, t in DEFINITIONS
+            if (n != "relearning" or relearned) and (n not in REPRESENTATION_TERMS or audited)]
 
