@@ -52,8 +52,8 @@ class GatesConfig(BaseModel):
     relearn_steps_min_relative: float | None = Field(
         default=None, gt=0, json_schema_extra={"shown_default": "off"},
         description="steps to relearn the forgotten classes (summed over k = 1, 4, 16) ÷ the original's "
-        "must be ≥ this; needs `verify.evidence.relearn: true`. `pipeline run` only: `pipeline verify` "
-        "has the ONNX file, not trainable weights")
+        "must be ≥ this; needs `verify.evidence.relearn: true`. `pipeline verify` judges it where it "
+        "recomputes relearning: from the release's model.safetensors and the original's `--source-weights`")
     require_representation: bool = Field(
         default=False,
         description="require the representation level of forgetting (the features, not only the outputs, "
@@ -161,6 +161,11 @@ GATES: tuple[GateRule, ...] = (
              lambda g, m: g.relearn_steps_min_relative,
              _said("steps to relearn the forgotten classes / the original's (verify.gates.relearn_steps_min_relative)"),
              applies=lambda g, m, cwm: g.relearn_steps_min_relative is not None),
+    GateRule("relearn_steps_relative", frozenset({RECHECK}), ">=", lambda m: m.get("relearn_recomputed"),
+             lambda g, m: g.relearn_steps_min_relative,
+             _said("steps to relearn the forgotten classes / the original's, recomputed from model.safetensors and "
+                   "--source-weights (verify.gates.relearn_steps_min_relative)"),
+             applies=lambda g, m, cwm: g.relearn_steps_min_relative is not None and "relearn_recomputed" in m),
     GateRule("nhle_completed", frozenset({RUN}), "==",
              lambda m: None if _nhle_stopped(m) is None else _nhle_stopped(m) == "forgotten", lambda g, m: True,
              lambda m: f"NHLE ran and met its stop rule; stopped: {_nhle_stopped(m)} (verify.gates.nhle_completed)",

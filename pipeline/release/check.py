@@ -51,6 +51,7 @@ from nhle_pipeline.pipeline.release.check_numbers import (
     recalibrate,
     recomputed_metrics,
     recorded_masked_bias,
+    relearn_again,
     reproduction_drift,
 )
 from nhle_pipeline.pipeline.release.check_structure import (
@@ -204,8 +205,15 @@ def verify_release(
             notes.append(f"graph not compared with a fresh export: model.arch '{cfg.model.arch}' imports code, "
                          "which verify never runs")
         batch_max_abs = check_batch_independence(rel, data, got, forget, policy.gates.parity_atol, device)
+        shipped_torch = relearned = None
         if WEIGHTS in manifest.files:
-            check_release_weights(rel, cfg, data, manifest, got, forget, policy.gates.parity_atol, notes)
+            shipped_torch = check_release_weights(rel, cfg, data, manifest, got, forget, policy.gates.parity_atol, notes)
+        if manifest.metrics.evidence.relearn is not None:  # the run measured relearning: measure it again
+            if shipped_torch is not None and source_weights is not None:
+                relearned = relearn_again(cfg, data, manifest, shipped_torch, Path(source_weights), notes)
+            else:
+                notes.append("relearning not recomputed: it needs the shipped PyTorch weights (model.safetensors, "
+                             "an architecture verify builds) and the original's (--source-weights)")
 
     recorded = manifest.metrics
     metrics, original_from = recomputed_metrics(got, original, recorded, graph_unchanged, notes)
@@ -231,6 +239,9 @@ def verify_release(
             raise TamperedReleaseError(f"{rel / MANIFEST}: records forgetting level '{recorded.representation.level}', "
                                        f"its numbers give '{rep.block['level']}'")
     facts: dict = {"require_cwm": policy.require_cwm, "fresh_export_unchanged": graph_unchanged}  # the gates' inputs
+    if relearned is not None:
+        metrics["evidence"]["relearn"] = relearned
+        facts["relearn_recomputed"] = relearned["steps_relative"]
     if mode != "none":
         bias, facts["bias_whence"] = recorded_masked_bias(cfg, manifest)
         masked = None

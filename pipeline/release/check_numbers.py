@@ -44,9 +44,10 @@ def check_batch_independence(release: Path, data, got, forget: list[int], atol: 
 
 
 def check_release_weights(release: Path, cfg, data, manifest: Manifest, got, forget: list[int], atol: float,
-                          notes: list[str]) -> None:
+                          notes: list[str]):
     """``model.safetensors`` (the unlearned PyTorch weights) gives ``model.onnx``'s logits: loaded
-    into the architecture (registry and library ones; an import path runs code, so not here)."""
+    into the architecture (registry and library ones; an import path runs code, so not here).
+    Returns that PyTorch model (None: not checked)."""
     import numpy as np
     import torch
 
@@ -58,7 +59,7 @@ def check_release_weights(release: Path, cfg, data, manifest: Manifest, got, for
 
     if ":" in cfg.model.arch and not library_arch(cfg.model.arch):
         notes.append(f"{WEIGHTS} not checked against model.onnx: model.arch '{cfg.model.arch}' imports code")
-        return
+        return None
     model, _ = build_configured_model(cfg, data)
     try:
         load_weights(model, release / WEIGHTS, trust_pickle=False)
@@ -85,6 +86,28 @@ def check_release_weights(release: Path, cfg, data, manifest: Manifest, got, for
         raise TamperedReleaseError(f"{release / WEIGHTS}: its logits differ from model.onnx's by {diff:.3g} "
                                    f"(> {atol:g}) on {len(rows)} test images: not the weights of the shipped model")
     notes.append(f"{WEIGHTS} gives model.onnx's logits (max |Δ| {diff:.2g} on {len(rows)} test images)")
+    return model
+
+
+def relearn_again(cfg, data, manifest: Manifest, unlearned, source_weights: Path, notes: list[str]) -> dict:
+    """The run's relearning evidence recomputed (``verify.evidence.relearn``): the shipped PyTorch
+    weights (``unlearned``, tied to model.onnx by ``check_release_weights``) and the original from
+    --source-weights, under the run's draws (its seed, its held-out forget samples excluded)."""
+    from nhle_pipeline.pipeline.checkpoint import load_weights
+    from nhle_pipeline.pipeline.data import select_forget_indices
+    from nhle_pipeline.pipeline.loading import build_configured_model
+    from nhle_pipeline.verify.relearn import relearn_block
+
+    original, _ = build_configured_model(cfg, data)
+    load_weights(original, source_weights, trust_pickle=False)
+    forget = cfg.forget_ids
+    exclude = select_forget_indices(data.train.y, forget, cfg.forget.samples_per_class, cfg.forget.selection, cfg.seed)
+    block = relearn_block(original.eval(), unlearned.eval(), forget, cfg.model.num_classes, data.train.get, data.train.y,
+                          data.test.get, data.test.y, exclude=exclude, seed=cfg.seed, head=manifest.head)
+    recorded = manifest.metrics.evidence.relearn
+    notes.append(f"relearning recomputed from {WEIGHTS} and --source-weights ({block['seconds']:.1f} s): steps "
+                 f"x{block['steps_relative']:.2f} the original's (the manifest records x{recorded.steps_relative:.2f})")
+    return block
 
 
 

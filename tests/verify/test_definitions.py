@@ -3,7 +3,12 @@ docs/reference/metrics.md is generated from them."""
 
 from pathlib import Path
 
-from nhle_pipeline.verify.definitions import DEFINITIONS, REPRESENTATION_TERMS, markdown_table, with_table
+from nhle_pipeline.verify.definitions import (
+    DEFINITIONS,
+    REPRESENTATION_TERMS,
+    markdown_table,
+    with_table,
+)
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "reference" / "metrics.md"
 

@@ -146,6 +146,27 @@ def test_pipeline_records_relearning_and_gates_on_it(make_config):
     passive = f"| Acc_F after fine-tuning on retained data only | {rl['original']['passive_acc_f']:.4f} | 0.0000 |"
     assert "## Relearning (verify.evidence.relearn)" in md and passive in md
     assert '<table id="relearn">' in html and "relearn AUC, mean over k" in html
+    # pipeline verify measures it again, from the shipped model.safetensors and the deployer's
+    # copy of the original, under the run's draws: the same figures on the same machine, and a
+    # policy's gate judged on verify's own number
+    from click.testing import CliRunner
+
+    from nhle_pipeline.pipeline.cli import cli
+
+    policy = result.path.parent / "relearn-policy.yaml"
+    v = CliRunner().invoke(cli, ["verify", str(result.path), "--source-weights", cfg.model.weights, "--json"])
+    assert v.exit_code == 0, v.output
+    doc = json.loads(v.stdout)
+    again = doc["metrics"]["evidence"]["relearn"]
+    assert again["steps_relative"] == pytest.approx(rl["steps_relative"], rel=0.05)
+    assert again["original"]["passive_acc_f"] == pytest.approx(rl["original"]["passive_acc_f"], abs=0.05)
+    assert any(n.startswith("relearning recomputed from model.safetensors") for n in doc["notes"])
+    policy.write_text(f"gates: {{relearn_steps_min_relative: {again['steps_relative'] * 2}}}\n")
+    v = CliRunner().invoke(cli, ["verify", str(result.path), "--source-weights", cfg.model.weights, "--policy",
+                                 str(policy)])
+    assert v.exit_code == 1 and "relearn_steps_relative" in v.output, v.output
+    v = CliRunner().invoke(cli, ["verify", str(result.path), "--json"])  # no original: not recomputed, said
+    assert v.exit_code == 0 and any("relearning not recomputed" in n for n in json.loads(v.stdout)["notes"])
     # a threshold no model meets: exit 1, the gate named
     strict = load_config(make_config("gate.yaml", release={"name": "gate"}, verify={
         "evidence": {"relearn": True}, "gates": {"relearn_steps_min_relative": 1000.0}}))
