@@ -53,7 +53,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: str |
     forward_arg = next(iter(_forward_params(model)), "x")
     quiet = io.StringIO()
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers(), _registry_reused():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 model,
@@ -136,6 +136,44 @@ def _forward_params(model: nn.Module) -> list[str]:
         for p in inspect.signature(model.forward).parameters.values()
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
+
+
+# The exporter builds its table of ONNX decompositions (every torchlib op, ~1.5 s on 2 cores) at
+# every export; a run makes two or more (the original, the unlearned model; verify a fresh one).
+# Within this process the table for an opset is built once: the exporter only reads it (it adds
+# ops only for a custom_translation_table, which this module never passes). Private API, so
+# guarded: where torch lays it out otherwise, every export builds its own, as before.
+_REGISTRIES: dict[tuple[type, int], object] = {}
+
+
+@contextlib.contextmanager
+def _registry_reused():
+    try:
+        from torch.onnx._internal.exporter import _registration
+
+        cls = _registration.ONNXRegistry
+        build = cls.__dict__["from_torchlib"]
+    except (ImportError, AttributeError, KeyError):
+        yield
+        return
+    if not isinstance(build, classmethod):
+        yield
+        return
+
+    def reused(klass, opset_version=None, **kwargs):
+        if kwargs:  # a signature this code does not know: build as torch would
+            return build.__func__(klass, *(() if opset_version is None else (opset_version,)), **kwargs)
+        key = (klass, opset_version)
+        if key not in _REGISTRIES:
+            _REGISTRIES[key] = (build.__func__(klass) if opset_version is None
+                                else build.__func__(klass, opset_version=opset_version))
+        return _REGISTRIES[key]
+
+    cls.from_torchlib = classmethod(reused)
+    try:
+        yield
+    finally:
+        cls.from_torchlib = build
 
 
 @contextlib.contextmanager

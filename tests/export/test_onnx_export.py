@@ -60,3 +60,29 @@ class _Untraceable(nn.Module):
 def test_exporter_failure_is_an_export_error_with_the_model_name(tmp_path):
     with pytest.raises(ExportError, match="export: torch.onnx failed for _Untraceable"):
         export_onnx(_Untraceable(), (1, 2, 2), tmp_path / "u.onnx", opset=18)
+
+
+def test_a_second_export_reuses_the_decomposition_table_and_writes_the_same_file(tmp_path):
+    """export/onnx_export.py builds torch.onnx's table of decompositions once per process and opset
+    (it is only read); the files are byte for byte what a freshly built table gives."""
+    import contextlib
+
+    from nhle_pipeline.export import onnx_export
+    from nhle_pipeline.pipeline.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp", num_classes=3, input_shape=(1, 4, 4), kwargs={"hidden": [8]})
+    onnx_export.export_onnx(model, (1, 4, 4), tmp_path / "a.onnx", opset=18)
+    tables = dict(onnx_export._REGISTRIES)
+    onnx_export.export_onnx(model, (1, 4, 4), tmp_path / "b.onnx", opset=18)
+    assert tables and onnx_export._REGISTRIES == tables  # the same table objects: nothing rebuilt
+    from torch.onnx._internal.exporter import _registration
+
+    assert isinstance(_registration.ONNXRegistry.__dict__["from_torchlib"], classmethod)  # restored after
+    saved = onnx_export._registry_reused
+    onnx_export._registry_reused = contextlib.nullcontext  # torch's own way: a table per export
+    try:
+        onnx_export.export_onnx(model, (1, 4, 4), tmp_path / "c.onnx", opset=18)
+    finally:
+        onnx_export._registry_reused = saved
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes() == (tmp_path / "c.onnx").read_bytes()
