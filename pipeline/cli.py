@@ -71,13 +71,15 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
-_LAST_ERROR: list[str] = []  # the last error line, for the --json document
-
-
 def _err(msg: str) -> None:
+    """The ``error:`` line on stderr, and the --json document's ``error`` (pipeline/output.py)."""
+    from nhle_pipeline.pipeline.output import current_document
+
     # One line whatever the message quotes (a YAML key or a file name may hold a newline).
     line = " ".join(str(msg).splitlines())
-    _LAST_ERROR[:] = [line]
+    doc = current_document()
+    if doc is not None:
+        doc.error = line
     click.echo("error: " + line, err=True)
 
 
@@ -110,11 +112,10 @@ def handle_errors(fn):
         from nhle_pipeline.pipeline.output import emit, json_mode
 
         with json_mode(fn.__name__, bool(kwargs.get("as_json"))) as doc:
-            _LAST_ERROR.clear()
             try:
                 result = wrapper(*args, **kwargs)
             except SystemExit as e:
-                emit(doc, e.code if isinstance(e.code, int) else EXIT_CRASH, _LAST_ERROR[0] if _LAST_ERROR else None)
+                emit(doc, e.code if isinstance(e.code, int) else EXIT_CRASH, doc.error if doc is not None else None)
                 raise
             emit(doc, 0, None)
             return result

@@ -140,6 +140,7 @@ class Document:
         self.command = command
         self.fields: dict[str, Any] = {}
         self.enabled = True  # off on torchrun's non-zero ranks: one document per job
+        self.error: str | None = None  # the command's error line (the CLI's ``error:`` line), if it failed
 
     def update(self, **fields: Any) -> None:
         self.fields.update(fields)

@@ -496,7 +496,7 @@ def _stages(run: _Run, timer: _Timer, target: Path, force: bool, signer) -> RunR
     manifest = build_manifest(
         cfg, name=run.name, passed=passed, weights_sha256=inp.weights_sha256, head_name=inp.head_name,
         heads=_heads(run),
-        metrics=metrics, gates=[g.to_dict() for g in gates], torch_device=str(inp.device),
+        metrics=metrics, gates=gates, torch_device=str(inp.device),
         provider=run.measured["unlearned"].provider, external_data=external, timings=timer.timings,
         baseline_cache=run.cache_note, class_names=inp.class_names, key_prefix=inp.weights_prefix,
         logits_from=logits_from(inp.model),
