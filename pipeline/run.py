@@ -506,7 +506,10 @@ def _stages(run: _Run, timer: _Timer, target: Path, force: bool, signer) -> RunR
         write_release_files(run.staging, manifest, _features(run), stage="report")
         write_not_released(run.staging, [g.name for g in gates if not g.passed])
         failed = [g.name for g in gates if not g.passed]
-        raise GateFailure(f"gate(s) failed: {', '.join(failed)}; nothing released", str(run.staging))
+        ties = metrics.get("forgotten_ties") if "acc_f" in failed else None
+        why = (f" ({ties} test image(s) take a forgotten class only by a tie with the highest retained logit: a "
+               "head clamped before the logits, see Known limitations)") if ties else ""
+        raise GateFailure(f"gate(s) failed: {', '.join(failed)}{why}; nothing released", str(run.staging))
 
     with timer.stage("release"):
         # manifest.json records the release stage up to its own writing (the reports, the

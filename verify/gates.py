@@ -139,7 +139,10 @@ def _level(m: Mapping[str, Any]) -> str | None:
 # the run's rows, verify's recomputed rows, a derivative's output spread) each is its own rule.
 GATES: tuple[GateRule, ...] = (
     GateRule("acc_f", _EVERYWHERE, "<=", lambda m: m.get("acc_f"), lambda g, m: g.acc_f_max,
-             _said("forgotten classes' test accuracy, unlearned ONNX model")),
+             lambda m: "forgotten classes' test accuracy, unlearned ONNX model" + (
+                 f"; {m['forgotten_ties']} test image(s) take a forgotten class only by a tie with the highest "
+                 "retained logit (a head clamped before the logits, e.g. by a ReLU: docs, Known limitations)"
+                 if m.get("forgotten_ties") else "")),
     GateRule("acc_r_drop", _EVERYWHERE, ">=", lambda m: m.get("delta_acc_r"), lambda g, m: -g.acc_r_drop_max,
              _said("ΔAcc_R vs the original ONNX model (verify.gates.acc_r_drop_max)")),
     GateRule("evidence_copy", _FP32, "<=", lambda m: m.get("evidence_copy_max_abs"), lambda g, m: COPY_ATOL,

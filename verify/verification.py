@@ -78,9 +78,23 @@ def verification_metrics(
         spread = forgotten_logit_spread(after.test_logits, forget or [])
         metrics["forgotten_logit_spread"] = spread
         metrics["output_masked"] = bool(output_masked_proved and spread == 0.0)
+        metrics["forgotten_ties"] = forgotten_ties(after.test_logits, forget or [])
     if batch_max_abs is not None:
         metrics["batch_max_abs"] = batch_max_abs
     return metrics
+
+
+def forgotten_ties(test_logits: np.ndarray, forget: list[int]) -> int:
+    """Test images predicted as a forgotten class only by a tie: its logit equals the highest retained
+    one, and argmax takes the lower class id. A head whose output is clamped before the logits (a
+    ReLU after SqueezeNet's conv head) gives the masked logit 0, tied with every retained one at 0."""
+    if len(test_logits) == 0 or not forget:
+        return 0
+    retained = [c for c in range(test_logits.shape[1]) if c not in forget]
+    if not retained:
+        return 0
+    top_f, top_r = test_logits[:, forget].max(axis=1), test_logits[:, retained].max(axis=1)
+    return int(((top_f == top_r) & np.isin(test_logits.argmax(axis=1), forget)).sum())
 
 
 def forgotten_logit_spread(test_logits: np.ndarray, forget: list[int]) -> float:

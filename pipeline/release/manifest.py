@@ -177,6 +177,9 @@ class Metrics(Record):
     # (None: CWM mode 'none', or a manifest written before the check existed)
     output_masked: bool | None = None
     forgotten_logit_spread: float | None = None  # max - min of a forgotten logit over the test split
+    # test images predicted as a forgotten class only by a tie with the highest retained logit
+    # (verify.verification.forgotten_ties; None: CWM off, or a manifest made before it)
+    forgotten_ties: int | None = None
     batch_max_abs: float | None = None  # logits at batch 1 and 3 vs the measuring pass
     evidence: EvidenceBlock
     representation: RepresentationRecord | None = None  # None: written before the audit existed

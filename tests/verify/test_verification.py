@@ -96,3 +96,20 @@ def test_evidence_block_keys():
     block = evidence_block(a.evidence, b.evidence, None, b)
     assert block == {"original": a.evidence.to_dict(), "unlearned": b.evidence.to_dict(),
                      "reference": None, "gap_to_reference": None}
+
+
+def test_a_forgotten_class_won_only_by_a_tie_is_counted():
+    """A clamped head (SqueezeNet's ReLU after the conv head) gives the masked logit 0; where every
+    retained logit is 0 too, argmax takes the lower id: those images are counted, the rest not."""
+    import numpy as np
+
+    from nhle_pipeline.verify.verification import forgotten_ties
+
+    logits = np.array([[0.0, 0.0, 0.0],   # all tied: argmax 0, a forgotten class -> counted
+                       [0.0, 2.0, 0.0],   # a retained class wins outright
+                       [0.0, 0.0, -1.0],  # forgotten 0 tied with retained 1 at the top -> counted
+                       [3.0, 1.0, 0.0]],  # forgotten 0 wins outright: not a tie
+                      np.float32)
+    assert forgotten_ties(logits, [0]) == 2
+    assert forgotten_ties(logits, [2]) == 0  # ties go to the lower id, here a retained class
+    assert forgotten_ties(logits[:0], [0]) == 0 and forgotten_ties(logits, [0, 1, 2]) == 0
