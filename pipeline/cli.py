@@ -255,7 +255,7 @@ def _run_main(cfg, config: Path, out: Path | None, device: str | None, force: bo
     except GateFailure as e:
         listener.close()
         if e.report_dir:
-            failed = load_manifest(Path(e.report_dir))
+            failed = e.manifest or load_manifest(Path(e.report_dir))
             print_run_summary(failed, None)
             _document_run(failed, None, e.report_dir)
         raise
@@ -424,7 +424,7 @@ def quantize(release_dir: Path, mode: str, out: Path, calibration_samples: int, 
         from nhle_pipeline.pipeline.release.manifest import load_manifest
 
         if e.report_dir:
-            _print_derived(console, load_manifest(Path(e.report_dir)))
+            _print_derived(console, e.manifest or load_manifest(Path(e.report_dir)))
         raise
     _print_derived(console, result.manifest)
     console.print(f"[bold green]released[/] {result.path}")

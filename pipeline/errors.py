@@ -44,11 +44,14 @@ class TamperedReleaseError(InputError):
 
 
 class GateFailure(PipelineError):
-    """A verification gate failed; the report is kept, nothing is released."""
+    """A verification gate failed; the report is kept, nothing is released. ``manifest``: the
+    failed run's manifest (pipeline.release.manifest.Manifest; None where only the verdict is
+    known: on a torchrun rank other than 0)."""
 
-    def __init__(self, message: str, report_dir: str | None = None) -> None:
+    def __init__(self, message: str, report_dir: str | None = None, manifest: object | None = None) -> None:
         super().__init__(message)
         self.report_dir = report_dir
+        self.manifest = manifest
 
 
 class Terminated(KeyboardInterrupt):

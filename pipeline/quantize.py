@@ -201,7 +201,7 @@ def _derive_and_release(parent, pm, parent_model_sha, cfg, data, mode, target, c
         write_release_files(staging, manifest, features)
         if not passed:
             failed = [g.name for g in gates if not g.passed]
-            raise GateFailure(f"gate(s) failed: {', '.join(failed)}; nothing released", str(staging))
+            raise GateFailure(f"gate(s) failed: {', '.join(failed)}; nothing released", str(staging), manifest)
         path = publish(staging, target, force, sign_key=signer)
         return QuantizeResult(manifest, path)
     except GateFailure:

@@ -456,9 +456,9 @@ def run_pipeline(
 
     try:
         result = _stages(run, timer, target, force, signer)
-    except GateFailure:
+    except GateFailure as e:
         if tracker:  # the verdict is final; a tracking failure is one warning line
-            tracker.log(run.staging)
+            tracker.log(run.staging, e.manifest)
         raise  # the staging folder keeps the report that says why
     except BaseException:  # an error, Ctrl-C, SIGTERM, a full disk: nothing half-made stays
         discard_staging(run.staging)
@@ -509,7 +509,7 @@ def _stages(run: _Run, timer: _Timer, target: Path, force: bool, signer) -> RunR
         ties = metrics.get("forgotten_ties") if "acc_f" in failed else None
         why = (f" ({ties} test image(s) take a forgotten class only by a tie with the highest retained logit: a "
                "head clamped before the logits, see Known limitations)") if ties else ""
-        raise GateFailure(f"gate(s) failed: {', '.join(failed)}{why}; nothing released", str(run.staging))
+        raise GateFailure(f"gate(s) failed: {', '.join(failed)}{why}; nothing released", str(run.staging), manifest)
 
     with timer.stage("release"):
         # manifest.json records the release stage up to its own writing (the reports, the
