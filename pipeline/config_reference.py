@@ -23,6 +23,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from nhle_pipeline.pipeline.config import Config
+from nhle_pipeline.pipeline.docs_tables import replace_between, write_or_print
 
 TABLE_START = "<!-- config table: generated from pipeline/config.py by `python -m nhle_pipeline.pipeline.config_reference --write docs/reference/config.md` -->"
 TABLE_END = "<!-- end of config table -->"
@@ -137,10 +138,7 @@ def starter_yaml() -> str:
 
 def with_table(doc: str) -> str:
     """``doc`` (docs/reference/config.md's text) with its generated table replaced by today's."""
-    start, end = doc.find(TABLE_START), doc.find(TABLE_END)
-    if start < 0 or end < start:
-        raise ValueError(f"the page has no generated table (the markers {TABLE_START!r} … {TABLE_END!r})")
-    return doc[:start] + markdown_table() + doc[end + len(TABLE_END):]
+    return replace_between(doc, TABLE_START, TABLE_END, markdown_table())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,11 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.starter:
         sys.stdout.write(starter_yaml())
-    elif args.write:
-        args.write.write_text(with_table(args.write.read_text(encoding="utf-8")), encoding="utf-8")
-    else:
-        print(markdown_table())
-    return 0
+        return 0
+    return write_or_print(args.write, markdown_table, with_table)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,13 @@
 """What each number verify reports means, written once.
 
 Both reports show these definitions (pipeline/release/report_view.py picks the ones a
-release has), and docs/reference/metrics.md is generated from them; a test fails when the
-committed page drifts:
-
-    python -m nhle_pipeline.verify.definitions --write docs/reference/metrics.md
-
-The numbers themselves come from verify/ (metrics, evidence, representation, gates) and are
-recomputed by ``pipeline verify``.
+release has), and docs/reference/metrics.md is generated from them
+(pipeline/metrics_reference.py; a test fails when the committed page drifts). The numbers
+themselves come from verify/ (metrics, evidence, representation, gates) and are recomputed by
+``pipeline verify``.
 """
 
 from __future__ import annotations
-
-import argparse
-from pathlib import Path
 
 # (name, definition) in the order the reports list them
 DEFINITIONS: tuple[tuple[str, str], ...] = (
@@ -59,35 +53,3 @@ DEFINITIONS: tuple[tuple[str, str], ...] = (
 
 # the representation audit's terms: shown where a release has the audit
 REPRESENTATION_TERMS = ("LPR_F / LPR_R", "CKA", "forgetting level")
-
-TABLE_START = ("<!-- metrics table: generated from verify/definitions.py by "
-               "`python -m nhle_pipeline.verify.definitions --write docs/reference/metrics.md` -->")
-TABLE_END = "<!-- end of metrics table -->"
-
-
-def markdown_table() -> str:
-    rows = [f"| {name} | {text.replace('|', chr(92) + '|')} |" for name, text in DEFINITIONS]
-    return "\n".join([TABLE_START, "", "| metric | definition |", "| --- | --- |", *rows, "", TABLE_END])
-
-
-def with_table(doc: str) -> str:
-    """``doc`` (docs/reference/metrics.md's text) with its generated table replaced by today's."""
-    start, end = doc.find(TABLE_START), doc.find(TABLE_END)
-    if start < 0 or end < start:
-        raise ValueError(f"the page has no generated table (the markers {TABLE_START!r} … {TABLE_END!r})")
-    return doc[:start] + markdown_table() + doc[end + len(TABLE_END):]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", type=Path, metavar="PAGE", help="replace the table in PAGE")
-    args = parser.parse_args(argv)
-    if args.write:
-        args.write.write_text(with_table(args.write.read_text(encoding="utf-8")), encoding="utf-8")
-    else:
-        print(markdown_table())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -3,12 +3,8 @@ docs/reference/metrics.md is generated from them."""
 
 from pathlib import Path
 
-from nhle_pipeline.verify.definitions import (
-    DEFINITIONS,
-    REPRESENTATION_TERMS,
-    markdown_table,
-    with_table,
-)
+from nhle_pipeline.pipeline.metrics_reference import markdown_table, with_table
+from nhle_pipeline.verify.definitions import DEFINITIONS, REPRESENTATION_TERMS
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "reference" / "metrics.md"
 
@@ -17,7 +13,7 @@ def test_the_committed_metrics_page_is_the_codes():
     page = PAGE.read_text(encoding="utf-8")
     assert with_table(page) == page, (
         "docs/reference/metrics.md's table differs from verify/definitions.py: run "
-        "`python -m nhle_pipeline.verify.definitions --write docs/reference/metrics.md`")
+        "`python -m nhle_pipeline.pipeline.metrics_reference --write docs/reference/metrics.md`")
 
 
 def test_every_term_is_defined_once_and_shown_in_the_table():
