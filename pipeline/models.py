@@ -315,17 +315,16 @@ def build_model(
     else:
         raise ModelError(f"model.arch: unknown architecture '{arch}'{_close(arch, list_models())}; expected one of "
                          f"{list_models()}, 'torchvision:NAME', 'timm:NAME', '{HF_ARCH}' or 'module:factory'")
+    given = "its config.json" if arch == HF_ARCH else kwargs  # a builder's arguments, as an error names them
     try:
         model = call()
     except (TypeError, ValueError, RuntimeError) as e:  # bad kwargs: unknown names, negative widths, ...
-        given = "its config.json" if arch == HF_ARCH else kwargs
         raise ModelError(f"model.kwargs: {arch} cannot be built with {given} ({str(e).splitlines()[0]})") from e
     except ModelError:
         raise
     except Exception as e:  # noqa: BLE001 - a library's builder may raise anything: it is the input's fault
         if not library_of(arch) and arch != HF_ARCH:
             raise
-        given = "its config.json" if arch == HF_ARCH else kwargs
         raise ModelError(f"model.arch: {arch} failed to build with {given} "
                          f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
     if not isinstance(model, nn.Module):

@@ -449,8 +449,9 @@ def run_pipeline(
         timer.detail = f"{inp.data.name}: {len(inp.data.train)} train / {len(inp.data.test)} test, device {inp.device}"
         if inp.weights_prefix:
             timer.detail += f"; the checkpoint's keys had the prefix '{inp.weights_prefix}' (removed)"
-        if logits_from(inp.model):
-            timer.detail += f"; the model's logits are its {logits_from(inp.model)}"
+        adapter = logits_from(inp.model)
+        if adapter:
+            timer.detail += f"; the model's logits are its {adapter}"
     run = _Run(cfg, name, inp, create_staging(release_dir, name), listener,  # the run's first write
                use_cache=use_cache and cfg.cache.enabled, group=group or Group())
 
